@@ -1,0 +1,28 @@
+# medical_etl: jobs and developer tasks. `make` alone lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: help setup test lint doctor
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $@
+
+setup: $(STAMP) ## build .venv from setup.cfg (rebuilt only when setup.cfg changes)
+
+test: $(STAMP) ## run the test suite (uses 127.0.0.1:5432 when it answers, else the embedded server)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP) ## ruff over the code
+	$(BIN)/ruff check medical_etl scripts monitor tests bench
+
+doctor: $(STAMP) ## check configuration, database and tools
+	$(BIN)/medical-etl doctor

@@ -1,0 +1,157 @@
+"""PostgreSQL connections from the settings: a real server, or the embedded one.
+
+When ``DB_HOST`` is empty a private PostgreSQL (the ``pgserver`` wheel) is
+started under ``EMBEDDED_PG_PATH``, or reused if it already runs, and reached
+over its Unix socket, so a new user needs no database install.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import psycopg2
+import psycopg2.extensions
+from psycopg2 import sql
+from tenacity import (
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
+
+from .config import Settings, load_settings
+from .secrets import mask
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ConnParams:
+    """Where and how to connect; ``password`` is never logged (see ``__repr__``)."""
+
+    host: str
+    port: int
+    dbname: str
+    user: str
+    password: str = ""
+
+    def __repr__(self) -> str:
+        return f"ConnParams(host={self.host!r}, port={self.port}, dbname={self.dbname!r}, user={self.user!r})"
+
+    def kwargs(self) -> dict:
+        kw = dict(host=self.host, port=self.port, dbname=self.dbname, user=self.user)
+        if self.password:
+            kw["password"] = self.password
+        return kw
+
+
+def start_embedded(settings: Settings):
+    """Start (or reuse) the embedded server and return its pgserver handle."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
+        import pgserver
+
+        path = settings.embedded_pg_path.resolve()
+        path.mkdir(parents=True, exist_ok=True)
+        # cleanup_mode=None: the server outlives this process, so the next run reuses it.
+        return pgserver.get_server(path, cleanup_mode=None)
+
+
+def conn_params(settings: Settings) -> ConnParams:
+    """Resolve the settings to concrete connection parameters (starting the embedded server if needed)."""
+    if not settings.embedded:
+        return ConnParams(settings.db_host, settings.db_port, settings.db_name,
+                          settings.db_user, settings.db_password.reveal())
+    info = start_embedded(settings).get_postmaster_info()
+    params = ConnParams(str(info.socket_dir), info.port, settings.db_name, "postgres")
+    _ensure_database(params)
+    return params
+
+
+def _ensure_database(params: ConnParams) -> None:
+    admin = psycopg2.connect(**{**params.kwargs(), "dbname": "postgres"})
+    try:
+        admin.autocommit = True
+        with admin.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (params.dbname,))
+            if cur.fetchone() is None:
+                cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(params.dbname)))
+    finally:
+        admin.close()
+
+
+def connect(
+    settings: Settings | ConnParams | None = None,
+    *,
+    attempts: int = 4,
+    connect_timeout: int | None = None,
+    application_name: str = "medical_etl",
+) -> psycopg2.extensions.connection:
+    """Open a connection, retrying connection failures only (exponential backoff).
+
+    Errors other than ``OperationalError`` (bad SQL, missing privileges) are not
+    retried. Secrets are masked in the error raised after the last attempt.
+    """
+    if settings is None:
+        settings = load_settings()
+    if isinstance(settings, Settings):
+        timeout = connect_timeout or settings.db_connect_timeout_s
+        params = conn_params(settings)
+    else:
+        timeout = connect_timeout or 5
+        params = settings
+    retrying = Retrying(
+        retry=retry_if_exception_type(psycopg2.OperationalError),
+        stop=stop_after_attempt(max(1, attempts)),
+        wait=wait_exponential(multiplier=0.2, max=5),
+        reraise=True,
+        before_sleep=lambda rs: log.warning(
+            "connect to %r failed (attempt %d): %s", params, rs.attempt_number,
+            mask(rs.outcome.exception()).strip()),
+    )
+    def _open():
+        return psycopg2.connect(**params.kwargs(), connect_timeout=timeout,
+                                application_name=application_name)
+
+    try:
+        for attempt in retrying:
+            with attempt:
+                try:
+                    return _open()
+                except psycopg2.OperationalError as exc:
+                    if f'database "{params.dbname}" does not exist' not in str(exc):
+                        raise
+                # A fresh server: create the warehouse database when the role may.
+                _ensure_database(params)
+                return _open()
+    except psycopg2.OperationalError as exc:
+        raise psycopg2.OperationalError(f"cannot connect to {params!r}: {mask(exc).strip()}") from None
+    raise AssertionError("unreachable")
+
+
+def test_connection(settings: Settings | None = None, timeout: int = 3) -> dict:
+    """Try one connection and a query; never raises.
+
+    Returns ``{"ok", "server_version", "latency_ms", "target", "error"}``.
+    """
+    result = {"ok": False, "server_version": None, "latency_ms": None, "target": None, "error": None}
+    t0 = time.perf_counter()
+    try:
+        settings = settings or load_settings()
+        params = conn_params(settings)
+        result["target"] = "embedded" if settings.embedded else f"{params.host}:{params.port}/{params.dbname}"
+        conn = connect(params, attempts=1, connect_timeout=timeout)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SHOW server_version")
+                result["server_version"] = cur.fetchone()[0]
+        finally:
+            conn.close()
+        result["ok"] = True
+    except Exception as exc:  # noqa: BLE001 - a diagnostic must report, not raise
+        result["error"] = f"{type(exc).__name__}: {mask(exc).strip()}"
+    result["latency_ms"] = round((time.perf_counter() - t0) * 1000, 1)
+    return result

@@ -1,0 +1,96 @@
+"""Shared fixtures: a real PostgreSQL (the local server, or the embedded one), one database per test."""
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import psycopg2
+import pytest
+from psycopg2 import sql
+
+from medical_etl.config import Settings
+from medical_etl.db import ConnParams
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("MEDICAL_ETL_SHARED") or next(
+    (p for p in (REPO.parent / "shared", Path("/work/shared")) if p.is_dir()), REPO.parent / "shared"))
+SHARED_SAMPLE = SHARED / "datasets" / "telegram-medical-sample"
+SHARED_MODEL = SHARED / "models" / "yolov8n_int8.onnx"
+
+
+def _local_server() -> ConnParams | None:
+    host = os.environ.get("TEST_PG_HOST", "127.0.0.1")
+    port = int(os.environ.get("TEST_PG_PORT", "5432"))
+    user = os.environ.get("TEST_PG_USER", "postgres")
+    try:
+        psycopg2.connect(host=host, port=port, user=user, dbname="postgres", connect_timeout=2).close()
+    except psycopg2.OperationalError:
+        return None
+    return ConnParams(host, port, "postgres", user)
+
+
+@pytest.fixture(scope="session")
+def pg_admin(tmp_path_factory) -> ConnParams:
+    """Admin parameters of the test server: 127.0.0.1:5432 when it answers, else the embedded server."""
+    params = _local_server()
+    if params is not None:
+        return params
+    from medical_etl.db import start_embedded
+
+    server = start_embedded(Settings(embedded_pg_path=tmp_path_factory.mktemp("pg")))
+    info = server.get_postmaster_info()
+    return ConnParams(str(info.socket_dir), info.port, "postgres", "postgres")
+
+
+def _admin_exec(admin: ConnParams, statement: sql.Composable) -> None:
+    conn = psycopg2.connect(**admin.kwargs())
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(statement)
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def pg_database(pg_admin):
+    """A fresh database for one test, dropped afterwards; yields its ConnParams."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    _admin_exec(pg_admin, sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield ConnParams(pg_admin.host, pg_admin.port, name, pg_admin.user)
+    _admin_exec(pg_admin, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def settings(pg_database, tmp_path) -> Settings:
+    """Settings pointing at the test's own database and its own lake and logs."""
+    return Settings(
+        db_host=pg_database.host, db_port=pg_database.port, db_name=pg_database.dbname,
+        db_user=pg_database.user, raw_data_path=tmp_path / "raw", logs_path=tmp_path / "logs",
+        yolo_model=str(SHARED_MODEL),
+    )
+
+
+@pytest.fixture
+def conn(settings):
+    from medical_etl.db import connect
+
+    c = connect(settings)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def shared_sample() -> Path:
+    if not SHARED_SAMPLE.is_dir():
+        pytest.skip(f"shared sample not present at {SHARED_SAMPLE}")
+    return SHARED_SAMPLE
+
+
+def settings_env(s: Settings) -> dict:
+    """Environment variables that make a subprocess use the same settings."""
+    env = dict(os.environ)
+    env.update(DB_HOST=s.db_host, DB_PORT=str(s.db_port), DB_NAME=s.db_name, DB_USER=s.db_user,
+               RAW_DATA_PATH=str(s.raw_data_path), LOGS_PATH=str(s.logs_path), YOLO_MODEL=s.yolo_model)
+    return env
