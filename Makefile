@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: help setup test lint doctor
+.PHONY: help setup test lint doctor scrape telegram-login
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -26,3 +26,9 @@ lint: $(STAMP) ## ruff over the code
 
 doctor: $(STAMP) ## check configuration, database and tools
 	$(BIN)/medical-etl doctor
+
+scrape: $(STAMP) ## stage 1: Telegram channels to the data lake
+	$(BIN)/python scripts/scrape_telegram_data.py $(SCRAPE_ARGS)
+
+telegram-login: $(STAMP) ## one interactive Telegram login; writes the session file (0600)
+	$(BIN)/medical-etl telegram-login

@@ -1,6 +1,86 @@
 """Sub-commands of the CLI for the stages and jobs."""
 from __future__ import annotations
 
+import json
+import sys
+from datetime import datetime, timezone
+
+from .config import Settings
+from .stages import StageFailed, run_stage
+
+
+def _date(value: str) -> datetime:
+    d = datetime.fromisoformat(value)
+    return d if d.tzinfo else d.replace(tzinfo=timezone.utc)
+
+
+def _print(summary: dict) -> None:
+    print(json.dumps(summary, indent=2, default=str, ensure_ascii=False))
+
+
+def _stage(name: str, opts_from_args):
+    def run(args, settings: Settings) -> int:
+        try:
+            summary = run_stage(name, settings, job=args.job, **opts_from_args(args))
+        except StageFailed as exc:
+            _print(exc.summary)
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        _print(summary)
+        return 0
+    return run
+
+
+def _scrape_opts(args) -> dict:
+    opts = dict(limit=args.limit, since=args.since, download_photos=not args.no_photos)
+    if args.channels:
+        opts["channels"] = args.channels.split(",")
+    if args.refresh_days is not None:
+        opts["refresh_days"] = args.refresh_days
+    return opts
+
+
+def cmd_import_export(args, settings: Settings) -> int:
+    from .runlog import track_run
+    from .scrape import import_telegram_export
+
+    with track_run(settings.logs_path, job=args.job or "import-export", stage="scrape") as rec:
+        summary = import_telegram_export(args.export_dir, settings.raw_data_path, args.channel,
+                                         run_id=rec.run_id)
+        rec.metrics.update(summary)
+    _print(summary)
+    return 0
+
+
+def cmd_telegram_login(args, settings: Settings) -> int:
+    from .telegram import interactive_login
+
+    path = interactive_login(settings)
+    print(f"session saved to {path} (mode 0600)" if path else "logged in (string session)")
+    return 0
+
 
 def register(sub) -> None:
-    pass
+    p = sub.add_parser("scrape", help="stage 1: Telegram channels to the data lake")
+    p.add_argument("--channels", help="comma-separated channels (default: TELEGRAM_CHANNELS or the channels file)")
+    p.add_argument("--limit", type=int, help="at most this many messages per channel")
+    p.add_argument("--since", type=_date, help="first backfill starts at this date (ISO 8601)")
+    p.add_argument("--no-photos", action="store_true", help="do not download photos")
+    p.add_argument("--refresh-days", type=int, help="re-read the last N days to refresh views and forwards")
+    p.add_argument("--job", help=argparse_suppress())
+    p.set_defaults(func=_stage("scrape", _scrape_opts))
+
+    p = sub.add_parser("import-export", help="import a Telegram Desktop JSON export into the data lake")
+    p.add_argument("export_dir", help="folder holding result.json (and photos/)")
+    p.add_argument("--channel", help="channel username (default: the folder's name)")
+    p.add_argument("--job", help=argparse_suppress())
+    p.set_defaults(func=cmd_import_export)
+
+    p = sub.add_parser("telegram-login", help="interactive Telegram login; writes the session file (0600)")
+    p.set_defaults(func=cmd_telegram_login)
+
+
+def argparse_suppress():
+    import argparse
+
+    return argparse.SUPPRESS

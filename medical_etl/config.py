@@ -44,6 +44,8 @@ class Settings:
     telegram_string_session: Secret = Secret("")
     telegram_channels: tuple[str, ...] = ()
     telegram_channels_file: Path = DEFAULT_CHANNELS_FILE
+    telegram_source: str = "api"
+    refresh_days: int = 0
     flood_wait_cap_s: int = 300
     yolo_model: str = "yolov8n.pt"
     yolo_conf: float = 0.25
@@ -144,6 +146,8 @@ VARIABLES: dict[str, tuple[str, object]] = {
     "TELEGRAM_STRING_SESSION": ("telegram_string_session", _secret),
     "TELEGRAM_CHANNELS": ("telegram_channels", _channels),
     "TELEGRAM_CHANNELS_FILE": ("telegram_channels_file", _path),
+    "TELEGRAM_SOURCE": ("telegram_source", _str),
+    "REFRESH_DAYS": ("refresh_days", _int(0, 3650)),
     "FLOOD_WAIT_CAP": ("flood_wait_cap_s", _int(0)),
     "YOLO_MODEL": ("yolo_model", _str),
     "YOLO_CONF": ("yolo_conf", _float(0.0, 1.0)),

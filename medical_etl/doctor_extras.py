@@ -1,8 +1,49 @@
 """Doctor checks for the stage tools: dbt, the YOLO weights, the Telegram session."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from .config import Settings
 
 
+def _dbt(settings: Settings):
+    try:
+        from importlib.metadata import version
+
+        v = version("dbt-core")
+    except Exception as exc:  # noqa: BLE001
+        return ("dbt", False, True, f"dbt-core not installed: {exc}")
+    from .transform import PROJECT_DIR
+
+    ok = (PROJECT_DIR / "dbt_project.yml").is_file()
+    return ("dbt", ok, True, f"dbt-core {v}, project {PROJECT_DIR}" if ok else f"no dbt project at {PROJECT_DIR}")
+
+
+def _yolo(settings: Settings):
+    path = Path(settings.yolo_model)
+    if path.is_file():
+        return ("yolo", True, False, f"YOLO_MODEL={path} ({path.stat().st_size:,} bytes)")
+    return ("yolo", False, False, f"YOLO_MODEL={settings.yolo_model}: no such file here "
+            "(Ultralytics downloads known names only where the internet is reachable)")
+
+
+def _telegram(settings: Settings):
+    if settings.telegram_source != "api":
+        return ("telegram", True, False, f"TELEGRAM_SOURCE={settings.telegram_source} (no API needed)")
+    if not settings.telegram_api_id or not settings.telegram_api_hash:
+        return ("telegram", False, False, "TELEGRAM_API_ID / TELEGRAM_API_HASH not set")
+    if settings.telegram_string_session:
+        return ("telegram", True, False, "string session configured")
+    session = Path(str(settings.telegram_session).removesuffix(".session") + ".session")
+    if not session.exists():
+        return ("telegram", False, False, f"no session file {session}: run `make telegram-login`")
+    mode = session.stat().st_mode & 0o777
+    return ("telegram", mode == 0o600, False, f"session {session} (mode {mode:o})")
+
+
 def checks(settings: Settings):
-    return iter(())
+    for check in (_dbt, _yolo, _telegram):
+        try:
+            yield check(settings)
+        except Exception as exc:  # noqa: BLE001 - a check that crashes is a failed check
+            yield (check.__name__.strip("_"), False, False, f"{type(exc).__name__}: {exc}")

@@ -1,0 +1,98 @@
+"""The edge between settings and stages: each stage run with explicit inputs, recorded in the run log.
+
+The CLI, the scripts and the jobs all go through :func:`run_stage`, so a stage
+always appends exactly one run-log record, whoever started it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .config import Settings
+from .runlog import track_run
+
+STAGES = ("scrape", "load", "transform", "enrich")
+SAMPLE_EXPORT = Path(__file__).with_name("sample_export")
+
+
+class StageFailed(RuntimeError):
+    """A stage finished but did not fully succeed (e.g. some channels failed, a dbt test failed)."""
+
+    def __init__(self, stage: str, summary: dict, message: str):
+        super().__init__(f"{stage}: {message}")
+        self.stage, self.summary = stage, summary
+
+
+def channels_from_settings(settings: Settings) -> list[str]:
+    from .channels import parse_channels, read_channels_file
+
+    if settings.telegram_channels:
+        return parse_channels(settings.telegram_channels, source="TELEGRAM_CHANNELS")
+    return read_channels_file(settings.telegram_channels_file)
+
+
+def _export_dirs(source: str) -> list[Path]:
+    root = SAMPLE_EXPORT if source == "sample" else Path(source)
+    if (root / "result.json").is_file():
+        return [root]
+    dirs = sorted(p for p in root.iterdir() if (p / "result.json").is_file()) if root.is_dir() else []
+    if not dirs:
+        raise FileNotFoundError(f"TELEGRAM_SOURCE={source}: no Telegram Desktop export (result.json) found")
+    return dirs
+
+
+def scrape(settings: Settings, run_id: str, client=None, **opts) -> dict:
+    """Scrape from ``client`` if given, else from TELEGRAM_SOURCE: ``api``, ``sample`` or an export folder."""
+    from .scrape import scrape_telegram_data
+    from .standin import StandInClient, read_desktop_export
+
+    opts.setdefault("refresh_days", settings.refresh_days)
+    opts.setdefault("flood_wait_cap_s", settings.flood_wait_cap_s)
+    if client is not None:
+        channels = opts.pop("channels", None) or channels_from_settings(settings)
+        return scrape_telegram_data(client, channels, settings.raw_data_path, run_id=run_id, **opts)
+    if settings.telegram_source != "api":
+        dirs = _export_dirs(settings.telegram_source)
+        posts = [p for d in dirs for p in read_desktop_export(d)]
+        opts.pop("channels", None)
+        return scrape_telegram_data(StandInClient(posts), [d.name for d in dirs], settings.raw_data_path,
+                                    run_id=run_id, **opts)
+    from .telegram import open_client
+
+    channels = opts.pop("channels", None) or channels_from_settings(settings)
+    client = open_client(settings)
+    try:
+        return scrape_telegram_data(client, channels, settings.raw_data_path, run_id=run_id, **opts)
+    finally:
+        client.disconnect()
+
+
+def _check_scrape(summary: dict) -> str | None:
+    if summary["status"] != "success":
+        errs = "; ".join(f"{n}: {c['error']}" for n, c in summary["channels"].items() if c["error"])
+        return f"{summary['status']}: {errs}"
+    return None
+
+
+RUNNERS = {"scrape": (scrape, _check_scrape)}
+
+
+def run_stage(stage: str, settings: Settings, *, job: str | None = None, run_id: str | None = None,
+              **opts) -> dict:
+    """Run one stage, append its run-log record, return its summary.
+
+    Raises :class:`StageFailed` (recorded as ``failed``, with the summary in the
+    metrics) when the stage ran but did not fully succeed.
+    """
+    func, check = RUNNERS[stage]
+    with track_run(settings.logs_path, job=job or stage, stage=stage, run_id=run_id) as rec:
+        summary = func(settings, rec.run_id, **opts)
+        rec.metrics.update(_metrics(summary))
+        problem = check(summary) if check else None
+        if problem:
+            raise StageFailed(stage, summary, problem)
+    return summary
+
+
+def _metrics(summary: dict) -> dict:
+    """Flat, log-friendly view of a summary (nested per-channel dicts kept as they are)."""
+    return {k: v for k, v in summary.items() if k not in ("run_id",)}

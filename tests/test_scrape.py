@@ -1,0 +1,277 @@
+import json
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from telethon import errors
+
+from medical_etl import lake
+from medical_etl.channels import ChannelNameError, parse_channels, read_channels_file
+from medical_etl.scrape import import_telegram_export, scrape_telegram_data
+from medical_etl.stages import SAMPLE_EXPORT
+from medical_etl.standin import Post, StandInClient, read_message_list
+
+CHANNELS = ["CheMed123", "lobelia4cosmetics", "tikvahpharma"]
+
+
+@pytest.fixture
+def posts(shared_sample):
+    return read_message_list(shared_sample / "messages", shared_sample / "images")
+
+
+def lake_messages(lake_dir: Path) -> dict:
+    out = {}
+    for f in (lake_dir / lake.MESSAGES_DIR).rglob("*.json"):
+        for m in json.loads(f.read_text(encoding="utf-8")):
+            key = (m["channel_username"], m["message_id"])
+            assert key not in out, f"duplicate {key}"
+            assert f.parent.name == m["date"][:10]  # partitioned by message date (UTC)
+            out[key] = m
+    return out
+
+
+class FakeClock:
+    def __init__(self):
+        self.slept = []
+
+    async def __call__(self, seconds):
+        self.slept.append(seconds)
+
+
+def test_full_scrape_reproduces_every_post_and_photo(posts, shared_sample, tmp_path):
+    summary = scrape_telegram_data(StandInClient(posts), CHANNELS, tmp_path)
+    assert summary["status"] == "success"
+    assert summary["new_messages"] == 276 and summary["photos_saved"] == 197
+    stored = lake_messages(tmp_path)
+    assert len(stored) == 276
+    raw = {}
+    for f in (shared_sample / "messages").glob("*.json"):
+        for m in json.loads(f.read_text(encoding="utf-8")):
+            raw[(m["channel_name"], m["message_id"])] = m
+    for key, m in raw.items():
+        s = stored[key]
+        assert s["text"].encode("utf-8") == (m["message_text"] or "").encode("utf-8")
+        assert s["views"] == m["views"] and s["forwards"] == m["forwards"]
+        assert s["date"] == datetime.fromisoformat(m["message_date"]).astimezone(timezone.utc).isoformat()
+        src = shared_sample / "images" / key[0] / f"{key[1]}.jpg"
+        if src.exists():
+            assert s["image_path"] == f"images/{key[0]}/{key[1]}.jpg"
+            assert (tmp_path / s["image_path"]).read_bytes() == src.read_bytes()
+            assert s["media_type"] == "photo"
+        else:
+            assert s["image_path"] is None
+    for field in ("channel_title", "channel_id", "replies", "edit_date", "grouped_id",
+                  "reply_to_msg_id", "scraped_at"):
+        assert field in next(iter(stored.values()))
+    assert any("ብር" in m["text"] for m in stored.values())  # Amharic kept
+    manifests = list((tmp_path / lake.MANIFESTS_DIR).glob("*.json"))
+    assert len(manifests) == 1 and len(json.loads(manifests[0].read_text())["files"]) > 200
+    assert not list(tmp_path.rglob("*.tmp")) and not list(tmp_path.rglob("*.part"))
+
+
+def test_second_run_adds_nothing_and_asks_only_for_newer(posts, tmp_path):
+    scrape_telegram_data(StandInClient(posts), CHANNELS, tmp_path)
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    client = StandInClient(posts)
+    summary = scrape_telegram_data(client, CHANNELS, tmp_path)
+    assert summary["new_messages"] == 0 and summary["updated_messages"] == 0
+    assert summary["photos_saved"] == 0 and client.downloads == []
+    # one first-page request per channel, each starting after the last stored id
+    assert len(client.history_requests) == 3
+    last = {"CheMed123": 97, "lobelia4cosmetics": 22905, "tikvahpharma": 188969}
+    assert {r["channel"]: r["min_id"] for r in client.history_requests} == last
+    after = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before  # nothing written
+
+
+def test_new_posts_are_appended(posts, tmp_path):
+    old = [p for p in posts if p.id < 188960 or p.channel != "tikvahpharma"]
+    scrape_telegram_data(StandInClient(old), CHANNELS, tmp_path)
+    client = StandInClient(posts)
+    summary = scrape_telegram_data(client, CHANNELS, tmp_path)
+    assert summary["new_messages"] == len(posts) - len(old) > 0
+    assert len(lake_messages(tmp_path)) == 276
+
+
+def test_photo_on_disk_is_not_downloaded_again(posts, tmp_path):
+    scrape_telegram_data(StandInClient(posts), CHANNELS, tmp_path)
+    (tmp_path / "state" / "CheMed123.json").unlink()  # forget the resume point
+    client = StandInClient(posts)
+    summary = scrape_telegram_data(client, ["CheMed123"], tmp_path)
+    assert summary["channels"]["CheMed123"]["new_messages"] == 0
+    assert client.downloads == []
+    # a truncated photo is fetched again
+    photo = tmp_path / "images" / "CheMed123" / "10.jpg"
+    photo.write_bytes(photo.read_bytes()[:100])
+    (tmp_path / "state" / "CheMed123.json").unlink()
+    client = StandInClient(posts)
+    scrape_telegram_data(client, ["CheMed123"], tmp_path)
+    assert len(client.downloads) == 1
+
+
+class FloodOnce(StandInClient):
+    def __init__(self, posts, seconds, at_request=2, **kw):
+        super().__init__(posts, page_size=20, **kw)
+        self.seconds, self.at, self.fired = seconds, at_request, False
+
+    async def on_page(self, entity, request_no):
+        if not self.fired and request_no == self.at:
+            self.fired = True
+            raise errors.FloodWaitError(request=None, capture=self.seconds)
+
+
+def test_flood_wait_under_cap_waits_then_continues(posts, tmp_path):
+    clock = FakeClock()
+    summary = scrape_telegram_data(FloodOnce(posts, 42), CHANNELS, tmp_path, flood_wait_cap_s=60, sleep=clock)
+    assert clock.slept == [42]
+    assert summary["status"] == "success" and summary["new_messages"] == 276
+    assert summary["channels"]["CheMed123"]["flood_waits"] == 1
+    assert len(lake_messages(tmp_path)) == 276
+
+
+def test_flood_wait_above_cap_stops_channel_with_progress_saved(posts, tmp_path):
+    clock = FakeClock()
+    client = FloodOnce(posts, 3600, at_request=3)  # after 40 CheMed123 messages
+    summary = scrape_telegram_data(client, CHANNELS, tmp_path, flood_wait_cap_s=60, sleep=clock)
+    assert clock.slept == []  # never waits an hour, never busy-loops
+    ch = summary["channels"]["CheMed123"]
+    assert "flood_wait" in ch["error"] and summary["status"] == "partial"
+    state = lake.read_state(tmp_path, "CheMed123")
+    assert state["last_message_id"] == ch["last_message_id"] > 0  # progress saved
+    assert ch["new_messages"] == 40
+    assert summary["channels"]["lobelia4cosmetics"]["error"] is None
+    # the next run resumes where it stopped and completes the channel
+    summary = scrape_telegram_data(StandInClient(posts), CHANNELS, tmp_path)
+    assert summary["channels"]["CheMed123"]["new_messages"] == 76 - 40
+    assert len(lake_messages(tmp_path)) == 276
+
+
+class Flaky(StandInClient):
+    def __init__(self, posts, failures, always=False):
+        super().__init__(posts, page_size=30)
+        self.failures, self.always = failures, always
+
+    async def on_page(self, entity, request_no):
+        if self.failures > 0 and (self.always or request_no % 2 == 0):
+            self.failures -= 1
+            raise ConnectionResetError("connection reset by peer")
+
+
+def test_network_errors_are_retried_with_backoff(posts, tmp_path):
+    clock = FakeClock()
+    summary = scrape_telegram_data(Flaky(posts, 2), CHANNELS, tmp_path, sleep=clock, backoff_s=1)
+    assert summary["status"] == "success" and len(lake_messages(tmp_path)) == 276
+    assert len(clock.slept) == 2 and clock.slept[1] > clock.slept[0]  # exponential
+
+
+def test_network_errors_exhausted_report_channel(posts, tmp_path):
+    clock = FakeClock()
+    summary = scrape_telegram_data(Flaky(posts, 10**6, always=True), ["CheMed123"], tmp_path, sleep=clock,
+                                   network_attempts=3)
+    assert summary["status"] == "failed"
+    assert "network" in summary["channels"]["CheMed123"]["error"]
+    assert len(clock.slept) == 2
+
+
+def test_private_and_missing_channels_do_not_stop_the_others(posts, tmp_path):
+    client = StandInClient(posts, private={"lobelia4cosmetics"})
+    summary = scrape_telegram_data(client, CHANNELS + ["DoesNotExist42"], tmp_path)
+    assert summary["status"] == "partial"
+    assert "ChannelPrivateError" in summary["channels"]["lobelia4cosmetics"]["error"]
+    assert "Cannot find any entity" in summary["channels"]["DoesNotExist42"]["error"]
+    assert summary["channels"]["tikvahpharma"]["new_messages"] == 100
+    assert sorted(summary["failed_channels"]) == ["DoesNotExist42", "lobelia4cosmetics"]
+
+
+def test_crash_between_messages_and_state_then_rerun_equals_clean(posts, tmp_path, monkeypatch):
+    clean = tmp_path / "clean"
+    scrape_telegram_data(StandInClient(posts), CHANNELS, clean)
+    crashed = tmp_path / "crashed"
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(lake, "write_state", boom)
+    with pytest.raises(KeyboardInterrupt):
+        scrape_telegram_data(StandInClient(posts), CHANNELS, crashed)
+    monkeypatch.undo()
+    assert lake.read_state(crashed, "CheMed123")["last_message_id"] == 0  # never advanced
+    scrape_telegram_data(StandInClient(posts), CHANNELS, crashed)
+
+    def strip(msgs):
+        return {k: {f: v for f, v in m.items() if f != "scraped_at"} for k, m in msgs.items()}
+    assert strip(lake_messages(crashed)) == strip(lake_messages(clean))
+    images = sorted(p.relative_to(clean).as_posix() for p in (clean / "images").rglob("*.jpg"))
+    assert images == sorted(p.relative_to(crashed).as_posix() for p in (crashed / "images").rglob("*.jpg"))
+
+
+def test_invalid_channel_name_refused_before_any_request(posts, tmp_path):
+    client = StandInClient(posts)
+    with pytest.raises(ChannelNameError, match="line 2"):
+        scrape_telegram_data(client, ["CheMed123", "../../etc/passwd"], tmp_path)
+    assert client.history_requests == [] and not tmp_path.joinpath("telegram_messages").exists()
+
+
+def test_channel_file_parsing(tmp_path):
+    f = tmp_path / "channels.txt"
+    f.write_text("# comment\n@CheMed123\nhttps://t.me/lobelia4cosmetics\n\nt.me/s/tikvahpharma  # x\n"
+                 "chemed123\n")
+    assert read_channels_file(f) == CHANNELS
+    f.write_text("CheMed123\nbad name!\n")
+    with pytest.raises(ChannelNameError, match=r"line 2: 'bad name!'"):
+        read_channels_file(f)
+    assert parse_channels(["abc_def1"]) == ["abc_def1"]
+    for bad in ["ab", "1abcde", "a" * 40, "abc..def", "name/../x"]:
+        with pytest.raises(ChannelNameError):
+            parse_channels([bad])
+
+
+def test_refresh_days_updates_counts(tmp_path):
+    now = datetime.now(timezone.utc)
+    old = [Post("CheMed123", i, now - timedelta(days=10 - i, hours=-1), f"post {i}", views=10) for i in range(1, 6)]
+    scrape_telegram_data(StandInClient(old), ["CheMed123"], tmp_path)
+    newer = [Post(p.channel, p.id, p.date, p.text, views=99) for p in old]
+    s = scrape_telegram_data(StandInClient(newer), ["CheMed123"], tmp_path, refresh_days=7)
+    assert s["updated_messages"] == 3  # posts 3, 4, 5 are within the last 7 days
+    views = {m["message_id"]: m["views"] for m in lake_messages(tmp_path).values()}
+    assert views == {1: 10, 2: 10, 3: 99, 4: 99, 5: 99}
+
+
+def test_desktop_export_import_is_idempotent(tmp_path):
+    export = SAMPLE_EXPORT / "CheMed123"
+    s1 = import_telegram_export(export, tmp_path)
+    assert s1["new_messages"] == 10 and s1["photos_saved"] == 4  # the service message is skipped
+    s2 = import_telegram_export(export, tmp_path)
+    assert s2["new_messages"] == 0 and s2["updated_messages"] == 0 and s2["photos_saved"] == 0
+    msgs = lake_messages(tmp_path)
+    assert len(msgs) == 10
+    assert any("ብር" in m["text"] for m in msgs.values())
+    assert all(m["channel_title"] == "CheMed Pharmacy" for m in msgs.values())
+
+
+def test_missing_credentials_say_what_to_set(tmp_path):
+    from medical_etl.config import Settings
+    from medical_etl.telegram import TelegramConfigError, open_client
+
+    with pytest.raises(TelegramConfigError, match="TELEGRAM_API_ID and TELEGRAM_API_HASH"):
+        open_client(Settings(raw_data_path=tmp_path, logs_path=tmp_path))
+
+
+def test_script_exit_code_nonzero_on_failed_channels(settings, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO, settings_env
+
+    env = settings_env(settings)
+    env.update(TELEGRAM_SOURCE="sample", TELEGRAM_CHANNELS="CheMed123")
+    ok = subprocess.run([sys.executable, str(REPO / "scripts/scrape_telegram_data.py")], env=env,
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    env.update(TELEGRAM_SOURCE="api", TELEGRAM_API_ID="12345", TELEGRAM_API_HASH="abcdef0123456789secret")
+    r = subprocess.run([sys.executable, str(REPO / "scripts/scrape_telegram_data.py")], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0
+    assert "abcdef0123456789secret" not in r.stdout + r.stderr
+    log = (settings.logs_path / "runs.jsonl").read_text()
+    assert "abcdef0123456789secret" not in log and '"status": "failed"' in log
