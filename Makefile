@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: help setup test lint doctor scrape telegram-login
+.PHONY: help setup test lint doctor scrape load telegram-login bench-load
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -30,5 +30,11 @@ doctor: $(STAMP) ## check configuration, database and tools
 scrape: $(STAMP) ## stage 1: Telegram channels to the data lake
 	$(BIN)/python scripts/scrape_telegram_data.py $(SCRAPE_ARGS)
 
+load: $(STAMP) ## stage 2: data lake to the raw tables in PostgreSQL
+	$(BIN)/python scripts/load_raw_to_postgres.py
+
 telegram-login: $(STAMP) ## one interactive Telegram login; writes the session file (0600)
 	$(BIN)/medical-etl telegram-login
+
+bench-load: $(STAMP) ## benchmark the load stage on a 200,000-message synthetic lake (ratios vs same-run baselines)
+	$(BIN)/python bench/bench_load.py

@@ -70,6 +70,11 @@ def register(sub) -> None:
     p.add_argument("--job", help=argparse_suppress())
     p.set_defaults(func=_stage("scrape", _scrape_opts))
 
+    p = sub.add_parser("load", help="stage 2: data lake to the raw tables in PostgreSQL")
+    p.add_argument("--batch-rows", type=int, default=5000, help="rows per COPY batch and transaction")
+    p.add_argument("--job", help=argparse_suppress())
+    p.set_defaults(func=_stage("load", lambda a: {"batch_rows": a.batch_rows}))
+
     p = sub.add_parser("import-export", help="import a Telegram Desktop JSON export into the data lake")
     p.add_argument("export_dir", help="folder holding result.json (and photos/)")
     p.add_argument("--channel", help="channel username (default: the folder's name)")

@@ -73,7 +73,13 @@ def _check_scrape(summary: dict) -> str | None:
     return None
 
 
-RUNNERS = {"scrape": (scrape, _check_scrape)}
+def load(settings: Settings, run_id: str, **opts) -> dict:
+    from .load import load_raw_to_postgres
+
+    return load_raw_to_postgres(settings, settings.raw_data_path, run_id=run_id, **opts)
+
+
+RUNNERS = {"scrape": (scrape, _check_scrape), "load": (load, None)}
 
 
 def run_stage(stage: str, settings: Settings, *, job: str | None = None, run_id: str | None = None,

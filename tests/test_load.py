@@ -1,0 +1,264 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import psycopg2
+import pytest
+
+from medical_etl import load as load_mod
+from medical_etl.load import LoadError, load_raw_to_postgres
+from medical_etl.scrape import scrape_telegram_data
+from medical_etl.standin import StandInClient, read_message_list
+
+CHANNELS = ["CheMed123", "lobelia4cosmetics", "tikvahpharma"]
+
+
+@pytest.fixture
+def sample_lake(shared_sample, tmp_path):
+    lake_dir = tmp_path / "lake"
+    posts = read_message_list(shared_sample / "messages", shared_sample / "images")
+    scrape_telegram_data(StandInClient(posts), CHANNELS, lake_dir, download_photos=False)
+    return lake_dir
+
+
+def q(conn, sql, args=None):
+    with conn.cursor() as cur:
+        cur.execute(sql, args)
+        rows = cur.fetchall()
+    conn.commit()
+    return rows
+
+
+def table_snapshot(conn):
+    return q(conn, """SELECT channel, message_id, message_text, views, forwards, message_date, image_path
+                      FROM raw.telegram_messages ORDER BY 1, 2""")
+
+
+def write_messages(lake_dir, day, channel, records):
+    d = lake_dir / "telegram_messages" / day
+    d.mkdir(parents=True, exist_ok=True)
+    (d / f"{channel}.json").write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+
+
+def msg(mid, text="hello", **kw):
+    base = {"channel_username": "CheMed123", "channel_title": "CheMed", "channel_id": 1, "message_id": mid,
+            "date": "2026-01-10T08:00:00+00:00", "text": text, "views": 10, "forwards": 1, "replies": 0,
+            "edit_date": None, "grouped_id": None, "reply_to_msg_id": None, "media_type": None,
+            "image_path": None, "scraped_at": "2026-01-11T00:00:00+00:00"}
+    base.update(kw)
+    return base
+
+
+def test_load_real_sample(settings, conn, sample_lake, shared_sample):
+    s = load_raw_to_postgres(settings, sample_lake)
+    assert s["rows_inserted"] == 276 and s["records_loaded"] == 276 and s["rows_rejected"] == 0
+    counts = dict(q(conn, "SELECT channel, count(*) FROM raw.telegram_messages GROUP BY 1"))
+    assert counts == {"CheMed123": 76, "lobelia4cosmetics": 100, "tikvahpharma": 100}
+    stored = dict(((c, m), t) for c, m, t in q(conn, "SELECT channel, message_id, message_text FROM raw.telegram_messages"))
+    n_amharic = 0
+    for f in (shared_sample / "messages").glob("*.json"):
+        for m in json.loads(f.read_text(encoding="utf-8")):
+            text = m["message_text"] or ""
+            assert stored[(m["channel_name"], m["message_id"])].encode() == text.encode()
+            n_amharic += any("\u1200" <= ch <= "\u137f" for ch in text)
+    assert n_amharic > 20
+
+
+def test_reload_changes_nothing_and_changed_views_update_exactly_those(settings, conn, sample_lake):
+    load_raw_to_postgres(settings, sample_lake)
+    before = dict(((c, m), u) for c, m, u in q(conn, "SELECT channel, message_id, updated_at FROM raw.telegram_messages"))
+    s = load_raw_to_postgres(settings, sample_lake)
+    assert s["rows_inserted"] == 0 and s["rows_updated"] == 0 and s["files_skipped"] > 0 and s["files_read"] == 0
+    # rewrite one partition: two posts gain views, the rest identical (file changed, so it is read)
+    f = next((sample_lake / "telegram_messages").glob("2026-01-16/lobelia4cosmetics.json"))
+    records = json.loads(f.read_text(encoding="utf-8"))
+    changed = {records[0]["message_id"], records[1]["message_id"]}
+    records[0]["views"] += 100
+    records[1]["views"] += 5
+    for r in records:
+        r["scraped_at"] = "2026-02-01T00:00:00+00:00"  # a fresh scrape time alone is no change
+    f.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+    s = load_raw_to_postgres(settings, sample_lake)
+    assert s["files_read"] == 1
+    assert s["rows_updated"] == 2 and s["rows_inserted"] == 0 and s["rows_unchanged"] == len(records) - 2
+    after = dict(((c, m), u) for c, m, u in q(conn, "SELECT channel, message_id, updated_at FROM raw.telegram_messages"))
+    moved = {k for k in after if after[k] != before[k]}
+    assert moved == {("lobelia4cosmetics", m) for m in changed}
+
+
+def test_touched_but_identical_file_is_skipped(settings, conn, sample_lake):
+    load_raw_to_postgres(settings, sample_lake)
+    f = next((sample_lake / "telegram_messages").rglob("*.json"))
+    os.utime(f, ns=(1, 1))
+    s = load_raw_to_postgres(settings, sample_lake)
+    assert s["files_read"] == 0 and s["files_skipped"] > 0
+    (mtime,) = q(conn, "SELECT mtime_ns FROM raw.loaded_files WHERE source_file = %s",
+                 (f.relative_to(sample_lake).as_posix(),))[0]
+    assert mtime == 1  # bookkeeping follows, so the next run takes the fast path
+
+
+def test_bad_records_are_quarantined_rest_loads(settings, conn, tmp_path):
+    lake_dir = tmp_path / "lake"
+    good = [msg(1), msg(5)]
+    bad = [
+        {k: v for k, v in msg(2).items() if k != "message_id"},
+        msg(3, views="many"),
+        msg(4, date="yesterday-ish"),
+        msg(6, views=-3),
+        msg(7, forwards=True),
+        "not an object",
+    ]
+    write_messages(lake_dir, "2026-01-10", "CheMed123", good[:1] + bad + good[1:])
+    s = load_raw_to_postgres(settings, lake_dir)
+    assert s["rows_inserted"] == 2 and s["rows_rejected"] == 6
+    assert [r[0] for r in q(conn, "SELECT message_id FROM raw.telegram_messages ORDER BY 1")] == [1, 5]
+    rejects = q(conn, "SELECT source_file, position, reason, payload FROM raw.load_rejects ORDER BY position")
+    assert [r[1] for r in rejects] == [1, 2, 3, 4, 5, 6]
+    reasons = [r[2] for r in rejects]
+    assert reasons[0] == "missing key 'message_id'"
+    assert reasons[1] == "views: expected an integer, got str"
+    assert reasons[2].startswith("date: unparsable date 'yesterday-ish'")
+    assert reasons[3] == "views: negative count (-3)"
+    assert reasons[4] == "forwards: expected an integer, got bool"
+    assert reasons[5] == "expected a JSON object, got str"
+    assert all(r[0] == "telegram_messages/2026-01-10/CheMed123.json" for r in rejects)
+    assert json.loads(rejects[1][3])["views"] == "many"  # the raw payload is kept
+    # a re-run neither duplicates rejects nor rows
+    load_raw_to_postgres(settings, lake_dir)
+    assert q(conn, "SELECT count(*) FROM raw.load_rejects")[0][0] == 6
+
+
+def test_invalid_json_file_rejected_whole_others_load(settings, conn, tmp_path):
+    lake_dir = tmp_path / "lake"
+    write_messages(lake_dir, "2026-01-10", "CheMed123", [msg(1)])
+    broken = lake_dir / "telegram_messages" / "2026-01-11" / "CheMed123.json"
+    broken.parent.mkdir(parents=True)
+    broken.write_text('[{"channel_username": "CheMed123", "message_id": 2,')
+    write_messages(lake_dir, "2026-01-12", "CheMed123", [msg(3, date="2026-01-12T00:00:00+00:00")])
+    s = load_raw_to_postgres(settings, lake_dir)
+    assert s["files_rejected"] == 1 and s["rows_inserted"] == 2
+    (reject,) = q(conn, "SELECT source_file, position, reason FROM raw.load_rejects")
+    assert reject[0].endswith("2026-01-11/CheMed123.json") and reject[1] == -1
+    assert reject[2].startswith("invalid JSON file:")
+    # once fixed, the file loads and its reject is cleared
+    write_messages(lake_dir, "2026-01-11", "CheMed123", [msg(2, date="2026-01-11T00:00:00+00:00")])
+    s = load_raw_to_postgres(settings, lake_dir)
+    assert s["rows_inserted"] == 1 and q(conn, "SELECT count(*) FROM raw.load_rejects")[0][0] == 0
+
+
+def test_nul_characters_stripped_and_counted_text_verbatim(settings, conn, tmp_path):
+    lake_dir = tmp_path / "lake"
+    evil = "'); DROP TABLE raw.telegram_messages; --"
+    tricky = "tab\there\nnewline \\N back\\slash ዋጋ 1,500 ብር 💊"
+    write_messages(lake_dir, "2026-01-10", "CheMed123", [
+        msg(1, text="a\x00b\x00c"), msg(2, text=evil), msg(3, text=tricky)])
+    s = load_raw_to_postgres(settings, lake_dir)
+    assert s["nul_chars_stripped"] == 2 and s["rows_inserted"] == 3
+    texts = dict(q(conn, "SELECT message_id, message_text FROM raw.telegram_messages"))
+    assert texts == {1: "abc", 2: evil, 3: tricky}
+
+
+def test_transient_errors_are_retried(settings, conn, tmp_path, monkeypatch, pg_admin):
+    lake_dir = tmp_path / "lake"
+    write_messages(lake_dir, "2026-01-10", "CheMed123", [msg(1), msg(2)])
+    real = load_mod._write_rows
+    calls = {"n": 0}
+
+    def drop_connection_once(cur, batch):
+        calls["n"] += 1
+        if calls["n"] == 1:  # the server drops our connection mid-transaction
+            admin = psycopg2.connect(**pg_admin.kwargs())
+            admin.autocommit = True
+            admin.cursor().execute("SELECT pg_terminate_backend(%s)", (cur.connection.get_backend_pid(),))
+            admin.close()
+        elif calls["n"] == 2:
+            raise psycopg2.errors.SerializationFailure("could not serialize access")
+        return real(cur, batch)
+
+    monkeypatch.setattr(load_mod, "_write_rows", drop_connection_once)
+    s = load_raw_to_postgres(settings, lake_dir, backoff_s=0.01)
+    assert s["retries"] == 2 and s["rows_inserted"] == 2
+    assert q(conn, "SELECT count(*) FROM raw.telegram_messages")[0][0] == 2
+
+
+def test_permanent_error_fails_clearly_and_keeps_bookkeeping(settings, conn, tmp_path, monkeypatch):
+    lake_dir = tmp_path / "lake"
+    write_messages(lake_dir, "2026-01-10", "CheMed123", [msg(1)])
+
+    def broken(cur, batch):
+        cur.execute("SELECT * FROM raw.no_such_table")
+
+    monkeypatch.setattr(load_mod, "_write_rows", broken)
+    with pytest.raises(LoadError, match=r"loading 1 file\(s\) \(telegram_messages/2026-01-10/CheMed123.json\) failed: UndefinedTable"):
+        load_raw_to_postgres(settings, lake_dir, backoff_s=0.01)
+    assert q(conn, "SELECT count(*) FROM raw.loaded_files")[0][0] == 0
+    monkeypatch.undo()
+    assert load_raw_to_postgres(settings, lake_dir)["rows_inserted"] == 1
+
+
+def test_migrations_are_idempotent(conn):
+    from medical_etl.migrate import migrate
+
+    first = migrate(conn)
+    assert "001_raw_messages" in first
+    assert migrate(conn) == []
+
+
+KILL_CHILD = textwrap.dedent("""
+    import os, signal, sys
+    from medical_etl import load
+    from medical_etl.db import ConnParams
+    real = load._write_rows
+    n = {"batches": 0}
+    def upsert_then_die(cur, batch):
+        n["batches"] += 1
+        result = real(cur, batch)
+        if n["batches"] == 3:  # inside the 4th transaction's window: rows merged, not committed
+            os.kill(os.getpid(), signal.SIGKILL)
+        return result
+    load._write_rows = upsert_then_die
+    host, port, db, user, lake = sys.argv[1:]
+    load.load_raw_to_postgres(ConnParams(host, int(port), db, user), lake, batch_rows=40)
+""")
+
+
+def test_sigkill_mid_load_then_rerun_equals_clean_load(settings, conn, sample_lake, pg_database, pg_admin):
+    r = subprocess.run([sys.executable, "-c", KILL_CHILD, pg_database.host, str(pg_database.port),
+                        pg_database.dbname, pg_database.user, str(sample_lake)], capture_output=True, text=True)
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    partial = q(conn, "SELECT count(*) FROM raw.telegram_messages")[0][0]
+    assert 0 < partial < 276  # some batches committed, the one in flight rolled back
+    s = load_raw_to_postgres(settings, sample_lake)
+    assert s["rows_inserted"] == 276 - partial and s["rows_updated"] == 0
+    killed = table_snapshot(conn)
+    # a clean load into another database
+    import uuid
+
+    from medical_etl.db import ConnParams
+    name = f"t_clean_{uuid.uuid4().hex[:8]}"
+    admin = psycopg2.connect(**pg_admin.kwargs())
+    admin.autocommit = True
+    admin.cursor().execute(f'CREATE DATABASE "{name}"')
+    try:
+        clean = ConnParams(pg_admin.host, pg_admin.port, name, pg_admin.user)
+        load_raw_to_postgres(clean, sample_lake)
+        c2 = psycopg2.connect(**clean.kwargs())
+        assert table_snapshot(c2) == killed
+        c2.close()
+    finally:
+        admin.cursor().execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        admin.close()
+
+
+def test_lost_bookkeeping_falls_back_to_merge(settings, conn, sample_lake):
+    load_raw_to_postgres(settings, sample_lake)
+    before = table_snapshot(conn)
+    q_exec = conn.cursor()
+    q_exec.execute("DELETE FROM raw.loaded_files")
+    conn.commit()
+    s = load_raw_to_postgres(settings, sample_lake)  # every file looks new; rows already there
+    assert s["rows_inserted"] == 0 and s["rows_updated"] == 0 and s["rows_unchanged"] == 276
+    assert table_snapshot(conn) == before
