@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: help setup test lint doctor scrape load telegram-login bench-load
+.PHONY: help setup test lint doctor scrape load transform-stage telegram-login bench-load bench-transform
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -33,8 +33,14 @@ scrape: $(STAMP) ## stage 1: Telegram channels to the data lake
 load: $(STAMP) ## stage 2: data lake to the raw tables in PostgreSQL
 	$(BIN)/python scripts/load_raw_to_postgres.py
 
+transform-stage: $(STAMP) ## stage 3: dbt build (DBT_ARGS=--full-refresh for a full rebuild)
+	$(BIN)/python scripts/run_dbt_transformations.py $(DBT_ARGS)
+
 telegram-login: $(STAMP) ## one interactive Telegram login; writes the session file (0600)
 	$(BIN)/medical-etl telegram-login
 
 bench-load: $(STAMP) ## benchmark the load stage on a 200,000-message synthetic lake (ratios vs same-run baselines)
 	$(BIN)/python bench/bench_load.py
+
+bench-transform: $(STAMP) ## benchmark dbt: full build vs incremental build after 1% new messages
+	$(BIN)/python bench/bench_transform.py

@@ -75,6 +75,12 @@ def register(sub) -> None:
     p.add_argument("--job", help=argparse_suppress())
     p.set_defaults(func=_stage("load", lambda a: {"batch_rows": a.batch_rows}))
 
+    p = sub.add_parser("transform", help="stage 3: dbt build of the star schema (models and tests)")
+    p.add_argument("--full-refresh", action="store_true", help="rebuild incremental models (weekly run)")
+    p.add_argument("--select", nargs="+", help="dbt node selection")
+    p.add_argument("--job", help=argparse_suppress())
+    p.set_defaults(func=_stage("transform", lambda a: {"full_refresh": a.full_refresh, "select": a.select}))
+
     p = sub.add_parser("import-export", help="import a Telegram Desktop JSON export into the data lake")
     p.add_argument("export_dir", help="folder holding result.json (and photos/)")
     p.add_argument("--channel", help="channel username (default: the folder's name)")

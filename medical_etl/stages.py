@@ -79,7 +79,24 @@ def load(settings: Settings, run_id: str, **opts) -> dict:
     return load_raw_to_postgres(settings, settings.raw_data_path, run_id=run_id, **opts)
 
 
-RUNNERS = {"scrape": (scrape, _check_scrape), "load": (load, None)}
+def transform(settings: Settings, run_id: str, **opts) -> dict:
+    from .transform import run_dbt_transformations
+
+    return run_dbt_transformations(settings, **opts)
+
+
+def _check_transform(summary: dict) -> str | None:
+    if summary["status"] != "success":
+        names = ", ".join(f"{n['node']} ({n['status']})" for n in summary["failing_nodes"]) or "see dbt log"
+        return f"dbt build failed: {names}"
+    return None
+
+
+RUNNERS = {
+    "scrape": (scrape, _check_scrape),
+    "load": (load, None),
+    "transform": (transform, _check_transform),
+}
 
 
 def run_stage(stage: str, settings: Settings, *, job: str | None = None, run_id: str | None = None,

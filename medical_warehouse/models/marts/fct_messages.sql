@@ -1,0 +1,55 @@
+{{
+    config(
+        materialized='incremental',
+        unique_key='message_key',
+        incremental_strategy='delete+insert',
+        on_schema_change='sync_all_columns'
+    )
+}}
+
+with messages as (
+
+    select * from {{ ref('stg_telegram_messages') }}
+    {% if is_incremental() %}
+    where updated_at > (select coalesce(max(source_updated_at), '-infinity'::timestamptz) from {{ this }})
+    {% endif %}
+
+),
+
+prices as (
+
+    select
+        message_key,
+        count(*)        as price_count,
+        min(price_birr) as min_price_birr,
+        max(price_birr) as max_price_birr
+    from {{ ref('fct_product_prices') }}
+    {% if is_incremental() %}
+    where message_key in (select message_key from messages)
+    {% endif %}
+    group by message_key
+
+)
+
+select
+    m.message_key,
+    {{ surrogate_key(['m.channel_username']) }} as channel_key,
+    m.date_key,
+    m.channel_username,
+    m.message_id,
+    m.message_date,
+    m.hour_of_day,
+    m.message_text,
+    m.text_length,
+    m.views,
+    m.forwards,
+    m.replies,
+    m.media_type,
+    m.has_image,
+    m.image_path,
+    coalesce(p.price_count, 0) as price_count,
+    p.min_price_birr,
+    p.max_price_birr,
+    m.updated_at               as source_updated_at
+from messages as m
+left join prices as p on p.message_key = m.message_key

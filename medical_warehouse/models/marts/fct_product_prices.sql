@@ -1,0 +1,119 @@
+{{
+    config(
+        materialized='incremental',
+        unique_key='message_key',
+        incremental_strategy='delete+insert',
+        on_schema_change='sync_all_columns'
+    )
+}}
+{#- One row per (message, product, price in birr) a post offers for sale. With unique_key = message_key,
+    an edited post's rows are all replaced on the next incremental run. -#}
+
+with messages as (
+
+    select message_key, channel_username, message_id, message_date, date_key, updated_at,
+           replace(replace(message_text, chr(160), ' '), chr(13), '') as message_text
+    from {{ ref('stg_telegram_messages') }}
+    where message_text ~* {{ price_pattern() }}
+      and message_text !~* {{ job_post_pattern() }}
+    {% if is_incremental() %}
+      and updated_at > (select coalesce(max(source_updated_at), '-infinity'::timestamptz) from {{ this }})
+    {% endif %}
+
+),
+
+lines as (
+
+    select m.*, l.line, l.line_no
+    from messages as m
+    cross join lateral regexp_split_to_table(m.message_text, '\n') with ordinality as l (line, line_no)
+    where trim(l.line) <> ''
+
+),
+
+with_context as (
+
+    select
+        *,
+        lag(line) over (partition by message_key order by line_no) as previous_line
+    from lines
+
+),
+
+price_lines as (
+
+    select * from with_context
+    where line ~* {{ price_pattern() }}
+      and line !~* {{ fee_line_pattern() }}
+      and line !~* {{ range_pattern() }}
+
+),
+
+priced as (
+
+    -- Fragment n of a line (split at the prices) is the text before price n: one lateral per line,
+    -- no self-join, so the plan stays linear however many lines match.
+    select
+        p.message_key,
+        p.channel_username,
+        p.message_id,
+        p.message_date,
+        p.date_key,
+        p.updated_at,
+        p.line_no,
+        x.n as match_no,
+        p.line,
+        {{ clean_product('x.fragment') }} as own_text,
+        {{ clean_product('p.previous_line') }} as previous_text,
+        p.previous_line ~* {{ price_pattern() }} as previous_has_price,
+        cast(replace(coalesce(x.m[1], x.m[3]), ',', '') as numeric(14, 2)) as price_birr,
+        lower(coalesce(x.m[2], x.m[4], 'birr')) as currency_text
+    from price_lines as p
+    cross join lateral (
+        select mt.n, mt.m, s.fragment
+        from regexp_matches(p.line, {{ price_pattern() }}, 'gi') with ordinality as mt (m, n)
+        inner join regexp_split_to_table(p.line, {{ price_pattern() }}, 'i') with ordinality as s (fragment, n)
+            on s.n = mt.n
+    ) as x
+
+),
+
+named as (
+
+    select
+        *,
+        case
+            when {{ has_letter('own_text') }} then own_text
+            -- "Price 5000 birr" or "600 | 05/2028 | 64birr": the product is the line above
+            when {{ has_letter('previous_text') }} and not previous_has_price then previous_text
+        end as product_name
+    from priced
+
+),
+
+final as (
+
+    select distinct on (message_key, lower(product_name), price_birr)
+        {{ surrogate_key(['message_key', 'line_no', 'match_no']) }} as price_key,
+        message_key,
+        {{ surrogate_key(['channel_username']) }}                 as channel_key,
+        date_key,
+        channel_username,
+        message_id,
+        message_date,
+        product_name,
+        lower(product_name)                                       as product_name_normalized,
+        price_birr,
+        currency_text,
+        line_no,
+        line                                                      as source_line,
+        updated_at                                                as source_updated_at
+    from named
+    where product_name is not null
+      and price_birr > 0
+      and price_birr < 10000000
+    order by message_key, lower(product_name), price_birr, line_no, match_no
+
+)
+
+select * from final

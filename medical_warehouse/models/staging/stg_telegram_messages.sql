@@ -1,0 +1,39 @@
+with source as (
+
+    select * from {{ source('raw', 'telegram_messages') }}
+
+),
+
+renamed as (
+
+    select
+        {{ surrogate_key(['channel', 'message_id']) }}       as message_key,
+        trim(channel)                                         as channel_username,
+        nullif(trim(channel_title), '')                       as channel_title,
+        channel_id,
+        message_id,
+        message_date,
+        {{ date_key('message_date') }}                        as date_key,
+        extract(hour from message_date at time zone 'UTC')::int as hour_of_day,
+        coalesce(message_text, '')                            as message_text,
+        char_length(coalesce(message_text, ''))               as text_length,
+        coalesce(views, 0)                                    as views,
+        coalesce(forwards, 0)                                 as forwards,
+        coalesce(replies, 0)                                  as replies,
+        edit_date,
+        grouped_id,
+        reply_to_msg_id,
+        media_type,
+        image_path,
+        image_path is not null                                as has_image,
+        loaded_at,
+        updated_at,
+        -- Deduplicate case variants of a username; the latest update wins.
+        row_number() over (
+            partition by lower(trim(channel)), message_id order by updated_at desc
+        )                                                     as _row_rank
+    from source
+
+)
+
+select * from renamed where _row_rank = 1

@@ -1,0 +1,5 @@
+-- Every raw detection must belong to a loaded message.
+select d.detection_key
+from {{ ref('stg_yolo_detections') }} as d
+left join {{ ref('fct_messages') }} as m on m.message_key = d.message_key
+where m.message_key is null

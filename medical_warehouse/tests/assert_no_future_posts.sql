@@ -1,0 +1,4 @@
+-- Posts dated in the future (beyond a small clock-skew allowance) are bad data.
+select message_key, message_date
+from {{ ref('fct_messages') }}
+where message_date > now() + make_interval(mins => {{ var('future_tolerance_minutes') }})
