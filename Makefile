@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: help setup test lint doctor scrape load transform-stage telegram-login bench-load bench-transform
+.PHONY: help setup test lint doctor scrape load transform-stage enrich-stage telegram-login bench-load bench-transform bench-enrich
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -36,6 +36,9 @@ load: $(STAMP) ## stage 2: data lake to the raw tables in PostgreSQL
 transform-stage: $(STAMP) ## stage 3: dbt build (DBT_ARGS=--full-refresh for a full rebuild)
 	$(BIN)/python scripts/run_dbt_transformations.py $(DBT_ARGS)
 
+enrich-stage: $(STAMP) ## stage 4: YOLO detection on new photos (YOLO_MODEL), then the detection models
+	$(BIN)/python scripts/run_yolo_enrichment.py
+
 telegram-login: $(STAMP) ## one interactive Telegram login; writes the session file (0600)
 	$(BIN)/medical-etl telegram-login
 
@@ -44,3 +47,6 @@ bench-load: $(STAMP) ## benchmark the load stage on a 200,000-message synthetic 
 
 bench-transform: $(STAMP) ## benchmark dbt: full build vs incremental build after 1% new messages
 	$(BIN)/python bench/bench_transform.py
+
+bench-enrich: $(STAMP) ## benchmark YOLO enrichment vs a per-image model(path) loop on the real sample photos
+	$(BIN)/python bench/bench_enrich.py

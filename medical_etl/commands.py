@@ -81,6 +81,11 @@ def register(sub) -> None:
     p.add_argument("--job", help=argparse_suppress())
     p.set_defaults(func=_stage("transform", lambda a: {"full_refresh": a.full_refresh, "select": a.select}))
 
+    p = sub.add_parser("enrich", help="stage 4: YOLO object detection on new photos, then the detection models")
+    p.add_argument("--no-dbt", action="store_true", help="do not build the detection models afterwards")
+    p.add_argument("--job", help=argparse_suppress())
+    p.set_defaults(func=_stage("enrich", lambda a: {"build_models": not a.no_dbt}))
+
     p = sub.add_parser("import-export", help="import a Telegram Desktop JSON export into the data lake")
     p.add_argument("export_dir", help="folder holding result.json (and photos/)")
     p.add_argument("--channel", help="channel username (default: the folder's name)")

@@ -53,6 +53,8 @@ class Settings:
     yolo_imgsz: int = 640
     yolo_batch: int = 8
     yolo_device: str = "cpu"
+    yolo_workers: int = 0
+    yolo_offline: bool = True
     stage_timeout_s: int = 3600
 
     def __post_init__(self):
@@ -123,6 +125,15 @@ def _channels(raw: str) -> tuple[str, ...]:
     return tuple(c.strip() for c in raw.replace("\n", ",").split(",") if c.strip())
 
 
+def _bool(raw: str) -> bool:
+    v = raw.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected 1/0, true/false, yes/no or on/off, got {raw!r}")
+
+
 def _device(raw: str) -> str:
     v = raw.strip().lower()
     if v in ("cpu", "cuda", "auto", "mps") or v.isdigit() or v.startswith("cuda:"):
@@ -155,6 +166,8 @@ VARIABLES: dict[str, tuple[str, object]] = {
     "YOLO_IMGSZ": ("yolo_imgsz", _int(32, 8192)),
     "YOLO_BATCH": ("yolo_batch", _int(1, 1024)),
     "YOLO_DEVICE": ("yolo_device", _device),
+    "YOLO_WORKERS": ("yolo_workers", _int(0, 256)),
+    "YOLO_OFFLINE": ("yolo_offline", _bool),
     "STAGE_TIMEOUT": ("stage_timeout_s", _int(1)),
 }
 

@@ -92,10 +92,29 @@ def _check_transform(summary: dict) -> str | None:
     return None
 
 
+def enrich(settings: Settings, run_id: str, **opts) -> dict:
+    from .enrich import run_yolo_enrichment
+
+    return run_yolo_enrichment(
+        settings, settings.raw_data_path, model=settings.yolo_model, conf=settings.yolo_conf,
+        iou=settings.yolo_iou, imgsz=settings.yolo_imgsz, batch=settings.yolo_batch,
+        device=settings.yolo_device, workers=settings.yolo_workers or None,
+        offline=settings.yolo_offline, **opts)
+
+
+def _check_enrich(summary: dict) -> str | None:
+    dbt = summary.get("dbt")
+    if dbt and dbt["status"] != "success":
+        names = ", ".join(f"{n['node']} ({n['status']})" for n in dbt["failing_nodes"]) or "see dbt log"
+        return f"dbt build of the detection models failed: {names}"
+    return None
+
+
 RUNNERS = {
     "scrape": (scrape, _check_scrape),
     "load": (load, None),
     "transform": (transform, _check_transform),
+    "enrich": (enrich, _check_enrich),
 }
 
 
