@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import SHARED_MODEL
+
 from medical_etl import enrich as enrich_mod
 from medical_etl.enrich import EnrichError, Photo, _infer, load_model, run_yolo_enrichment
 from medical_etl.images import decode
