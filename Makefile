@@ -1,12 +1,24 @@
 # medical_etl: jobs and developer tasks. `make` alone lists the targets.
+#
+# Jobs (pipeline, weekly, scrape-load, transform, enrich) run `medical-etl job NAME`: the stages in
+# order under one lock and one run id, each stage with a time limit, every run in the run log. Their
+# only prerequisite is the environment, so `make -j4 pipeline` still runs the stages in order and a
+# failed stage stops the ones after it (non-zero exit). stage-* targets run one stage on its own.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+ETL := $(BIN)/medical-etl
+# Weights for the demo: the shared int8 YOLOv8n where present, else Ultralytics' yolov8n.pt (downloaded).
+DEMO_YOLO_MODEL ?= $(firstword $(wildcard $(CURDIR)/../shared/models/yolov8n_int8.onnx) yolov8n.pt)
+DEMO_ENV := DB_HOST= TELEGRAM_SOURCE=sample YOLO_MODEL=$(DEMO_YOLO_MODEL) \
+            YOLO_OFFLINE=$(if $(filter yolov8n.pt,$(DEMO_YOLO_MODEL)),0,1)
 
-.PHONY: help setup test lint doctor scrape load transform-stage enrich-stage telegram-login bench-load bench-transform bench-enrich
+.PHONY: help setup test lint doctor demo pipeline weekly scrape-load transform enrich \
+        stage-scrape stage-load stage-transform stage-enrich monitor report telegram-login \
+        install-cron uninstall-cron bench-load bench-transform bench-enrich clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -25,28 +37,63 @@ lint: $(STAMP) ## ruff over the code
 	$(BIN)/ruff check medical_etl scripts monitor tests bench
 
 doctor: $(STAMP) ## check configuration, database and tools
-	$(BIN)/medical-etl doctor
+	$(ETL) doctor
 
-scrape: $(STAMP) ## stage 1: Telegram channels to the data lake
-	$(BIN)/python scripts/scrape_telegram_data.py $(SCRAPE_ARGS)
+demo: $(STAMP) ## the whole pipeline on the embedded PostgreSQL and the shipped sample, then a report
+	$(DEMO_ENV) $(ETL) job pipeline
+	$(DEMO_ENV) $(ETL) report
 
-load: $(STAMP) ## stage 2: data lake to the raw tables in PostgreSQL
+# --- jobs -----------------------------------------------------------------------
+pipeline: $(STAMP) ## job: scrape, load, transform, enrich (the daily run)
+	$(ETL) job pipeline
+
+weekly: $(STAMP) ## job: the pipeline with a full dbt refresh and counts re-read for 30 days
+	$(ETL) job weekly --lock-wait $${LOCK_WAIT:-10800}
+
+scrape-load: $(STAMP) ## job: scrape, load (incremental updates)
+	$(ETL) job scrape-load
+
+transform: $(STAMP) ## job: transform (model changes on existing data)
+	$(ETL) job transform
+
+enrich: $(STAMP) ## job: enrich (re-analysis, new weights)
+	$(ETL) job enrich
+
+# --- single stages (no job lock) ------------------------------------------------
+stage-scrape: $(STAMP) ## stage 1: Telegram channels to the data lake
+	$(BIN)/python scripts/scrape_telegram_data.py
+
+stage-load: $(STAMP) ## stage 2: data lake to the raw tables
 	$(BIN)/python scripts/load_raw_to_postgres.py
 
-transform-stage: $(STAMP) ## stage 3: dbt build (DBT_ARGS=--full-refresh for a full rebuild)
+stage-transform: $(STAMP) ## stage 3: dbt build (DBT_ARGS=--full-refresh for a full rebuild)
 	$(BIN)/python scripts/run_dbt_transformations.py $(DBT_ARGS)
 
-enrich-stage: $(STAMP) ## stage 4: YOLO detection on new photos (YOLO_MODEL), then the detection models
+stage-enrich: $(STAMP) ## stage 4: YOLO on new photos, then the detection models
 	$(BIN)/python scripts/run_yolo_enrichment.py
 
-telegram-login: $(STAMP) ## one interactive Telegram login; writes the session file (0600)
-	$(BIN)/medical-etl telegram-login
+report: $(STAMP) ## print row counts, image categories and top products
+	$(ETL) report
 
-bench-load: $(STAMP) ## benchmark the load stage on a 200,000-message synthetic lake (ratios vs same-run baselines)
+telegram-login: $(STAMP) ## one interactive Telegram login; writes the session file (0600)
+	$(ETL) telegram-login
+
+# --- scheduling ------------------------------------------------------------------
+install-cron: $(STAMP) ## install the crontab entries for this user (idempotent)
+	$(ETL) cron install
+
+uninstall-cron: $(STAMP) ## remove exactly the entries install-cron added
+	$(ETL) cron uninstall
+
+# --- benchmarks (ratios against baselines measured in the same run) ---------------
+bench-load: $(STAMP) ## load stage on a 200,000-message synthetic lake vs execute_values and plain COPY
 	$(BIN)/python bench/bench_load.py
 
-bench-transform: $(STAMP) ## benchmark dbt: full build vs incremental build after 1% new messages
+bench-transform: $(STAMP) ## dbt: full build vs incremental build after 1% new messages
 	$(BIN)/python bench/bench_transform.py
 
-bench-enrich: $(STAMP) ## benchmark YOLO enrichment vs a per-image model(path) loop on the real sample photos
+bench-enrich: $(STAMP) ## YOLO enrichment vs a per-image model(path) loop on the real sample photos
 	$(BIN)/python bench/bench_enrich.py
+
+clean: ## remove dbt target and logs folders
+	rm -rf medical_warehouse/target medical_warehouse/logs

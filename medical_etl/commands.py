@@ -60,7 +60,67 @@ def cmd_telegram_login(args, settings: Settings) -> int:
     return 0
 
 
+def cmd_job(args, settings: Settings) -> int:
+    from .jobs import JobError, run_job
+
+    try:
+        summary = run_job(args.name, settings, full_refresh=args.full_refresh, refresh_days=args.refresh_days,
+                          lock_wait_s=args.lock_wait)
+    except JobError as exc:
+        print(json.dumps(_brief(exc.summary), indent=2, default=str, ensure_ascii=False))
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(_brief(summary), indent=2, default=str, ensure_ascii=False))
+    return 0
+
+
+def _brief(summary: dict) -> dict:
+    """Job summary without the bulky per-node details."""
+    out = {k: v for k, v in summary.items() if k != "stages"}
+    out["stages"] = {name: {k: v for k, v in st.items() if k not in ("nodes", "channels", "slowest_nodes")}
+                     for name, st in summary.get("stages", {}).items()}
+    return out
+
+
+def cmd_cron(args, settings: Settings) -> int:
+    from . import cron
+
+    if args.action == "show":
+        print(cron.block(), end="")
+    elif args.action == "install":
+        cron.install(args.crontab)
+        print(f"installed the medical_etl entries for {cron.REPO} (crontab -l to see them)")
+    else:
+        cron.uninstall(args.crontab)
+        print(f"removed the medical_etl entries for {cron.REPO}")
+    return 0
+
+
+def cmd_report(args, settings: Settings) -> int:
+    from .report import print_report
+
+    print_report(settings)
+    return 0
+
+
 def register(sub) -> None:
+    from .jobs import JOBS
+
+    p = sub.add_parser("job", help="run a job: its stages in order, under the job lock")
+    p.add_argument("name", choices=list(JOBS))
+    p.add_argument("--full-refresh", action="store_true", help="rebuild incremental dbt models")
+    p.add_argument("--refresh-days", type=int, help="re-read the last N days of posts (counts)")
+    p.add_argument("--lock-wait", type=float, default=0, help="seconds to wait for a running job (default 0: skip)")
+    p.set_defaults(func=cmd_job)
+
+    p = sub.add_parser("cron", help="install or remove this checkout's crontab entries")
+    p.add_argument("action", choices=["install", "uninstall", "show"])
+    p.add_argument("--crontab", default="crontab", help="the crontab command (default: crontab)")
+    p.set_defaults(func=cmd_cron)
+
+    p = sub.add_parser("report", help="print what the warehouse holds: counts, image categories, top products")
+    p.set_defaults(func=cmd_report)
+
     p = sub.add_parser("scrape", help="stage 1: Telegram channels to the data lake")
     p.add_argument("--channels", help="comma-separated channels (default: TELEGRAM_CHANNELS or the channels file)")
     p.add_argument("--limit", type=int, help="at most this many messages per channel")
@@ -71,9 +131,9 @@ def register(sub) -> None:
     p.set_defaults(func=_stage("scrape", _scrape_opts))
 
     p = sub.add_parser("load", help="stage 2: data lake to the raw tables in PostgreSQL")
-    p.add_argument("--batch-rows", type=int, default=5000, help="rows per COPY batch and transaction")
+    p.add_argument("--batch-rows", type=int, help="rows per COPY batch and transaction (LOAD_BATCH_ROWS)")
     p.add_argument("--job", help=argparse_suppress())
-    p.set_defaults(func=_stage("load", lambda a: {"batch_rows": a.batch_rows}))
+    p.set_defaults(func=_stage("load", lambda a: {"batch_rows": a.batch_rows} if a.batch_rows else {}))
 
     p = sub.add_parser("transform", help="stage 3: dbt build of the star schema (models and tests)")
     p.add_argument("--full-refresh", action="store_true", help="rebuild incremental models (weekly run)")

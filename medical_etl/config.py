@@ -56,6 +56,7 @@ class Settings:
     yolo_workers: int = 0
     yolo_offline: bool = True
     stage_timeout_s: int = 3600
+    load_batch_rows: int = 5000
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -169,6 +170,7 @@ VARIABLES: dict[str, tuple[str, object]] = {
     "YOLO_WORKERS": ("yolo_workers", _int(0, 256)),
     "YOLO_OFFLINE": ("yolo_offline", _bool),
     "STAGE_TIMEOUT": ("stage_timeout_s", _int(1)),
+    "LOAD_BATCH_ROWS": ("load_batch_rows", _int(1, 1_000_000)),
 }
 
 WRITABLE_DIRS = ("RAW_DATA_PATH", "LOGS_PATH")

@@ -76,6 +76,7 @@ def _check_scrape(summary: dict) -> str | None:
 def load(settings: Settings, run_id: str, **opts) -> dict:
     from .load import load_raw_to_postgres
 
+    opts.setdefault("batch_rows", settings.load_batch_rows)
     return load_raw_to_postgres(settings, settings.raw_data_path, run_id=run_id, **opts)
 
 
