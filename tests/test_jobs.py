@@ -1,0 +1,246 @@
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from datetime import datetime, timezone
+
+import psycopg2
+import pytest
+from conftest import REPO, settings_env
+from export_helper import write_desktop_exports
+
+from medical_etl.jobs import JobError, acquire_lock, run_job
+from medical_etl.runlog import RunLog
+from medical_etl.standin import Post, StandInClient, read_message_list
+
+FACT_CHECKSUMS = {
+    "marts.fct_messages": "message_key, views, forwards, text_length, price_count, has_image",
+    "marts.fct_product_prices": "price_key, product_name, price_birr",
+    "marts.fct_image_detections": "detection_key, class_name, round(confidence, 2)",
+    "marts.fct_image_categories": "message_key, image_category",
+    "raw.image_analyses": "channel, message_id, status, n_objects",
+}
+
+
+def q(conn, sql, args=None):
+    with conn.cursor() as cur:
+        cur.execute(sql, args)
+        rows = cur.fetchall()
+    conn.commit()
+    return rows
+
+
+def warehouse_fingerprint(conn) -> dict:
+    out = {}
+    for table, cols in FACT_CHECKSUMS.items():
+        out[table] = q(conn, f"SELECT count(*), md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) "
+                             f"FROM (SELECT {cols} FROM {table}) AS t")[0]
+    return out
+
+
+@pytest.fixture
+def job_settings(settings, shared_sample):
+    return replace(settings, stage_timeout_s=900)
+
+
+def records(settings):
+    return list(RunLog(settings.logs_path).records())
+
+
+def test_pipeline_job_end_to_end_and_rerun(job_settings, conn, shared_sample):
+    s = job_settings
+    posts = read_message_list(shared_sample / "messages", shared_sample / "images")
+    summary = run_job("pipeline", s, client=StandInClient(posts))
+    assert summary["status"] == "success"
+    st = summary["stages"]
+    assert st["scrape"]["new_messages"] == 276 and st["load"]["rows_inserted"] == 276
+    assert st["transform"]["tests_failed"] == 0 and st["transform"]["status"] == "success"
+    assert st["enrich"]["photos_analysed"] == 197 and st["enrich"]["dbt"]["tests_failed"] == 0
+    assert q(conn, "SELECT count(*) FROM marts.fct_messages")[0][0] == 276
+    assert q(conn, "SELECT count(*) FROM raw.image_analyses WHERE status <> 'unreadable'")[0][0] == 194
+    assert q(conn, "SELECT count(*) FROM marts.fct_image_detections")[0][0] == st["enrich"]["objects_found"]
+    assert q(conn, "SELECT count(*) FROM marts.fct_product_prices")[0][0] > 500
+    recs = [r for r in records(s) if r["run_id"] == summary["run_id"]]
+    assert [r["stage"] for r in recs if r["stage"]] == ["scrape", "load", "transform", "enrich"]
+    (job,) = [r for r in recs if r["stage"] is None]
+    assert job["job"] == "pipeline" and job["status"] == "success"
+    assert job["metrics"]["stages"] == ["scrape", "load", "transform", "enrich"]
+    assert all(r["metrics"] and r["status"] == "success" for r in recs)
+    before = warehouse_fingerprint(conn)
+
+    again = run_job("pipeline", s, client=StandInClient(posts))
+    st = again["stages"]
+    assert again["status"] == "success"
+    assert st["scrape"]["new_messages"] == 0 and st["load"]["rows_inserted"] == 0
+    assert st["load"]["rows_updated"] == 0 and st["enrich"]["photos_analysed"] == 0
+    assert warehouse_fingerprint(conn) == before
+
+
+def _start_job(env, job="pipeline"):
+    return subprocess.Popen([sys.executable, "-m", "medical_etl", "job", job], env=env, cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(conn, sql, pred, proc, timeout=300):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        try:
+            n = q(conn, sql)[0][0]
+        except psycopg2.Error:
+            conn.rollback()
+            n = None
+        if n is not None and pred(n):
+            return n
+        assert proc.poll() is None, f"job ended early: {proc.stderr.read()[-2000:]}"
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting")
+
+
+def test_kill_mid_load_and_mid_enrich_then_rerun_equals_clean_run(job_settings, conn, shared_sample,
+                                                                  tmp_path, pg_admin):
+    exports = write_desktop_exports(shared_sample, tmp_path / "exports")
+    s = replace(job_settings, telegram_source=str(exports))
+    env = settings_env(s)
+    env.update(TELEGRAM_SOURCE=str(exports), LOAD_BATCH_ROWS="1")
+
+    # 1. kill in the middle of the load: a batch has copied its rows and waits on our lock
+    from medical_etl.db import connect
+    from medical_etl.migrate import migrate
+
+    c = connect(s)
+    migrate(c)
+    with c.cursor() as cur:
+        cur.execute("LOCK TABLE raw.loaded_files IN EXCLUSIVE MODE")  # held until we roll back
+    proc = _start_job(env)
+    _wait_for(conn, """SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'
+                       AND query ILIKE '%loaded_files%'""", lambda n: n > 0, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    c.rollback()
+    c.close()
+    time.sleep(1)  # the stage process dies with its job (PR_SET_PDEATHSIG)
+    assert q(conn, "SELECT count(*) FROM raw.telegram_messages")[0][0] == 0  # the batch in flight rolled back
+
+    # 2. re-run, kill in the middle of enrich
+    proc = _start_job(env)
+    n = _wait_for(conn, "SELECT count(*) FROM raw.image_analyses", lambda n: 0 < n < 150, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(1)
+    assert 0 < q(conn, "SELECT count(*) FROM raw.image_analyses")[0][0] < 197, n
+
+    # 3. re-run to the end; compare with a clean run in another database
+    r = subprocess.run([sys.executable, "-m", "medical_etl", "job", "pipeline"], env=env, cwd=REPO,
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    killed = warehouse_fingerprint(conn)
+
+    import uuid
+    name = f"t_clean_{uuid.uuid4().hex[:8]}"
+    admin = psycopg2.connect(**pg_admin.kwargs())
+    admin.autocommit = True
+    admin.cursor().execute(f'CREATE DATABASE "{name}"')
+    try:
+        clean = replace(s, db_name=name, raw_data_path=tmp_path / "clean_raw", logs_path=tmp_path / "clean_logs")
+        run_job("pipeline", clean)
+        c2 = psycopg2.connect(host=s.db_host, port=s.db_port, dbname=name, user=s.db_user)
+        assert warehouse_fingerprint(c2) == killed
+        c2.close()
+    finally:
+        admin.cursor().execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        admin.close()
+    assert killed["raw.image_analyses"][0] == 197
+
+
+def test_second_job_while_one_runs_is_skipped(job_settings, tmp_path):
+    s = replace(job_settings, telegram_source="sample")
+    env = settings_env(s)
+    env["TELEGRAM_SOURCE"] = "sample"
+    lock = acquire_lock(s.logs_path / "pipeline.lock")  # as a running job holds it
+    try:
+        r = subprocess.run([sys.executable, "-m", "medical_etl", "job", "scrape-load"], env=env, cwd=REPO,
+                           capture_output=True, text=True, timeout=120)
+    finally:
+        lock.release()
+    assert r.returncode == 0, r.stderr
+    (rec,) = records(s)
+    assert rec["status"] == "skipped" and rec["job"] == "scrape-load"
+    assert f"pid {os.getpid()}" in rec["reason"]
+
+    # and two real jobs: the second starts while the first holds the lock
+    first = _start_job(env, "pipeline")
+    lock_file = s.logs_path / "pipeline.lock"
+    t0 = time.time()
+    while not (lock_file.exists() and f"pid {first.pid}" in lock_file.read_text()):
+        assert time.time() - t0 < 60 and first.poll() is None
+        time.sleep(0.05)
+    second = subprocess.run([sys.executable, "-m", "medical_etl", "job", "pipeline"], env=env, cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0
+    assert first.wait(600) == 0
+    jobs = [r for r in records(s) if r["stage"] is None and r["job"] == "pipeline"]
+    assert sorted(r["status"] for r in jobs) == ["skipped", "success"]
+
+
+def test_failed_stage_stops_later_stages_and_exits_nonzero(job_settings, conn):
+    s = replace(job_settings, telegram_source="sample")
+    run_job("scrape-load", s)
+    with conn.cursor() as cur:
+        cur.execute("UPDATE raw.telegram_messages SET message_date = now() + interval '30 days', "
+                    "updated_at = now() WHERE message_id = (SELECT min(message_id) FROM raw.telegram_messages)")
+    conn.commit()
+    env = settings_env(s)
+    env["TELEGRAM_SOURCE"] = "sample"
+    r = subprocess.run([sys.executable, "-m", "medical_etl", "job", "pipeline"], env=env, cwd=REPO,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 1
+    assert "failed at stage transform" in r.stderr and "assert_no_future_posts" in r.stderr
+    recs = records(s)
+    run_id = recs[-1]["run_id"]
+    this = [x for x in recs if x["run_id"] == run_id]
+    assert [x["stage"] for x in this if x["stage"]] == ["scrape", "load", "transform"]  # no enrich
+    job = [x for x in this if x["stage"] is None][0]
+    assert job["status"] == "failed" and job["metrics"]["failed_stage"] == "transform"
+
+
+class HangingClient(StandInClient):
+    async def on_page(self, entity, request_no):
+        await asyncio.sleep(3600)
+
+
+def test_hung_stage_is_ended_and_recorded_as_timeout(job_settings):
+    s = replace(job_settings, telegram_channels=("CheMed123",))
+    t0 = time.time()
+    with pytest.raises(JobError) as info:
+        run_job("pipeline", s, client=HangingClient([Post("CheMed123", 1, datetime.now(timezone.utc), "x")]),
+                stage_timeout_s=3)
+    assert time.time() - t0 < 30
+    assert info.value.summary["failed_stage"] == "scrape"
+    recs = records(s)
+    stage = [r for r in recs if r["stage"] == "scrape"][0]
+    assert stage["status"] == "failed" and stage["reason"] == "timeout"
+    assert not [r for r in recs if r["stage"] == "load"]
+    assert [r for r in recs if r["stage"] is None][0]["status"] == "failed"
+
+
+def test_cron_install_is_idempotent_and_uninstall_exact(tmp_path):
+    store = tmp_path / "crontab.txt"
+    store.write_text("MAILTO=ops@example.com\n15 * * * * /usr/bin/other-job\n")
+    fake = tmp_path / "crontab"
+    fake.write_text(f"""#!/bin/sh
+if [ "$1" = "-l" ]; then cat {store}; else cat > {store}; fi
+""")
+    fake.chmod(0o755)
+    from medical_etl import cron
+
+    cron.install(str(fake))
+    once = store.read_text()
+    cron.install(str(fake))
+    assert store.read_text() == once
+    assert once.count("scripts/cron_run.sh pipeline") == 1 and "0 2 * * *" in once and "0 3 * * 0" in once
+    assert "CRON_TZ=UTC" in once and "/usr/bin/other-job" in once
+    cron.uninstall(str(fake))
+    assert store.read_text() == "MAILTO=ops@example.com\n15 * * * * /usr/bin/other-job\n"
