@@ -18,7 +18,7 @@ DEMO_ENV := DB_HOST= TELEGRAM_SOURCE=sample YOLO_MODEL=$(DEMO_YOLO_MODEL) \
 
 .PHONY: help setup test lint doctor demo pipeline weekly scrape-load transform enrich \
         stage-scrape stage-load stage-transform stage-enrich monitor report telegram-login \
-        install-cron uninstall-cron bench-load bench-transform bench-enrich clean
+        install-cron uninstall-cron bench-load bench-transform bench-enrich bench-monitor clean system-deps
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -30,8 +30,16 @@ $(STAMP): setup.cfg pyproject.toml
 
 setup: $(STAMP) ## build .venv from setup.cfg (rebuilt only when setup.cfg changes)
 
-test: $(STAMP) ## run the test suite (uses 127.0.0.1:5432 when it answers, else the embedded server)
+test: $(STAMP) system-deps ## run the test suite (uses 127.0.0.1:5432 when it answers, else the embedded server)
 	$(BIN)/python -m pytest -q
+
+# Debian's Chromium renders monitor/report.html in the monitor's test.
+system-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium (for the report test)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo -n ); \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends chromium >/dev/null \
+	  || { $$SUDO apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends chromium >/dev/null; }; }
 
 lint: $(STAMP) ## ruff over the code
 	$(BIN)/ruff check medical_etl scripts monitor tests bench
@@ -72,6 +80,9 @@ stage-transform: $(STAMP) ## stage 3: dbt build (DBT_ARGS=--full-refresh for a f
 stage-enrich: $(STAMP) ## stage 4: YOLO on new photos, then the detection models
 	$(BIN)/python scripts/run_yolo_enrichment.py
 
+monitor: $(STAMP) ## alert rules over the run log; writes monitor/report.html; exit code = worst severity
+	$(BIN)/python monitor/monitor_pipeline.py --html monitor/report.html
+
 report: $(STAMP) ## print row counts, image categories and top products
 	$(ETL) report
 
@@ -94,6 +105,9 @@ bench-transform: $(STAMP) ## dbt: full build vs incremental build after 1% new m
 
 bench-enrich: $(STAMP) ## YOLO enrichment vs a per-image model(path) loop on the real sample photos
 	$(BIN)/python bench/bench_enrich.py
+
+bench-monitor: $(STAMP) ## the monitor on a 100,000-record run log vs 10,000 and vs a load-everything baseline
+	$(BIN)/python bench/bench_monitor.py
 
 clean: ## remove dbt target and logs folders
 	rm -rf medical_warehouse/target medical_warehouse/logs

@@ -2,4 +2,5 @@ import sys
 
 from .cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # also imported by multiprocessing's spawn: do not run the CLI then
+    sys.exit(main())

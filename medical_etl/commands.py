@@ -96,6 +96,25 @@ def cmd_cron(args, settings: Settings) -> int:
     return 0
 
 
+def cmd_monitor(args, settings: Settings) -> int:
+    """Exit code by the worst active severity: 0 none/info, 1 warning, 2 error, 3 critical; 4 bad rules."""
+    from pathlib import Path
+
+    from .monitoring.rules import RulesError
+    from .monitoring.run import DEFAULT_RULES, format_text, run_monitor
+
+    try:
+        result, rc = run_monitor(settings.logs_path / "runs.jsonl", rules_path=Path(args.rules or DEFAULT_RULES),
+                                 state_path=Path(args.state) if args.state else None,
+                                 db=None if args.no_warehouse else settings,
+                                 html_path=Path(args.html) if args.html else None, send=not args.no_deliver)
+    except RulesError as exc:
+        print(f"monitor: refusing the rules file: {exc}", file=sys.stderr)
+        return 4
+    print(json.dumps(result, indent=2, default=str, ensure_ascii=False) if args.json else format_text(result))
+    return rc
+
+
 def cmd_report(args, settings: Settings) -> int:
     from .report import print_report
 
@@ -117,6 +136,15 @@ def register(sub) -> None:
     p.add_argument("action", choices=["install", "uninstall", "show"])
     p.add_argument("--crontab", default="crontab", help="the crontab command (default: crontab)")
     p.set_defaults(func=cmd_cron)
+
+    p = sub.add_parser("monitor", help="evaluate the alert rules over the run log; exit code = worst severity")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--rules", help="rules file (default monitor/pipeline_alerts.json)")
+    p.add_argument("--state", help="alert state file (default LOGS_PATH/monitor_state.json)")
+    p.add_argument("--html", help="also write the HTML report here (e.g. monitor/report.html)")
+    p.add_argument("--no-deliver", action="store_true", help="evaluate and print only")
+    p.add_argument("--no-warehouse", action="store_true", help="use the run log only")
+    p.set_defaults(func=cmd_monitor)
 
     p = sub.add_parser("report", help="print what the warehouse holds: counts, image categories, top products")
     p.set_defaults(func=cmd_report)

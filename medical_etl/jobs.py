@@ -2,7 +2,7 @@
 
 ``run_job("pipeline", settings)`` is what Make, cron and notebooks all call. A job that finds the
 lock taken records ``skipped`` and returns; a failed stage stops the stages after it. Each stage
-runs in a forked child (so a hung stage can be ended, and a stage's memory is returned to the
+runs in a child process (so a hung stage can be ended, and a stage's memory is returned to the
 system when it ends); the child dies with the job, even on ``kill -9``.
 """
 from __future__ import annotations
@@ -98,7 +98,9 @@ def _stage_child(conn, stage: str, settings: Settings, job: str, run_id: str, op
 
 def _run_stage_process(stage: str, settings: Settings, job: str, run_id: str, opts: dict,
                        timeout_s: float) -> tuple[str, dict]:
-    ctx = mp.get_context("fork")
+    # spawn, not fork: a caller that already runs threads (a notebook with torch loaded, a test
+    # runner) would hand the child locks held by threads that do not exist there.
+    ctx = mp.get_context("spawn")
     recv, send = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_stage_child, args=(send, stage, settings, job, run_id, opts),
                        name=f"stage-{stage}")

@@ -1,0 +1,105 @@
+"""Alert rules (``monitor/pipeline_alerts.json``): loaded and validated before anything is evaluated."""
+from __future__ import annotations
+
+import json
+import operator
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+COMPARISONS = {"gt": operator.gt, "ge": operator.ge, "lt": operator.lt, "le": operator.le, "eq": operator.eq}
+SEVERITIES = {"info": 0, "warning": 1, "error": 2, "critical": 3}
+RULE_KEYS = {"alert_type", "metric", "threshold", "comparison", "window", "job", "stage",
+             "message_template", "severity", "description"}
+REQUIRED = {"alert_type", "metric", "threshold", "comparison", "message_template", "severity"}
+DELIVERY_KEYS = {"webhook": {"url", "timeout_s", "retries"},
+                 "telegram_bot": {"token", "chat_id", "api_base", "timeout_s", "retries", "min_severity"},
+                 "deadman": {"url", "fail_url", "timeout_s", "retries"}}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(m|h|d)")
+
+
+class RulesError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Window:
+    runs: int | None = None
+    seconds: float | None = None
+
+    def __str__(self) -> str:
+        return f"{self.runs} runs" if self.runs else f"{self.seconds / 3600:g} h"
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    alert_type: str
+    metric: str
+    threshold: float
+    comparison: str
+    window: Window
+    message_template: str
+    severity: str
+    job: str | None = None
+    stage: str | None = None
+    description: str = ""
+
+    def compare(self, value: float) -> bool:
+        return COMPARISONS[self.comparison](value, self.threshold)
+
+
+def parse_window(raw, name: str) -> Window:
+    if raw is None:
+        return Window(runs=10)
+    if isinstance(raw, int) and not isinstance(raw, bool) and raw > 0:
+        return Window(runs=raw)
+    if isinstance(raw, str) and (m := _DURATION.fullmatch(raw.strip())):
+        return Window(seconds=float(m.group(1)) * {"m": 60, "h": 3600, "d": 86400}[m.group(2)])
+    raise RulesError(f"rule {name}: window must be a number of runs or a duration like '24h', got {raw!r}")
+
+
+def load_rules(path: str | Path, known_metrics: set[str]) -> tuple[list[Rule], dict]:
+    """Parse and validate the rules file; raise :class:`RulesError` naming the rule at fault."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise RulesError(f"{path}: cannot read the rules file: {exc}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("rules"), list):
+        raise RulesError(f"{path}: expected an object with a 'rules' list")
+    unknown_top = set(doc) - {"rules", "delivery", "description"}
+    if unknown_top:
+        raise RulesError(f"{path}: unknown top-level keys {sorted(unknown_top)}")
+    rules = []
+    for i, raw in enumerate(doc["rules"], 1):
+        name = f"#{i}"
+        if isinstance(raw, dict) and isinstance(raw.get("alert_type"), str):
+            name = f"#{i} ({raw['alert_type']})"
+        if not isinstance(raw, dict):
+            raise RulesError(f"rule {name}: expected an object")
+        if unknown := set(raw) - RULE_KEYS:
+            raise RulesError(f"rule {name}: unknown keys {sorted(unknown)}")
+        if missing := REQUIRED - set(raw):
+            raise RulesError(f"rule {name}: missing keys {sorted(missing)}")
+        if raw["comparison"] not in COMPARISONS:
+            raise RulesError(f"rule {name}: comparison must be one of {sorted(COMPARISONS)}, "
+                             f"got {raw['comparison']!r}")
+        if raw["severity"] not in SEVERITIES:
+            raise RulesError(f"rule {name}: severity must be one of {list(SEVERITIES)}, got {raw['severity']!r}")
+        if raw["metric"] not in known_metrics:
+            raise RulesError(f"rule {name}: unknown metric {raw['metric']!r}; known: {sorted(known_metrics)}")
+        if isinstance(raw["threshold"], bool) or not isinstance(raw["threshold"], (int, float)):
+            raise RulesError(f"rule {name}: threshold must be a number")
+        rules.append(Rule(name=name, alert_type=raw["alert_type"], metric=raw["metric"],
+                          threshold=float(raw["threshold"]), comparison=raw["comparison"],
+                          window=parse_window(raw.get("window"), name),
+                          message_template=str(raw["message_template"]), severity=raw["severity"],
+                          job=raw.get("job"), stage=raw.get("stage"), description=raw.get("description", "")))
+    delivery = doc.get("delivery") or {}
+    for channel, conf in delivery.items():
+        if channel not in DELIVERY_KEYS:
+            raise RulesError(f"delivery: unknown channel {channel!r}; known: {sorted(DELIVERY_KEYS)}")
+        if unknown := set(conf) - DELIVERY_KEYS[channel]:
+            raise RulesError(f"delivery.{channel}: unknown keys {sorted(unknown)}")
+    return rules, delivery

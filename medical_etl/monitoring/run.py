@@ -1,0 +1,110 @@
+"""The monitor: read the log (and the warehouse where reachable), evaluate the rules, deliver, report."""
+from __future__ import annotations
+
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .alerts import METRICS, evaluate, exit_code, load_state, save_state, worst_severity
+from .deliver import deliver, expand
+from .html import render
+from .rules import load_rules
+from .stats import read_log, summarize
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_RULES = REPO / "monitor" / "pipeline_alerts.json"
+
+
+def warehouse_metrics(db, timeout: int = 3) -> dict | None:
+    """Freshness per channel and completeness; None when the warehouse cannot be reached."""
+    from ..db import connect
+
+    try:
+        conn = connect(db, attempts=1, connect_timeout=timeout)
+    except Exception:  # noqa: BLE001 - the monitor works from the log alone
+        return None
+    out: dict = {"last_post_by_channel": {}}
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT channel, max(message_date) FROM raw.telegram_messages GROUP BY 1")
+            out["last_post_by_channel"] = dict(cur.fetchall())
+            cur.execute("""SELECT count(*) FILTER (WHERE image_path IS NOT NULL),
+                                  (SELECT count(DISTINCT (channel, message_id)) FROM raw.image_analyses)
+                           FROM raw.telegram_messages""")
+            photos, analysed = cur.fetchone()
+            out["photos_analysed_share"] = round(analysed / photos, 4) if photos else None
+            conn.commit()
+            try:
+                cur.execute("SELECT avg((price_count > 0)::int) FROM marts.fct_messages")
+                share = cur.fetchone()[0]
+                out["posts_with_prices_share"] = round(float(share), 4) if share is not None else None
+            except Exception:  # noqa: BLE001 - marts not built yet
+                conn.rollback()
+                out["posts_with_prices_share"] = None
+    except Exception:  # noqa: BLE001 - raw tables not created yet
+        conn.rollback()
+    finally:
+        conn.close()
+    return out
+
+
+def run_monitor(log_path: Path, *, rules_path: Path = DEFAULT_RULES, state_path: Path | None = None,
+                db=None, env=os.environ, html_path: Path | None = None, send: bool = True,
+                now: datetime | None = None) -> tuple[dict, int]:
+    """Evaluate once; return (result, exit code: 0 none/info, 1 warning, 2 error, 3 critical)."""
+    now = now or datetime.now(timezone.utc)
+    rules, delivery_conf = load_rules(rules_path, set(METRICS))
+    stats = read_log(log_path)
+    wh = warehouse_metrics(db) if db is not None else None
+    state_path = state_path or Path(log_path).parent / "monitor_state.json"
+    state = load_state(state_path)
+    active, to_send = evaluate(rules, stats, wh, state, now)
+    summary = summarize(stats)
+    freshness = {ch: round((now - ts).total_seconds() / 3600, 1)
+                 for ch, ts in (wh or {}).get("last_post_by_channel", {}).items()}
+    summary["data_quality"] = {
+        "freshness_hours_by_channel": freshness,
+        "photos_analysed_share": (wh or {}).get("photos_analysed_share"),
+        "posts_with_prices_share": (wh or {}).get("posts_with_prices_share"),
+        "warehouse_reachable": wh is not None,
+    }
+    worst = worst_severity(active)
+    deliveries = deliver(to_send, summary, expand(delivery_conf, env), worst) if send else []
+    save_state(state_path, state)
+    if html_path:
+        Path(html_path).write_text(render(stats, summary, active, freshness, now), encoding="utf-8")
+    result = {"generated_at": now.isoformat(), "worst_severity": worst,
+              "active_alerts": [a.as_dict() for a in active], "sent": [a.as_dict() for a in to_send],
+              "deliveries": deliveries, "metrics": summary}
+    return result, exit_code(active)
+
+
+def format_text(result: dict) -> str:
+    m = result["metrics"]
+    lines = [f"medical_etl monitor: worst severity {result['worst_severity'] or 'none'}",
+             f"log {m['log']['path']}: {m['log']['records']} records, {m['log']['malformed_lines']} malformed"
+             + ("" if m["log"]["exists"] else " (no runs yet)")]
+    for a in result["active_alerts"]:
+        lines.append(f"  [{a['severity'].upper():8}] {a['message']}" + ("" if a["new"] else "  (already sent)"))
+    for a in result["sent"]:
+        if a["state"] == "resolved":
+            lines.append(f"  [RESOLVED] {a['message']}")
+    lines.append("health:")
+    for job, h in m["health"].items():
+        rate = f"{h['failure_rate']:.0%}" if h["failure_rate"] is not None else "-"
+        lines.append(f"  {job:<12} runs {h['runs']:>5}  failed {h['failed']:>4}  failure rate {rate}")
+    perf = m["performance"]
+    lines.append(f"performance (bottleneck: {perf['bottleneck'] or '-'}):")
+    for stage, p in perf["stages"].items():
+        r = m["resources"].get(stage, {})
+        lines.append(f"  {stage:<10} median {p['median_s']} s  p95 {p['p95_s']} s  "
+                     f"peak RSS {r.get('peak_rss_mb_max')} MB  cpu {r.get('cpu_s_median')} s")
+    dq = m["data_quality"]
+    lines.append(f"data: last scrape {m['volume']['last_new_messages']} new messages "
+                 f"(trailing avg {m['volume']['trailing_avg_new_messages']}); photos analysed "
+                 f"{dq['photos_analysed_share']}; posts with prices {dq['posts_with_prices_share']}")
+    for ch, h in dq["freshness_hours_by_channel"].items():
+        lines.append(f"  {ch:<24} last post {h} h ago")
+    for d in result["deliveries"]:
+        lines.append(f"delivery {d['channel']}: " + ("ok" if d["ok"] else f"FAILED {d['error']}"))
+    return "\n".join(lines)

@@ -1,0 +1,145 @@
+"""One streaming pass over the run log: bounded per-job and per-stage histories plus totals.
+
+Memory is bounded (deques of the most recent runs), so a log of any size is read in flat memory;
+torn or malformed lines are counted and skipped.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+from collections import Counter, defaultdict, deque
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+HISTORY = 2000  # runs kept per job and per stage for windows, medians and charts
+
+
+def parse_ts(value) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+
+
+@dataclass
+class Run:
+    run_id: str
+    job: str
+    stage: str | None
+    status: str
+    finished_at: datetime | None
+    duration_s: float
+    metrics: dict
+    error: str | None
+    reason: str | None
+    peak_rss_mb: float | None
+    cpu_s: float | None
+
+
+@dataclass
+class LogStats:
+    path: Path
+    exists: bool = False
+    records: int = 0
+    malformed: int = 0
+    jobs: dict[str, deque] = field(default_factory=lambda: defaultdict(lambda: deque(maxlen=HISTORY)))
+    stages: dict[str, deque] = field(default_factory=lambda: defaultdict(lambda: deque(maxlen=HISTORY)))
+    job_totals: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
+    last_success: dict[str, datetime] = field(default_factory=dict)  # per job, and "*" for any
+
+    def job_runs(self, job: str | None = None, include_skipped: bool = False) -> list[Run]:
+        runs = [r for name, q in self.jobs.items() if job in (None, name) for r in q]
+        if not include_skipped:
+            runs = [r for r in runs if r.status != "skipped"]
+        return sorted(runs, key=lambda r: r.finished_at or datetime.min.replace(tzinfo=timezone.utc))
+
+    def stage_runs(self, stage: str, job: str | None = None) -> list[Run]:
+        return [r for r in self.stages.get(stage, ()) if job in (None, r.job)]
+
+
+def read_log(path: str | Path) -> LogStats:
+    path = Path(path)
+    stats = LogStats(path=path)
+    if not path.exists():
+        return stats
+    stats.exists = True
+    with open(path, "rb") as fh:
+        for line in fh:
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                if not isinstance(rec, dict) or not isinstance(rec.get("job"), str):
+                    raise ValueError("not a run record")
+                run = Run(run_id=str(rec.get("run_id")), job=rec["job"], stage=rec.get("stage"),
+                          status=str(rec.get("status")), finished_at=parse_ts(rec.get("finished_at")),
+                          duration_s=float(rec.get("duration_s") or 0.0),
+                          metrics=rec.get("metrics") if isinstance(rec.get("metrics"), dict) else {},
+                          error=(rec.get("error") or {}).get("message") if isinstance(rec.get("error"), dict)
+                          else rec.get("error"),
+                          reason=rec.get("reason"), peak_rss_mb=rec.get("peak_rss_mb"), cpu_s=rec.get("cpu_s"))
+            except (ValueError, TypeError, AttributeError):
+                stats.malformed += 1
+                continue
+            stats.records += 1
+            if run.stage:
+                stats.stages[run.stage].append(run)
+            else:
+                stats.jobs[run.job].append(run)
+                stats.job_totals[run.job][run.status] += 1
+                if run.status == "success" and run.finished_at:
+                    for key in (run.job, "*"):
+                        if key not in stats.last_success or run.finished_at > stats.last_success[key]:
+                            stats.last_success[key] = run.finished_at
+    return stats
+
+
+def percentile(values: list[float], p: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    k = (len(values) - 1) * p
+    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+
+
+def summarize(stats: LogStats) -> dict:
+    """Health, performance and resource metrics from the log (warehouse metrics are added elsewhere)."""
+    health = {}
+    for job, totals in sorted(stats.job_totals.items()):
+        done = totals["success"] + totals["failed"]
+        health[job] = {"runs": sum(totals.values()), "success": totals["success"], "failed": totals["failed"],
+                       "skipped": totals["skipped"],
+                       "success_rate": round(totals["success"] / done, 4) if done else None,
+                       "failure_rate": round(totals["failed"] / done, 4) if done else None}
+    perf, resources = {}, {}
+    for stage, runs in sorted(stats.stages.items()):
+        durations = [r.duration_s for r in runs if r.status == "success"]
+        perf[stage] = {"runs": len(runs), "median_s": _r(statistics.median(durations)) if durations else None,
+                       "p95_s": _r(percentile(durations, 0.95)), "last_s": _r(runs[-1].duration_s)}
+        rss = [r.peak_rss_mb for r in runs if isinstance(r.peak_rss_mb, (int, float))]
+        cpu = [r.cpu_s for r in runs if isinstance(r.cpu_s, (int, float))]
+        resources[stage] = {"peak_rss_mb_max": max(rss) if rss else None,
+                            "peak_rss_mb_median": _r(statistics.median(rss)) if rss else None,
+                            "cpu_s_median": _r(statistics.median(cpu)) if cpu else None}
+    ranked = [(v["median_s"], k) for k, v in perf.items() if v["median_s"] is not None]
+    volume = [r.metrics.get("new_messages") for r in stats.stage_runs("scrape") if r.status == "success"]
+    volume = [v for v in volume if isinstance(v, (int, float))]
+    return {
+        "log": {"path": str(stats.path), "exists": stats.exists, "records": stats.records,
+                "malformed_lines": stats.malformed},
+        "health": health,
+        "performance": {"stages": perf, "bottleneck": max(ranked)[1] if ranked else None},
+        "resources": resources,
+        "volume": {"last_new_messages": volume[-1] if volume else None,
+                   "trailing_avg_new_messages": _r(statistics.mean(volume[-11:-1])) if len(volume) > 1 else None},
+        "last_success_at": stats.last_success.get("*").isoformat() if stats.last_success.get("*") else None,
+    }
+
+
+def _r(v):
+    return None if v is None else round(v, 3)

@@ -1,0 +1,326 @@
+import json
+import subprocess
+import sys
+import threading
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+from medical_etl.monitoring.rules import RulesError, load_rules
+from medical_etl.monitoring.run import DEFAULT_RULES, run_monitor
+
+NOW = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
+
+
+def rec(job="pipeline", stage=None, status="success", at=NOW, duration=60.0, metrics=None, run_id=None, **kw):
+    return {"run_id": run_id or f"r-{at.isoformat()}-{job}-{stage}", "job": job, "stage": stage, "status": status,
+            "started_at": (at - timedelta(seconds=duration)).isoformat(), "finished_at": at.isoformat(),
+            "duration_s": duration, "metrics": metrics or {}, "error": {"type": "X", "message": "boom"}
+            if status == "failed" else None, "peak_rss_mb": 100.0, "cpu_s": 5.0, **kw}
+
+
+def write_log(path: Path, records, extra_lines=()):
+    with open(path, "w") as fh:
+        for r in records:
+            fh.write(json.dumps(r) + "\n")
+        for line in extra_lines:
+            fh.write(line)
+    return path
+
+
+def rules_file(tmp_path, *rules, delivery=None):
+    p = tmp_path / "rules.json"
+    p.write_text(json.dumps({"rules": list(rules), "delivery": delivery or {}}))
+    return p
+
+
+def rule(**kw):
+    base = {"alert_type": "t", "metric": "job_failed", "threshold": 1, "comparison": "ge", "window": 1,
+            "severity": "critical", "message_template": "{job} failed: {error}"}
+    base.update(kw)
+    return base
+
+
+def run(tmp_path, records, rules, now=NOW, **kw):
+    log = write_log(tmp_path / "runs.jsonl", records)
+    return run_monitor(log, rules_path=rules, state_path=tmp_path / "state.json", now=now, **kw)
+
+
+def runs_every_hour(statuses, job="pipeline"):
+    return [rec(job=job, status=s, at=NOW - timedelta(hours=len(statuses) - i), run_id=f"run{i}")
+            for i, s in enumerate(statuses)]
+
+
+# --- one case per shipped rule: triggers, and does not ---------------------------
+
+def test_pipeline_failure(tmp_path):
+    rules = rules_file(tmp_path, rule())
+    res, rc = run(tmp_path, runs_every_hour(["success", "failed"]), rules)
+    assert rc == 3 and res["active_alerts"][0]["message"] == "pipeline failed: boom"
+    res, rc = run(tmp_path / "..", runs_every_hour(["failed", "success"]), rules_file(tmp_path, rule()))
+    assert rc == 0 and res["active_alerts"] == []
+
+
+@pytest.mark.parametrize("statuses,fires", [
+    (["failed"] + ["success"] * 9, False),              # exactly 10%: not "above 10%"
+    (["failed", "failed"] + ["success"] * 8, True),     # 20%
+    (["skipped"] * 5 + ["failed"] + ["success"] * 9, False),  # skipped runs do not count
+    (["failed"] * 5 + ["success"] * 10, False),         # failures outside the 10-run window
+])
+def test_failure_rate_boundaries(tmp_path, statuses, fires):
+    r = rule(alert_type="failure_rate", metric="failure_rate", threshold=0.10, comparison="gt", window=10,
+             severity="error", message_template="{rate_pct}% of {total}")
+    res, rc = run(tmp_path, runs_every_hour(statuses), rules_file(tmp_path, r))
+    assert (rc == 2) is fires
+    if fires:
+        assert res["active_alerts"][0]["message"] == "20.0% of 10"
+
+
+def test_failure_rate_duration_window(tmp_path):
+    r = rule(alert_type="failure_rate", metric="failure_rate", threshold=0.10, comparison="gt", window="3h",
+             severity="error", message_template="{rate_pct}")
+    records = runs_every_hour(["failed"] * 5 + ["success"] * 3)  # the failures are older than 3 h
+    assert run(tmp_path, records, rules_file(tmp_path, r))[1] == 0
+
+
+def test_long_execution_threshold_and_trailing_median(tmp_path):
+    r1 = rule(alert_type="long_execution", metric="duration_s", job="pipeline", threshold=7200, comparison="gt",
+              severity="warning", message_template="{duration_s}")
+    assert run(tmp_path, [rec(duration=7300)], rules_file(tmp_path, r1))[1] == 1
+    assert run(tmp_path, [rec(duration=7200)], rules_file(tmp_path, r1))[1] == 0
+    r2 = rule(alert_type="long_execution", metric="duration_vs_trailing_median", stage="load", threshold=3,
+              comparison="gt", window=10, severity="warning", message_template="{factor}x {median_s}")
+    loads = [rec(stage="load", duration=d, at=NOW - timedelta(hours=6 - i), run_id=f"l{i}")
+             for i, d in enumerate([10, 11, 9, 10, 12])]
+    res, rc = run(tmp_path, loads + [rec(stage="load", duration=45, run_id="slow")], rules_file(tmp_path, r2))
+    assert rc == 1 and res["active_alerts"][0]["message"] == "4.5x 10.0"
+    assert run(tmp_path, loads + [rec(stage="load", duration=25, run_id="ok")], rules_file(tmp_path, r2))[1] == 0
+
+
+def test_low_data_volume(tmp_path):
+    r = rule(alert_type="low_data_volume", metric="new_messages_vs_trailing_avg", threshold=0.2, comparison="lt",
+             window=7, severity="warning", message_template="{new_messages} vs {trailing_avg}")
+    scrapes = [rec(stage="scrape", metrics={"new_messages": 100}, at=NOW - timedelta(days=7 - i), run_id=f"s{i}")
+               for i in range(7)]
+    res, rc = run(tmp_path, scrapes + [rec(stage="scrape", metrics={"new_messages": 10})], rules_file(tmp_path, r))
+    assert rc == 1 and res["active_alerts"][0]["message"] == "10 vs 100"
+    assert run(tmp_path, scrapes + [rec(stage="scrape", metrics={"new_messages": 20})], rules_file(tmp_path, r))[1] == 0
+
+
+def test_stale_data_and_missing_log(tmp_path):
+    r = rule(alert_type="stale_data", metric="hours_since_success", threshold=30, comparison="gt",
+             severity="warning", message_template="{hours} h since {last_success}")
+    rules = rules_file(tmp_path, r)
+    assert run(tmp_path, [rec(at=NOW - timedelta(hours=31))], rules)[1] == 1
+    assert run(tmp_path, [rec(at=NOW - timedelta(hours=29))], rules)[1] == 0
+    # no log at all: "no runs yet", not a crash; fires once the threshold has passed since first seen
+    state = tmp_path / "fresh_state.json"
+    res, rc = run_monitor(tmp_path / "missing.jsonl", rules_path=rules, state_path=state, now=NOW)
+    assert rc == 0 and res["metrics"]["log"]["exists"] is False
+    res, rc = run_monitor(tmp_path / "missing.jsonl", rules_path=rules, state_path=state,
+                          now=NOW + timedelta(hours=31))
+    assert rc == 1 and "since never" in res["active_alerts"][0]["message"]
+
+
+def test_stale_channel_from_warehouse(settings, conn, tmp_path):
+    from medical_etl.load import load_raw_to_postgres
+
+    d = settings.raw_data_path / "telegram_messages" / "2026-11-20"
+    d.mkdir(parents=True)
+    (d / "CheMed123.json").write_text(json.dumps([{"channel_username": "CheMed123", "message_id": 1,
+                                                   "date": "2026-11-20T12:00:00+00:00", "text": "x"}]))
+    load_raw_to_postgres(settings, settings.raw_data_path)
+    r = rule(alert_type="stale_data", metric="channel_hours_since_last_post", threshold=72, comparison="gt",
+             severity="warning", message_template="{channel} quiet for {hours} h")
+    res, rc = run(tmp_path, [rec()], rules_file(tmp_path, r), db=settings)
+    assert rc == 1 and res["active_alerts"][0]["message"] == "CheMed123 quiet for 144.0 h"
+    assert res["metrics"]["data_quality"]["freshness_hours_by_channel"] == {"CheMed123": 144.0}
+
+
+def test_pipeline_success_is_info_exit_0(tmp_path):
+    r = rule(alert_type="pipeline_success", metric="job_succeeded", job="pipeline", severity="info",
+             message_template="ok {run_id}")
+    res, rc = run(tmp_path, runs_every_hour(["success"]), rules_file(tmp_path, r))
+    assert rc == 0 and res["active_alerts"][0]["message"] == "ok run0" and res["sent"]
+
+
+# --- dedup, resolution, robustness -----------------------------------------------
+
+def test_raised_once_per_triggering_run_and_resolved_once(tmp_path):
+    rules = rules_file(tmp_path, rule())
+    log = tmp_path / "runs.jsonl"
+    state = tmp_path / "state.json"
+    write_log(log, runs_every_hour(["failed"]))
+    first, rc1 = run_monitor(log, rules_path=rules, state_path=state, now=NOW)
+    second, rc2 = run_monitor(log, rules_path=rules, state_path=state, now=NOW)
+    assert rc1 == rc2 == 3
+    assert len(first["sent"]) == 1 and second["sent"] == []          # not sent twice
+    write_log(log, runs_every_hour(["failed", "failed"]))            # a new failing run: a new alert
+    third, _ = run_monitor(log, rules_path=rules, state_path=state, now=NOW)
+    assert len(third["sent"]) == 1 and third["sent"][0]["trigger"].endswith("@run1")
+    write_log(log, runs_every_hour(["failed", "failed", "success"]))
+    fourth, rc4 = run_monitor(log, rules_path=rules, state_path=state, now=NOW)
+    assert rc4 == 0 and [a["state"] for a in fourth["sent"]] == ["resolved"]
+    fifth, _ = run_monitor(log, rules_path=rules, state_path=state, now=NOW)
+    assert fifth["sent"] == []                                       # resolved is reported once
+
+
+def test_malformed_lines_are_counted_and_skipped(tmp_path):
+    log = write_log(tmp_path / "runs.jsonl", runs_every_hour(["failed"]),
+                    extra_lines=['{"job": "pipeline", "sta\n', "\n", "not json\n", "[1, 2]\n"])
+    res, rc = run_monitor(log, rules_path=rules_file(tmp_path, rule()), state_path=tmp_path / "s.json", now=NOW)
+    assert rc == 3 and res["metrics"]["log"]["malformed_lines"] == 3 and res["metrics"]["log"]["records"] == 1
+
+
+@pytest.mark.parametrize("bad,message", [
+    (rule(colour="red"), "rule #1 (t): unknown keys ['colour']"),
+    (rule(comparison="above"), "rule #1 (t): comparison must be one of"),
+    (rule(severity="loud"), "rule #1 (t): severity must be one of"),
+    (rule(metric="nope"), "rule #1 (t): unknown metric 'nope'"),
+    (rule(window="soon"), "rule #1 (t): window must be"),
+])
+def test_bad_rules_file_is_refused_naming_the_rule(tmp_path, bad, message):
+    with pytest.raises(RulesError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        load_rules(rules_file(tmp_path, bad), {"job_failed"})
+
+
+def test_cli_exit_codes_and_refusal(settings, tmp_path):
+    from conftest import settings_env
+
+    env = settings_env(settings)
+    settings.logs_path.mkdir(parents=True, exist_ok=True)
+    write_log(settings.logs_path / "runs.jsonl", runs_every_hour(["failed"]))
+    r = subprocess.run([sys.executable, str(REPO / "monitor/monitor_pipeline.py"), "--json", "--no-deliver"],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 3, r.stderr
+    assert json.loads(r.stdout)["worst_severity"] == "critical"
+    bad = rules_file(tmp_path, rule(comparison="above"))
+    r = subprocess.run([sys.executable, "-m", "medical_etl", "monitor", "--rules", str(bad)], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 4 and "rule #1 (t): comparison" in r.stderr
+
+
+def test_shipped_rules_load():
+    from medical_etl.monitoring.alerts import METRICS
+
+    rules, delivery = load_rules(DEFAULT_RULES, set(METRICS))
+    types = {r.alert_type: r.severity for r in rules}
+    assert types == {"pipeline_failure": "critical", "failure_rate": "error", "long_execution": "warning",
+                     "low_data_volume": "warning", "stale_data": "warning", "pipeline_success": "info"}
+    assert set(delivery) == {"webhook", "telegram_bot", "deadman"}
+
+
+# --- delivery to local servers ----------------------------------------------------
+
+class Recorder(BaseHTTPRequestHandler):
+    calls: list = []
+
+    def _record(self):
+        n = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(n)) if n else None
+        type(self).calls.append((self.command, self.path, body))
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b'{"ok": true}')
+
+    do_POST = do_GET = _record
+
+    def log_message(self, *a):
+        pass
+
+
+@pytest.fixture
+def http_server():
+    Recorder.calls = []
+    srv = HTTPServer(("127.0.0.1", 0), Recorder)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{srv.server_port}", Recorder.calls
+    srv.shutdown()
+
+
+def test_delivery_to_webhook_bot_and_deadman(tmp_path, http_server):
+    base, calls = http_server
+    token = "123456:SECRET-bot-token"
+    delivery = {"webhook": {"url": "${HOOK}/hook", "timeout_s": 2, "retries": 2},
+                "telegram_bot": {"token": "${BOT_TOKEN}", "chat_id": "42", "api_base": base},
+                "deadman": {"url": f"{base}/ping/abc"}}
+    rules = rules_file(tmp_path, rule(), delivery=delivery)
+    log = write_log(tmp_path / "runs.jsonl", runs_every_hour(["failed"]))
+    env = {"HOOK": base, "BOT_TOKEN": token}
+    res, rc = run_monitor(log, rules_path=rules, state_path=tmp_path / "s.json", env=env, now=NOW)
+    assert all(d["ok"] for d in res["deliveries"]), res["deliveries"]
+    paths = [(m, p) for m, p, _ in calls]
+    assert ("POST", "/hook") in paths and ("POST", f"/bot{token}/sendMessage") in paths
+    assert ("GET", "/ping/abc/fail") in paths  # a critical alert: the failure ping
+    hook = next(b for m, p, b in calls if p == "/hook")
+    assert hook["alerts"][0]["severity"] == "critical" and hook["worst_severity"] == "critical"
+    bot = next(b for m, p, b in calls if p.endswith("sendMessage"))
+    assert bot["chat_id"] == "42" and "[CRITICAL] pipeline failed: boom" in bot["text"]
+    assert token not in json.dumps(res)
+    calls.clear()
+    write_log(log, runs_every_hour(["failed", "success"]))
+    run_monitor(log, rules_path=rules, state_path=tmp_path / "s.json", env=env, now=NOW)
+    assert ("GET", "/ping/abc") in [(m, p) for m, p, _ in calls]  # healthy again: the success ping
+
+
+def test_failed_delivery_is_reported_not_fatal(tmp_path):
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    rules = rules_file(tmp_path, rule(), delivery={"webhook": {"url": f"http://127.0.0.1:{port}/x", "retries": 2,
+                                                               "timeout_s": 1}})
+    res, rc = run(tmp_path, runs_every_hour(["failed"]), rules)
+    assert rc == 3
+    (d,) = res["deliveries"]
+    assert d["ok"] is False and "Connection refused" in d["error"]
+
+
+# --- the HTML report, rendered by headless Chromium ---------------------------------
+
+def chromium() -> str:
+    import shutil
+
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert exe, "Debian's chromium is required for this test (make test installs it)"
+    return exe
+
+
+def test_report_renders_in_chromium_with_the_logs_numbers(tmp_path):
+    records = []
+    for i in range(6):
+        at = NOW - timedelta(days=6 - i)
+        rid = f"run{i}"
+        status = "failed" if i == 5 else "success"
+        records += [rec(stage="scrape", at=at, duration=10 + i, run_id=rid, metrics={"new_messages": 100 + i}),
+                    rec(stage="load", at=at, duration=5 + i, run_id=rid, status=status),
+                    rec(stage="enrich", at=at, duration=30.5 + i, run_id=rid, metrics={"photos_analysed": 20 + i}),
+                    rec(at=at, duration=50 + i, run_id=rid, status=status)]
+    html_path = tmp_path / "report.html"
+    run(tmp_path, records, rules_file(tmp_path, rule()), html_path=html_path)
+    text = html_path.read_text()
+    assert "http://" not in text and "https://" not in text and "<script src" not in text  # self-contained
+    out = subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                          "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                          "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
+                          html_path.as_uri()], capture_output=True, text=True, timeout=120)
+    dom = out.stdout
+    assert "<svg" in dom and 'id="durations"' in dom, out.stderr[-2000:]
+    import re
+
+    marks = re.findall(r'data-stage="(\w+)" data-run="(\w+)" data-duration="([\d.]+)" data-status="(\w+)"', dom)
+    assert ("load", "run5", "10.0", "failed") in marks and ("enrich", "run5", "35.5", "success") in marks
+    assert len(marks) == 18
+    assert 'data-run="run2" data-messages="102"' in dom and 'data-run="run2" data-photos="22"' in dom
+    assert 'class="alert critical"' in dom
+    shot = tmp_path / "shot.png"
+    subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                    f"--user-data-dir={tmp_path / 'profile2'}", f"--screenshot={shot}", "--window-size=1000,1400",
+                    html_path.as_uri()], capture_output=True, timeout=120)
+    assert shot.stat().st_size > 10_000
