@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 import os
 import random
+import uuid
 from collections import defaultdict
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -16,6 +18,26 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MEDICAL_ETL_SHARED") or next(
     (p for p in (REPO.parent / "shared", Path("/work/shared")) if p.is_dir()), REPO.parent / "shared"))
 SAMPLE = SHARED / "datasets" / "telegram-medical-sample"
+
+
+@contextmanager
+def scratch_database():
+    """A fresh database on the configured server (embedded unless DB_HOST is set), dropped on exit."""
+    import psycopg2
+
+    from medical_etl.config import load_settings
+    from medical_etl.db import ConnParams, conn_params
+
+    admin = conn_params(load_settings())
+    name = f"bench_{uuid.uuid4().hex[:8]}"
+    c = psycopg2.connect(**{**admin.kwargs(), "dbname": "postgres"})
+    c.autocommit = True
+    c.cursor().execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield ConnParams(admin.host, admin.port, name, admin.user, admin.password)
+    finally:
+        c.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        c.close()
 
 
 def real_posts() -> list[dict]:

@@ -78,7 +78,9 @@ def run_dbt_transformations(
     project_dir = Path(project_dir).resolve()
     common = ["--project-dir", str(project_dir), "--profiles-dir", str(project_dir),
               "--target-path", str(target_path or project_dir / "target")]
-    flags = ["--log-path", str(log_path or project_dir / "logs"), "--no-use-colors"]
+    # progress goes to dbt.log (and each node into the summary); the console gets warnings and errors
+    flags = ["--log-path", str(log_path or project_dir / "logs"), "--no-use-colors", "--log-level", "warn",
+             "--log-level-file", "info"]
     args = ["build", *common]
     if full_refresh:
         args.append("--full-refresh")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg2
@@ -53,13 +54,31 @@ def _admin_exec(admin: ConnParams, statement: sql.Composable) -> None:
         conn.close()
 
 
+@contextmanager
+def scratch_database(admin: ConnParams, prefix: str = "t"):
+    """A fresh database on the test server, dropped on exit; yields its ConnParams."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    _admin_exec(admin, sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield ConnParams(admin.host, admin.port, name, admin.user)
+    finally:
+        _admin_exec(admin, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def query(conn, statement: str, args=None) -> list[tuple]:
+    """Run one query and commit, so later reads see other processes' writes."""
+    with conn.cursor() as cur:
+        cur.execute(statement, args)
+        rows = cur.fetchall()
+    conn.commit()
+    return rows
+
+
 @pytest.fixture
 def pg_database(pg_admin):
     """A fresh database for one test, dropped afterwards; yields its ConnParams."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    _admin_exec(pg_admin, sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    yield ConnParams(pg_admin.host, pg_admin.port, name, pg_admin.user)
-    _admin_exec(pg_admin, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    with scratch_database(pg_admin) as params:
+        yield params
 
 
 @pytest.fixture

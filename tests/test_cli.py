@@ -40,3 +40,11 @@ def test_console_script_and_module_are_the_same_cli():
     b = subprocess.run([sys.executable, "-m", "medical_etl", "--version"], capture_output=True, text=True)
     assert a.returncode == b.returncode == 0
     assert a.stdout == b.stdout and a.stdout.startswith("medical-etl ")
+
+
+def test_public_api_resolves():
+    import medical_etl
+
+    for name in medical_etl.__all__:
+        assert getattr(medical_etl, name) is not None
+    assert callable(medical_etl.run_job) and callable(medical_etl.scrape_telegram_data)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SHARED_MODEL
+from conftest import SHARED_MODEL, query
 
 from medical_etl import enrich as enrich_mod
 from medical_etl.enrich import EnrichError, Photo, _infer, load_model, run_yolo_enrichment
@@ -55,13 +55,6 @@ def enriched_lake(settings, shared_sample):
     return settings
 
 
-def q(conn, sql, args=None):
-    with conn.cursor() as cur:
-        cur.execute(sql, args)
-        rows = cur.fetchall()
-    conn.commit()
-    return rows
-
 
 def test_sample_agrees_with_reference_and_rerun_does_nothing(enriched_lake, conn, shared_sample, monkeypatch):
     s = run_yolo_enrichment(enriched_lake, enriched_lake.raw_data_path, model=str(SHARED_MODEL))
@@ -70,9 +63,9 @@ def test_sample_agrees_with_reference_and_rerun_does_nothing(enriched_lake, conn
     assert s["objects_found"] > 250 and s["per_class"]["person"] > 0 and s["photos_per_second"] > 0
     assert s["dbt"]["status"] == "success" and s["dbt"]["tests_failed"] == 0
     ours = {}
-    for ch, mid, cls in q(conn, "SELECT channel, message_id, class_name FROM raw.image_detections"):
+    for ch, mid, cls in query(conn, "SELECT channel, message_id, class_name FROM raw.image_detections"):
         ours.setdefault((ch, mid), set()).add(cls)
-    readable = {(ch, mid) for ch, mid in q(conn, "SELECT channel, message_id FROM raw.image_analyses "
+    readable = {(ch, mid) for ch, mid in query(conn, "SELECT channel, message_id FROM raw.image_analyses "
                                                  "WHERE status <> 'unreadable'")}
     assert len(readable) == 194
     agree = 0
@@ -95,9 +88,9 @@ def test_sample_agrees_with_reference_and_rerun_does_nothing(enriched_lake, conn
     assert again["photos_to_analyse"] == 0 and again["already_analysed"] == 197
 
     # categories in dbt follow the rule over the detections and the product-like seed
-    product_like = {r[0] for r in q(conn, "SELECT class_name FROM marts.product_like_classes")}
+    product_like = {r[0] for r in query(conn, "SELECT class_name FROM marts.product_like_classes")}
     assert {"bottle", "cup", "bowl", "vase"} <= product_like
-    cats = dict(((ch, mid), c) for ch, mid, c in q(
+    cats = dict(((ch, mid), c) for ch, mid, c in query(
         conn, "SELECT channel_username, message_id, image_category FROM marts.fct_image_categories"))
     assert len(cats) == 194
     for key in readable:
@@ -106,7 +99,7 @@ def test_sample_agrees_with_reference_and_rerun_does_nothing(enriched_lake, conn
         expected = ("promotional" if person and product else "product_display" if product
                     else "lifestyle" if person else "other")
         assert cats[key] == expected, (key, found)
-    assert q(conn, "SELECT count(*) FROM marts.fct_image_detections")[0][0] == s["objects_found"]
+    assert query(conn, "SELECT count(*) FROM marts.fct_image_detections")[0][0] == s["objects_found"]
 
 
 def test_bad_photos_are_recorded_unreadable_others_go_on(settings, conn, tmp_path):
@@ -127,7 +120,7 @@ def test_bad_photos_are_recorded_unreadable_others_go_on(settings, conn, tmp_pat
     load_raw_to_postgres(settings, lake)
     s = run_yolo_enrichment(settings, lake, model=str(SHARED_MODEL), build_models=False)
     assert s["photos_analysed"] == 4 and s["unreadable_photos"] == 3
-    rows = dict((mid, (st, reason)) for mid, st, reason in q(
+    rows = dict((mid, (st, reason)) for mid, st, reason in query(
         conn, "SELECT message_id, status, reason FROM raw.image_analyses"))
     assert rows[1][0] == "ok"
     assert rows[2] == ("unreadable", "truncated JPEG (no end-of-image marker)")
@@ -195,11 +188,11 @@ def test_kill_mid_run_then_rerun_equals_clean_run(enriched_lake, conn, pg_databa
                         pg_database.dbname, pg_database.user, str(s.raw_data_path), str(SHARED_MODEL)],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
-    assert q(conn, "SELECT count(*) FROM raw.image_analyses")[0][0] == 40  # two committed batches
+    assert query(conn, "SELECT count(*) FROM raw.image_analyses")[0][0] == 40  # two committed batches
     rest = run_yolo_enrichment(s, s.raw_data_path, model=str(SHARED_MODEL), build_models=False)
     assert rest["photos_analysed"] == 197 - 40
-    analyses = q(conn, "SELECT channel, message_id, status, n_objects FROM raw.image_analyses ORDER BY 1, 2")
-    dets = q(conn, """SELECT channel, message_id, object_index, class_name, round(confidence::numeric, 2)
+    analyses = query(conn, "SELECT channel, message_id, status, n_objects FROM raw.image_analyses ORDER BY 1, 2")
+    dets = query(conn, """SELECT channel, message_id, object_index, class_name, round(confidence::numeric, 2)
                       FROM raw.image_detections ORDER BY 1, 2, 3""")
     assert len(analyses) == 197
     # a clean run over the same photos, model and database, for comparison
@@ -207,8 +200,8 @@ def test_kill_mid_run_then_rerun_equals_clean_run(enriched_lake, conn, pg_databa
         cur.execute("DELETE FROM raw.image_analyses")
     conn.commit()
     run_yolo_enrichment(s, s.raw_data_path, model=str(SHARED_MODEL), build_models=False)
-    assert q(conn, "SELECT channel, message_id, status, n_objects FROM raw.image_analyses ORDER BY 1, 2") == analyses
-    assert q(conn, """SELECT channel, message_id, object_index, class_name, round(confidence::numeric, 2)
+    assert query(conn, "SELECT channel, message_id, status, n_objects FROM raw.image_analyses ORDER BY 1, 2") == analyses
+    assert query(conn, """SELECT channel, message_id, object_index, class_name, round(confidence::numeric, 2)
                       FROM raw.image_detections ORDER BY 1, 2, 3""") == dets
 
 

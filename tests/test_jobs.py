@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 
 import psycopg2
 import pytest
-from conftest import REPO, settings_env
+from conftest import REPO, query, scratch_database, settings_env
 from export_helper import write_desktop_exports
 
 from medical_etl.jobs import JobError, acquire_lock, run_job
@@ -25,18 +25,11 @@ FACT_CHECKSUMS = {
 }
 
 
-def q(conn, sql, args=None):
-    with conn.cursor() as cur:
-        cur.execute(sql, args)
-        rows = cur.fetchall()
-    conn.commit()
-    return rows
-
 
 def warehouse_fingerprint(conn) -> dict:
     out = {}
     for table, cols in FACT_CHECKSUMS.items():
-        out[table] = q(conn, f"SELECT count(*), md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) "
+        out[table] = query(conn, f"SELECT count(*), md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) "
                              f"FROM (SELECT {cols} FROM {table}) AS t")[0]
     return out
 
@@ -59,10 +52,10 @@ def test_pipeline_job_end_to_end_and_rerun(job_settings, conn, shared_sample):
     assert st["scrape"]["new_messages"] == 276 and st["load"]["rows_inserted"] == 276
     assert st["transform"]["tests_failed"] == 0 and st["transform"]["status"] == "success"
     assert st["enrich"]["photos_analysed"] == 197 and st["enrich"]["dbt"]["tests_failed"] == 0
-    assert q(conn, "SELECT count(*) FROM marts.fct_messages")[0][0] == 276
-    assert q(conn, "SELECT count(*) FROM raw.image_analyses WHERE status <> 'unreadable'")[0][0] == 194
-    assert q(conn, "SELECT count(*) FROM marts.fct_image_detections")[0][0] == st["enrich"]["objects_found"]
-    assert q(conn, "SELECT count(*) FROM marts.fct_product_prices")[0][0] > 500
+    assert query(conn, "SELECT count(*) FROM marts.fct_messages")[0][0] == 276
+    assert query(conn, "SELECT count(*) FROM raw.image_analyses WHERE status <> 'unreadable'")[0][0] == 194
+    assert query(conn, "SELECT count(*) FROM marts.fct_image_detections")[0][0] == st["enrich"]["objects_found"]
+    assert query(conn, "SELECT count(*) FROM marts.fct_product_prices")[0][0] > 500
     recs = [r for r in records(s) if r["run_id"] == summary["run_id"]]
     assert [r["stage"] for r in recs if r["stage"]] == ["scrape", "load", "transform", "enrich"]
     (job,) = [r for r in recs if r["stage"] is None]
@@ -88,7 +81,7 @@ def _wait_for(conn, sql, pred, proc, timeout=300):
     t0 = time.time()
     while time.time() - t0 < timeout:
         try:
-            n = q(conn, sql)[0][0]
+            n = query(conn, sql)[0][0]
         except psycopg2.Error:
             conn.rollback()
             n = None
@@ -122,7 +115,7 @@ def test_kill_mid_load_and_mid_enrich_then_rerun_equals_clean_run(job_settings, 
     c.rollback()
     c.close()
     time.sleep(1)  # the stage process dies with its job (PR_SET_PDEATHSIG)
-    assert q(conn, "SELECT count(*) FROM raw.telegram_messages")[0][0] == 0  # the batch in flight rolled back
+    assert query(conn, "SELECT count(*) FROM raw.telegram_messages")[0][0] == 0  # the batch in flight rolled back
 
     # 2. re-run, kill in the middle of enrich
     proc = _start_job(env)
@@ -130,7 +123,7 @@ def test_kill_mid_load_and_mid_enrich_then_rerun_equals_clean_run(job_settings, 
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     time.sleep(1)
-    assert 0 < q(conn, "SELECT count(*) FROM raw.image_analyses")[0][0] < 197, n
+    assert 0 < query(conn, "SELECT count(*) FROM raw.image_analyses")[0][0] < 197, n
 
     # 3. re-run to the end; compare with a clean run in another database
     r = subprocess.run([sys.executable, "-m", "medical_etl", "job", "pipeline"], env=env, cwd=REPO,
@@ -138,20 +131,12 @@ def test_kill_mid_load_and_mid_enrich_then_rerun_equals_clean_run(job_settings, 
     assert r.returncode == 0, r.stderr[-3000:]
     killed = warehouse_fingerprint(conn)
 
-    import uuid
-    name = f"t_clean_{uuid.uuid4().hex[:8]}"
-    admin = psycopg2.connect(**pg_admin.kwargs())
-    admin.autocommit = True
-    admin.cursor().execute(f'CREATE DATABASE "{name}"')
-    try:
-        clean = replace(s, db_name=name, raw_data_path=tmp_path / "clean_raw", logs_path=tmp_path / "clean_logs")
+    with scratch_database(pg_admin) as db:
+        clean = replace(s, db_name=db.dbname, raw_data_path=tmp_path / "clean_raw", logs_path=tmp_path / "clean_logs")
         run_job("pipeline", clean)
-        c2 = psycopg2.connect(host=s.db_host, port=s.db_port, dbname=name, user=s.db_user)
+        c2 = psycopg2.connect(**db.kwargs())
         assert warehouse_fingerprint(c2) == killed
         c2.close()
-    finally:
-        admin.cursor().execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        admin.close()
     assert killed["raw.image_analyses"][0] == 197
 
 

@@ -7,6 +7,7 @@ import textwrap
 
 import psycopg2
 import pytest
+from conftest import query, scratch_database
 
 from medical_etl import load as load_mod
 from medical_etl.load import LoadError, load_raw_to_postgres
@@ -24,16 +25,9 @@ def sample_lake(shared_sample, tmp_path):
     return lake_dir
 
 
-def q(conn, sql, args=None):
-    with conn.cursor() as cur:
-        cur.execute(sql, args)
-        rows = cur.fetchall()
-    conn.commit()
-    return rows
-
 
 def table_snapshot(conn):
-    return q(conn, """SELECT channel, message_id, message_text, views, forwards, message_date, image_path
+    return query(conn, """SELECT channel, message_id, message_text, views, forwards, message_date, image_path
                       FROM raw.telegram_messages ORDER BY 1, 2""")
 
 
@@ -55,9 +49,9 @@ def msg(mid, text="hello", **kw):
 def test_load_real_sample(settings, conn, sample_lake, shared_sample):
     s = load_raw_to_postgres(settings, sample_lake)
     assert s["rows_inserted"] == 276 and s["records_loaded"] == 276 and s["rows_rejected"] == 0
-    counts = dict(q(conn, "SELECT channel, count(*) FROM raw.telegram_messages GROUP BY 1"))
+    counts = dict(query(conn, "SELECT channel, count(*) FROM raw.telegram_messages GROUP BY 1"))
     assert counts == {"CheMed123": 76, "lobelia4cosmetics": 100, "tikvahpharma": 100}
-    stored = dict(((c, m), t) for c, m, t in q(conn, "SELECT channel, message_id, message_text FROM raw.telegram_messages"))
+    stored = dict(((c, m), t) for c, m, t in query(conn, "SELECT channel, message_id, message_text FROM raw.telegram_messages"))
     n_amharic = 0
     for f in (shared_sample / "messages").glob("*.json"):
         for m in json.loads(f.read_text(encoding="utf-8")):
@@ -69,7 +63,7 @@ def test_load_real_sample(settings, conn, sample_lake, shared_sample):
 
 def test_reload_changes_nothing_and_changed_views_update_exactly_those(settings, conn, sample_lake):
     load_raw_to_postgres(settings, sample_lake)
-    before = dict(((c, m), u) for c, m, u in q(conn, "SELECT channel, message_id, updated_at FROM raw.telegram_messages"))
+    before = dict(((c, m), u) for c, m, u in query(conn, "SELECT channel, message_id, updated_at FROM raw.telegram_messages"))
     s = load_raw_to_postgres(settings, sample_lake)
     assert s["rows_inserted"] == 0 and s["rows_updated"] == 0 and s["files_skipped"] > 0 and s["files_read"] == 0
     # rewrite one partition: two posts gain views, the rest identical (file changed, so it is read)
@@ -84,7 +78,7 @@ def test_reload_changes_nothing_and_changed_views_update_exactly_those(settings,
     s = load_raw_to_postgres(settings, sample_lake)
     assert s["files_read"] == 1
     assert s["rows_updated"] == 2 and s["rows_inserted"] == 0 and s["rows_unchanged"] == len(records) - 2
-    after = dict(((c, m), u) for c, m, u in q(conn, "SELECT channel, message_id, updated_at FROM raw.telegram_messages"))
+    after = dict(((c, m), u) for c, m, u in query(conn, "SELECT channel, message_id, updated_at FROM raw.telegram_messages"))
     moved = {k for k in after if after[k] != before[k]}
     assert moved == {("lobelia4cosmetics", m) for m in changed}
 
@@ -95,7 +89,7 @@ def test_touched_but_identical_file_is_skipped(settings, conn, sample_lake):
     os.utime(f, ns=(1, 1))
     s = load_raw_to_postgres(settings, sample_lake)
     assert s["files_read"] == 0 and s["files_skipped"] > 0
-    (mtime,) = q(conn, "SELECT mtime_ns FROM raw.loaded_files WHERE source_file = %s",
+    (mtime,) = query(conn, "SELECT mtime_ns FROM raw.loaded_files WHERE source_file = %s",
                  (f.relative_to(sample_lake).as_posix(),))[0]
     assert mtime == 1  # bookkeeping follows, so the next run takes the fast path
 
@@ -114,8 +108,8 @@ def test_bad_records_are_quarantined_rest_loads(settings, conn, tmp_path):
     write_messages(lake_dir, "2026-01-10", "CheMed123", good[:1] + bad + good[1:])
     s = load_raw_to_postgres(settings, lake_dir)
     assert s["rows_inserted"] == 2 and s["rows_rejected"] == 6
-    assert [r[0] for r in q(conn, "SELECT message_id FROM raw.telegram_messages ORDER BY 1")] == [1, 5]
-    rejects = q(conn, "SELECT source_file, position, reason, payload FROM raw.load_rejects ORDER BY position")
+    assert [r[0] for r in query(conn, "SELECT message_id FROM raw.telegram_messages ORDER BY 1")] == [1, 5]
+    rejects = query(conn, "SELECT source_file, position, reason, payload FROM raw.load_rejects ORDER BY position")
     assert [r[1] for r in rejects] == [1, 2, 3, 4, 5, 6]
     reasons = [r[2] for r in rejects]
     assert reasons[0] == "missing key 'message_id'"
@@ -128,7 +122,7 @@ def test_bad_records_are_quarantined_rest_loads(settings, conn, tmp_path):
     assert json.loads(rejects[1][3])["views"] == "many"  # the raw payload is kept
     # a re-run neither duplicates rejects nor rows
     load_raw_to_postgres(settings, lake_dir)
-    assert q(conn, "SELECT count(*) FROM raw.load_rejects")[0][0] == 6
+    assert query(conn, "SELECT count(*) FROM raw.load_rejects")[0][0] == 6
 
 
 def test_invalid_json_file_rejected_whole_others_load(settings, conn, tmp_path):
@@ -140,13 +134,13 @@ def test_invalid_json_file_rejected_whole_others_load(settings, conn, tmp_path):
     write_messages(lake_dir, "2026-01-12", "CheMed123", [msg(3, date="2026-01-12T00:00:00+00:00")])
     s = load_raw_to_postgres(settings, lake_dir)
     assert s["files_rejected"] == 1 and s["rows_inserted"] == 2
-    (reject,) = q(conn, "SELECT source_file, position, reason FROM raw.load_rejects")
+    (reject,) = query(conn, "SELECT source_file, position, reason FROM raw.load_rejects")
     assert reject[0].endswith("2026-01-11/CheMed123.json") and reject[1] == -1
     assert reject[2].startswith("invalid JSON file:")
     # once fixed, the file loads and its reject is cleared
     write_messages(lake_dir, "2026-01-11", "CheMed123", [msg(2, date="2026-01-11T00:00:00+00:00")])
     s = load_raw_to_postgres(settings, lake_dir)
-    assert s["rows_inserted"] == 1 and q(conn, "SELECT count(*) FROM raw.load_rejects")[0][0] == 0
+    assert s["rows_inserted"] == 1 and query(conn, "SELECT count(*) FROM raw.load_rejects")[0][0] == 0
 
 
 def test_nul_characters_stripped_and_counted_text_verbatim(settings, conn, tmp_path):
@@ -157,7 +151,7 @@ def test_nul_characters_stripped_and_counted_text_verbatim(settings, conn, tmp_p
         msg(1, text="a\x00b\x00c"), msg(2, text=evil), msg(3, text=tricky)])
     s = load_raw_to_postgres(settings, lake_dir)
     assert s["nul_chars_stripped"] == 2 and s["rows_inserted"] == 3
-    texts = dict(q(conn, "SELECT message_id, message_text FROM raw.telegram_messages"))
+    texts = dict(query(conn, "SELECT message_id, message_text FROM raw.telegram_messages"))
     assert texts == {1: "abc", 2: evil, 3: tricky}
 
 
@@ -181,7 +175,7 @@ def test_transient_errors_are_retried(settings, conn, tmp_path, monkeypatch, pg_
     monkeypatch.setattr(load_mod, "_write_rows", drop_connection_once)
     s = load_raw_to_postgres(settings, lake_dir, backoff_s=0.01)
     assert s["retries"] == 2 and s["rows_inserted"] == 2
-    assert q(conn, "SELECT count(*) FROM raw.telegram_messages")[0][0] == 2
+    assert query(conn, "SELECT count(*) FROM raw.telegram_messages")[0][0] == 2
 
 
 def test_permanent_error_fails_clearly_and_keeps_bookkeeping(settings, conn, tmp_path, monkeypatch):
@@ -194,7 +188,7 @@ def test_permanent_error_fails_clearly_and_keeps_bookkeeping(settings, conn, tmp
     monkeypatch.setattr(load_mod, "_write_rows", broken)
     with pytest.raises(LoadError, match=r"loading 1 file\(s\) \(telegram_messages/2026-01-10/CheMed123.json\) failed: UndefinedTable"):
         load_raw_to_postgres(settings, lake_dir, backoff_s=0.01)
-    assert q(conn, "SELECT count(*) FROM raw.loaded_files")[0][0] == 0
+    assert query(conn, "SELECT count(*) FROM raw.loaded_files")[0][0] == 0
     monkeypatch.undo()
     assert load_raw_to_postgres(settings, lake_dir)["rows_inserted"] == 1
 
@@ -229,35 +223,24 @@ def test_sigkill_mid_load_then_rerun_equals_clean_load(settings, conn, sample_la
     r = subprocess.run([sys.executable, "-c", KILL_CHILD, pg_database.host, str(pg_database.port),
                         pg_database.dbname, pg_database.user, str(sample_lake)], capture_output=True, text=True)
     assert r.returncode == -signal.SIGKILL, r.stderr
-    partial = q(conn, "SELECT count(*) FROM raw.telegram_messages")[0][0]
+    partial = query(conn, "SELECT count(*) FROM raw.telegram_messages")[0][0]
     assert 0 < partial < 276  # some batches committed, the one in flight rolled back
     s = load_raw_to_postgres(settings, sample_lake)
     assert s["rows_inserted"] == 276 - partial and s["rows_updated"] == 0
     killed = table_snapshot(conn)
     # a clean load into another database
-    import uuid
-
-    from medical_etl.db import ConnParams
-    name = f"t_clean_{uuid.uuid4().hex[:8]}"
-    admin = psycopg2.connect(**pg_admin.kwargs())
-    admin.autocommit = True
-    admin.cursor().execute(f'CREATE DATABASE "{name}"')
-    try:
-        clean = ConnParams(pg_admin.host, pg_admin.port, name, pg_admin.user)
+    with scratch_database(pg_admin) as clean:
         load_raw_to_postgres(clean, sample_lake)
         c2 = psycopg2.connect(**clean.kwargs())
         assert table_snapshot(c2) == killed
         c2.close()
-    finally:
-        admin.cursor().execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        admin.close()
 
 
 def test_lost_bookkeeping_falls_back_to_merge(settings, conn, sample_lake):
     load_raw_to_postgres(settings, sample_lake)
     before = table_snapshot(conn)
-    q_exec = conn.cursor()
-    q_exec.execute("DELETE FROM raw.loaded_files")
+    with conn.cursor() as cur:
+        cur.execute("DELETE FROM raw.loaded_files")
     conn.commit()
     s = load_raw_to_postgres(settings, sample_lake)  # every file looks new; rows already there
     assert s["rows_inserted"] == 0 and s["rows_updated"] == 0 and s["rows_unchanged"] == 276

@@ -1,5 +1,6 @@
 import psycopg2
 import pytest
+from conftest import query
 
 from medical_etl.load import load_raw_to_postgres
 from medical_etl.scrape import scrape_telegram_data
@@ -19,13 +20,6 @@ def loaded(settings, shared_sample, tmp_path):
     return posts
 
 
-def q(conn, sql):
-    with conn.cursor() as cur:
-        cur.execute(sql)
-        rows = cur.fetchall()
-    conn.commit()
-    return rows
-
 
 def test_build_on_real_sample(settings, conn, loaded):
     s = run_dbt_transformations(settings)
@@ -33,27 +27,27 @@ def test_build_on_real_sample(settings, conn, loaded):
     assert s["models_built"] >= 8 and s["tests_failed"] == 0
     assert s["unit_tests_passed"] == 3 and s["tests_passed"] > 50
     assert s["freshness"]["raw.telegram_messages"] == "pass"
-    assert q(conn, "SELECT count(*) FROM marts.fct_messages")[0][0] == 276
-    assert q(conn, "SELECT count(*) FROM raw.telegram_messages")[0][0] == 276
-    channels = dict(q(conn, "SELECT channel_username, post_count FROM marts.dim_channels"))
+    assert query(conn, "SELECT count(*) FROM marts.fct_messages")[0][0] == 276
+    assert query(conn, "SELECT count(*) FROM raw.telegram_messages")[0][0] == 276
+    channels = dict(query(conn, "SELECT channel_username, post_count FROM marts.dim_channels"))
     assert channels == {"CheMed123": 76, "lobelia4cosmetics": 100, "tikvahpharma": 100}
     # dim_dates covers every date the facts use
-    assert q(conn, """SELECT count(*) FROM marts.fct_messages f
+    assert query(conn, """SELECT count(*) FROM marts.fct_messages f
                       LEFT JOIN marts.dim_dates d USING (date_key) WHERE d.date_key IS NULL""")[0][0] == 0
-    prices = q(conn, """SELECT message_id, product_name, price_birr FROM marts.fct_product_prices
+    prices = query(conn, """SELECT message_id, product_name, price_birr FROM marts.fct_product_prices
                         WHERE channel_username = 'lobelia4cosmetics' AND message_id = 22905""")
     assert prices == [(22905, "ENSURE 850GM", 5000)]
     # no delivery fee or salary became a price
-    assert q(conn, """SELECT count(*) FROM marts.fct_product_prices
+    assert query(conn, """SELECT count(*) FROM marts.fct_product_prices
                       WHERE source_line ~* '(deliver|ትራንስፖርት)' OR message_id IN (188963, 188929)""")[0][0] == 0
-    n_prices, n_posts = q(conn, "SELECT count(*), count(DISTINCT message_key) FROM marts.fct_product_prices")[0]
+    n_prices, n_posts = query(conn, "SELECT count(*), count(DISTINCT message_key) FROM marts.fct_product_prices")[0]
     assert n_prices > 500 and n_posts > 100
-    assert q(conn, "SELECT sum(price_count) FROM marts.fct_messages")[0][0] == n_prices
+    assert query(conn, "SELECT sum(price_count) FROM marts.fct_messages")[0][0] == n_prices
 
 
 def test_incremental_run_touches_only_new_rows(settings, conn, loaded):
     run_dbt_transformations(settings)
-    before = dict(q(conn, "SELECT message_key, source_updated_at FROM marts.fct_messages"))
+    before = dict(query(conn, "SELECT message_key, source_updated_at FROM marts.fct_messages"))
     from datetime import datetime, timezone
 
     new = [Post("CheMed123", 5000 + i, datetime(2026, 1, 20, 9, i, tzinfo=timezone.utc),
@@ -62,15 +56,15 @@ def test_incremental_run_touches_only_new_rows(settings, conn, loaded):
     assert load_raw_to_postgres(settings, settings.raw_data_path)["rows_inserted"] == 3
     s = run_dbt_transformations(settings)
     assert s["status"] == "success"
-    after = dict(q(conn, "SELECT message_key, source_updated_at FROM marts.fct_messages"))
+    after = dict(query(conn, "SELECT message_key, source_updated_at FROM marts.fct_messages"))
     assert len(after) == 279 and all(after[k] == v for k, v in before.items())
-    rows = q(conn, """SELECT product_name, price_birr FROM marts.fct_product_prices
+    rows = query(conn, """SELECT product_name, price_birr FROM marts.fct_product_prices
                       WHERE channel_username = 'CheMed123' AND message_id >= 5000
                       ORDER BY price_birr""")
     assert rows == [("Vitamin D3 1000IU 0", 100), ("Vitamin D3 1000IU 1", 101), ("Vitamin D3 1000IU 2", 102)]
     full = run_dbt_transformations(settings, full_refresh=True)
     assert full["status"] == "success" and full["full_refresh"]
-    assert q(conn, "SELECT count(*) FROM marts.fct_messages")[0][0] == 279
+    assert query(conn, "SELECT count(*) FROM marts.fct_messages")[0][0] == 279
 
 
 def test_future_dated_row_fails_the_stage_naming_the_test(settings, conn, loaded):
@@ -101,5 +95,5 @@ def test_transform_script_exit_code(settings, loaded):
     assert r.returncode == 0, r.stderr[-2000:]
     c = psycopg2.connect(host=settings.db_host, port=settings.db_port, dbname=settings.db_name,
                          user=settings.db_user)
-    assert q(c, "SELECT count(*) FROM marts.fct_messages")[0][0] == 276
+    assert query(c, "SELECT count(*) FROM marts.fct_messages")[0][0] == 276
     c.close()
