@@ -56,14 +56,23 @@ def scrape(settings: Settings, run_id: str, client=None, **opts) -> dict:
         opts.pop("channels", None)
         return scrape_telegram_data(StandInClient(posts), [d.name for d in dirs], settings.raw_data_path,
                                     run_id=run_id, **opts)
+    from .jobs import acquire_lock
     from .telegram import open_client
 
     channels = opts.pop("channels", None) or channels_from_settings(settings)
-    client = open_client(settings)
+    # A Telethon session file must not be used by two processes at once (jobs already hold the
+    # job lock; this also covers a single stage started by hand).
+    lock = acquire_lock(Path(f"{settings.telegram_session}.lock"))
+    if isinstance(lock, str):
+        raise RuntimeError(f"Telegram session {settings.telegram_session} is in use by another process ({lock})")
     try:
-        return scrape_telegram_data(client, channels, settings.raw_data_path, run_id=run_id, **opts)
+        client = open_client(settings)
+        try:
+            return scrape_telegram_data(client, channels, settings.raw_data_path, run_id=run_id, **opts)
+        finally:
+            client.disconnect()
     finally:
-        client.disconnect()
+        lock.release()
 
 
 def _check_scrape(summary: dict) -> str | None:

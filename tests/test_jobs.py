@@ -229,3 +229,16 @@ if [ "$1" = "-l" ]; then cat {store}; else cat > {store}; fi
     assert "CRON_TZ=UTC" in once and "/usr/bin/other-job" in once
     cron.uninstall(str(fake))
     assert store.read_text() == "MAILTO=ops@example.com\n15 * * * * /usr/bin/other-job\n"
+
+
+def test_make_j4_pipeline_runs_stages_in_order(job_settings):
+    env = settings_env(job_settings)
+    env.update(TELEGRAM_SOURCE="sample", MAKEFLAGS="")
+    r = subprocess.run(["make", "-s", "-j4", "pipeline"], env=env, cwd=REPO, capture_output=True, text=True,
+                       timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    recs = records(job_settings)
+    stages = [x for x in recs if x["stage"]]
+    assert [x["stage"] for x in stages] == ["scrape", "load", "transform", "enrich"]
+    assert [x["finished_at"] for x in stages] == sorted(x["finished_at"] for x in stages)
+    assert len({x["run_id"] for x in recs}) == 1

@@ -275,3 +275,18 @@ def test_script_exit_code_nonzero_on_failed_channels(settings, tmp_path):
     assert "abcdef0123456789secret" not in r.stdout + r.stderr
     log = (settings.logs_path / "runs.jsonl").read_text()
     assert "abcdef0123456789secret" not in log and '"status": "failed"' in log
+
+
+def test_telegram_session_is_not_used_by_two_processes(tmp_path):
+    from medical_etl.config import Settings
+    from medical_etl.jobs import acquire_lock
+    from medical_etl.stages import scrape
+
+    s = Settings(raw_data_path=tmp_path, logs_path=tmp_path, telegram_api_id=1, telegram_api_hash="x" * 32,
+                 telegram_session=tmp_path / "tg.session", telegram_channels=("CheMed123",))
+    lock = acquire_lock(tmp_path / "tg.session.lock")
+    try:
+        with pytest.raises(RuntimeError, match="is in use by another process"):
+            scrape(s, "run-1")
+    finally:
+        lock.release()
