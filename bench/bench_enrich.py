@@ -60,7 +60,8 @@ def main() -> int:
             rerun_s = time.perf_counter() - t0
 
             base_rate, ours_rate = n / base_s, n / ours_s
-            print(f"\n{n} photos ({s['unreadable_photos']} unreadable), weights {MODEL.name}, {os.cpu_count()} cores")
+            print(f"\n{n} photos ({s['unreadable_photos']} unreadable, {s['duplicates_reused']} byte-identical reposts "
+              f"analysed once), weights {MODEL.name}, {os.cpu_count()} cores")
             print(f"{'run':<44} {'seconds':>8} {'photos/s':>9}")
             print(f"{'baseline: loop of model(path), defaults':<44} {base_s:>8.2f} {base_rate:>9.2f}")
             print(f"{'stage: decode thread + worker per core':<44} {ours_s:>8.2f} {ours_rate:>9.2f}")

@@ -21,11 +21,13 @@ from pathlib import Path
 from psycopg2.extras import execute_values
 
 from .db import ConnParams, conn_params, connect
-from .images import DEFAULT_MAX_PIXELS, Decoded, decode
+from .images import DEFAULT_MAX_PIXELS, Decoded, decode_bytes
+from .images import read as read_image
 from .migrate import migrate
 
 log = logging.getLogger(__name__)
 _DONE = object()
+_DUPLICATE = "duplicate of a photo already analysed"
 
 
 class EnrichError(RuntimeError):
@@ -42,11 +44,15 @@ class Photo:
 @dataclass
 class Outcome:
     photo: Photo
-    status: str                      # ok, no_objects, unreadable
+    status: str                      # ok, no_objects, unreadable; "duplicate" until resolved
     width: int | None = None
     height: int | None = None
     reason: str | None = None
     objects: list[tuple] = field(default_factory=list)  # (class_id, class_name, conf, x1, y1, x2, y2)
+    sha256: str | None = None
+
+    def copy_for(self, photo: Photo) -> Outcome:
+        return Outcome(photo, self.status, self.width, self.height, self.reason, list(self.objects), self.sha256)
 
 
 def weights_id(path: Path) -> str:
@@ -111,6 +117,32 @@ def _limit_onnx_threads(m) -> None:
     backend.session = ort.InferenceSession(session._model_path, opts, providers=["CPUExecutionProvider"])
 
 
+def _known_hashes(conn, model_id: str) -> set[str]:
+    with conn.cursor() as cur:
+        cur.execute("SELECT DISTINCT content_sha256 FROM raw.image_analyses WHERE model = %s "
+                    "AND content_sha256 IS NOT NULL", (model_id,))
+        out = {r[0] for r in cur.fetchall()}
+    conn.commit()
+    return out
+
+
+def _stored_outcome(conn, model_id: str, sha: str) -> Outcome | None:
+    """The results of an earlier analysis of the same bytes with the same model."""
+    with conn.cursor() as cur:
+        cur.execute("""SELECT channel, message_id, status, reason, image_width, image_height FROM raw.image_analyses
+                       WHERE model = %s AND content_sha256 = %s LIMIT 1""", (model_id, sha))
+        row = cur.fetchone()
+        if row is None:
+            conn.commit()
+            return None
+        cur.execute("""SELECT class_id, class_name, confidence, x1, y1, x2, y2 FROM raw.image_detections
+                       WHERE channel = %s AND message_id = %s AND model = %s ORDER BY object_index""",
+                    (row[0], row[1], model_id))
+        objects = [tuple(r) for r in cur.fetchall()]
+    conn.commit()
+    return Outcome(Photo(row[0], row[1], ""), row[2], row[4], row[5], row[3], objects, sha)
+
+
 def _work_list(conn, model_id: str) -> tuple[list[Photo], int]:
     with conn.cursor() as cur:
         cur.execute("""
@@ -127,19 +159,30 @@ def _work_list(conn, model_id: str) -> tuple[list[Photo], int]:
 
 
 def _decoder(photos: list[Photo], lake_dir: Path, out: queue.Queue, n_workers: int, max_pixels: int,
-             stop: threading.Event) -> None:
+             stop: threading.Event, seen: set[str]) -> None:
+    """Read, hash and decode ahead of the model; photos whose bytes were seen before are not decoded."""
     for p in photos:
         if stop.is_set():
             break
-        out.put((p, decode(lake_dir / p.image_path, max_pixels)))
+        data, sha, reason = read_image(lake_dir / p.image_path)
+        if sha is not None and sha in seen:
+            out.put((p, Decoded(None, sha256=sha, reason=_DUPLICATE)))
+            continue
+        if sha is not None:
+            seen.add(sha)
+        dec = decode_bytes(data, max_pixels) if data is not None else Decoded(None, reason=reason)
+        dec.sha256 = sha
+        out.put((p, dec))
     for _ in range(n_workers):
         out.put(_DONE)
 
 
 def _infer(m, item: tuple[Photo, Decoded], opts: dict) -> Outcome:
     photo, dec = item
+    if dec.reason is _DUPLICATE:
+        return Outcome(photo, "duplicate", sha256=dec.sha256)
     if dec.image is None:
-        return Outcome(photo, "unreadable", dec.width, dec.height, dec.reason)
+        return Outcome(photo, "unreadable", dec.width, dec.height, dec.reason, sha256=dec.sha256)
     try:
         (r,) = m.predict(dec.image, verbose=False, **opts)
     except Exception as exc:  # noqa: BLE001 - one bad photo must not stop the others
@@ -150,7 +193,7 @@ def _infer(m, item: tuple[Photo, Decoded], opts: dict) -> Outcome:
         s = dec.scale
         for cls, conf, (x1, y1, x2, y2) in zip(boxes.cls.tolist(), boxes.conf.tolist(), boxes.xyxy.tolist(), strict=True):
             objs.append((int(cls), r.names[int(cls)], float(conf), x1 * s, y1 * s, x2 * s, y2 * s))
-    return Outcome(photo, "ok" if objs else "no_objects", dec.width, dec.height, objects=objs)
+    return Outcome(photo, "ok" if objs else "no_objects", dec.width, dec.height, objects=objs, sha256=dec.sha256)
 
 
 def _worker(m, inq: queue.Queue, outq: queue.Queue, opts: dict) -> None:
@@ -167,9 +210,9 @@ def _write(conn, outcomes: list[Outcome], model_id: str) -> None:
     """One transaction per batch: analyses first (detections reference them)."""
     with conn, conn.cursor() as cur:
         execute_values(cur, """INSERT INTO raw.image_analyses (channel, message_id, model, image_path, status,
-                n_objects, reason, image_width, image_height) VALUES %s ON CONFLICT DO NOTHING""",
+                n_objects, reason, image_width, image_height, content_sha256) VALUES %s ON CONFLICT DO NOTHING""",
                        [(o.photo.channel, o.photo.message_id, model_id, o.photo.image_path, o.status,
-                         len(o.objects), o.reason, o.width, o.height) for o in outcomes])
+                         len(o.objects), o.reason, o.width, o.height, o.sha256) for o in outcomes])
         rows = [(o.photo.channel, o.photo.message_id, model_id, i, o.photo.image_path, *obj, o.width, o.height)
                 for o in outcomes for i, obj in enumerate(o.objects)]
         if rows:
@@ -218,7 +261,7 @@ def run_yolo_enrichment(
         photos, already = _work_list(conn, model_id)
         summary = {"model": model_id, "photos_to_analyse": len(photos), "already_analysed": already,
                    "photos_analysed": 0, "objects_found": 0, "per_class": {}, "unreadable_photos": 0,
-                   "unreadable_reasons": {}, "workers": n_workers, "batches": 0}
+                   "unreadable_reasons": {}, "duplicates_reused": 0, "workers": n_workers, "batches": 0}
         if photos:
             first = first or load_model(model, dev, offline, single_thread=n_workers > 1)
             _detect(conn, photos, lake_dir, first, model, dev, n_workers, offline, model_id, summary,
@@ -245,29 +288,28 @@ def _detect(conn, photos, lake_dir, first_model, model, dev, n_workers, offline,
         import torch
 
         torch.set_num_threads(1)  # torch models: one thread per worker, as for ONNX sessions
+    stored = _known_hashes(conn, model_id)
     inq: queue.Queue = queue.Queue(maxsize=2 * n_workers)
     outq: queue.Queue = queue.Queue(maxsize=4 * n_workers)
     stop = threading.Event()
-    threads = [threading.Thread(target=_decoder, args=(photos, lake_dir, inq, n_workers, max_pixels, stop),
-                                name="yolo-decode", daemon=True)]
+    threads = [threading.Thread(target=_decoder, args=(photos, lake_dir, inq, n_workers, max_pixels, stop,
+                                                       set(stored)), name="yolo-decode", daemon=True)]
     threads += [threading.Thread(target=_worker, args=(m, inq, outq, opts), name=f"yolo-infer-{i}", daemon=True)
                 for i, m in enumerate(models)]
     for t in threads:
         t.start()
-    per_class, reasons, pending, finished = Counter(), Counter(), [], 0
+    writer = _Writer(conn, model_id, summary, batch, on_batch, stored)
+    finished = 0
     try:
         while finished < n_workers:
             item = outq.get()
             if item is _DONE:
                 finished += 1
-                continue
-            if isinstance(item, BaseException):
+            elif isinstance(item, BaseException):
                 raise item
-            pending.append(item)
-            if len(pending) >= batch:
-                _flush(conn, pending, model_id, summary, per_class, reasons, on_batch)
-                pending = []
-        _flush(conn, pending, model_id, summary, per_class, reasons, on_batch)
+            else:
+                writer.add(item)
+        writer.finish()
     finally:
         stop.set()
         while any(t.is_alive() for t in threads):  # unblock producers after an error
@@ -279,21 +321,66 @@ def _detect(conn, photos, lake_dir, first_model, model, dev, n_workers, offline,
                 outq.get_nowait()
             except queue.Empty:
                 time.sleep(0.01)
-    summary["per_class"] = dict(per_class.most_common())
-    summary["unreadable_reasons"] = dict(reasons)
+    summary["per_class"] = dict(writer.per_class.most_common())
+    summary["unreadable_reasons"] = dict(writer.reasons)
 
 
-def _flush(conn, outcomes, model_id, summary, per_class, reasons, on_batch) -> None:
-    if not outcomes:
-        return
-    _write(conn, outcomes, model_id)
-    summary["batches"] += 1
-    for o in outcomes:
-        summary["photos_analysed"] += 1
-        summary["objects_found"] += len(o.objects)
-        per_class.update(obj[1] for obj in o.objects)
-        if o.status == "unreadable":
-            summary["unreadable_photos"] += 1
-            reasons[o.reason.split(":")[0]] += 1
-    if on_batch:
-        on_batch(dict(summary))
+class _Writer:
+    """Batches outcomes into transactions; fills in duplicates from their original's results."""
+
+    def __init__(self, conn, model_id: str, summary: dict, batch: int, on_batch, stored: set[str]):
+        self.conn, self.model_id, self.summary, self.batch, self.on_batch = conn, model_id, summary, batch, on_batch
+        self.stored = stored                       # hashes analysed in earlier runs
+        self.by_sha: dict[str, Outcome] = {}       # results of this run's originals
+        self.waiting: list[Outcome] = []           # duplicates whose original is still in flight
+        self.pending: list[Outcome] = []
+        self.per_class, self.reasons = Counter(), Counter()
+
+    def add(self, o: Outcome) -> None:
+        if o.status == "duplicate":
+            self.waiting.append(o)
+        else:
+            if o.sha256:
+                self.by_sha[o.sha256] = o
+            self.pending.append(o)
+        self._resolve(final=False)
+        if len(self.pending) >= self.batch:
+            self._flush()
+
+    def _resolve(self, final: bool) -> None:
+        still = []
+        for d in self.waiting:
+            src = self.by_sha.get(d.sha256)
+            if src is None and d.sha256 in self.stored:
+                src = _stored_outcome(self.conn, self.model_id, d.sha256)
+                if src is not None:
+                    self.by_sha[d.sha256] = src
+            if src is not None:
+                self.pending.append(src.copy_for(d.photo))
+                self.summary["duplicates_reused"] += 1
+            elif final:
+                raise EnrichError(f"no analysis found for the duplicate photo {d.photo.image_path}")
+            else:
+                still.append(d)
+        self.waiting = still
+
+    def finish(self) -> None:
+        self._resolve(final=True)
+        self._flush()
+
+    def _flush(self) -> None:
+        if not self.pending:
+            return
+        _write(self.conn, self.pending, self.model_id)
+        s = self.summary
+        s["batches"] += 1
+        for o in self.pending:
+            s["photos_analysed"] += 1
+            s["objects_found"] += len(o.objects)
+            self.per_class.update(obj[1] for obj in o.objects)
+            if o.status == "unreadable":
+                s["unreadable_photos"] += 1
+                self.reasons[o.reason.split(":")[0]] += 1
+        self.pending = []
+        if self.on_batch:
+            self.on_batch(dict(s))

@@ -5,6 +5,8 @@ images too large to decode into memory (decoded at a reduced scale when JPEG, re
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +25,11 @@ class Decoded:
     height: int | None = None
     scale: int = 1                # the image is the original reduced by this factor
     reason: str | None = None     # why it is unreadable
+    sha256: str | None = None     # of the file's bytes (identical photos are analysed once)
 
 
 def _header_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) from the header only, without decoding pixels."""
-    import io
 
     from PIL import Image
 
@@ -44,15 +46,29 @@ def _header_size(data: bytes) -> tuple[int, int] | None:
         return None
 
 
-def decode(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
+def read(path: Path) -> tuple[bytes | None, str | None, str | None]:
+    """(bytes, sha256, None) or (None, None, reason)."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        return Decoded(None, reason="file not found")
+        return None, None, "file not found"
     except OSError as exc:
-        return Decoded(None, reason=f"cannot read file: {exc.strerror}")
+        return None, None, f"cannot read file: {exc.strerror}"
     if not data:
-        return Decoded(None, reason="empty file")
+        return None, None, "empty file"
+    return data, hashlib.sha256(data).hexdigest(), None
+
+
+def decode(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
+    data, sha, reason = read(path)
+    if data is None:
+        return Decoded(None, reason=reason)
+    dec = decode_bytes(data, max_pixels)
+    dec.sha256 = sha
+    return dec
+
+
+def decode_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
     size = _header_size(data)
     if size is None:
         kind = "a video (MP4/MOV)" if data[4:8] == b"ftyp" else "not an image"

@@ -130,6 +130,43 @@ def test_bad_photos_are_recorded_unreadable_others_go_on(settings, conn, tmp_pat
     assert run_yolo_enrichment(settings, lake, model=str(SHARED_MODEL), build_models=False)["photos_to_analyse"] == 0
 
 
+def test_identical_photos_are_analysed_once(settings, conn, monkeypatch):
+    import cv2
+
+    lake = settings.raw_data_path
+    (lake / "images" / "CheMed123").mkdir(parents=True)
+    ok, jpg = cv2.imencode(".jpg", cv2.imread(str(assets() / "bus.jpg")))
+    for i in (1, 2, 3):  # 2 and 3 repost 1's photo
+        (lake / f"images/CheMed123/{i}.jpg").write_bytes(jpg.tobytes())
+
+    def messages(ids):
+        d = lake / "telegram_messages" / "2026-01-10"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "CheMed123.json").write_text(json.dumps([
+            {"channel_username": "CheMed123", "message_id": i, "date": "2026-01-10T08:00:00+00:00", "text": "",
+             "image_path": f"images/CheMed123/{i}.jpg", "media_type": "photo"} for i in ids]))
+        load_raw_to_postgres(settings, lake)
+
+    messages([1, 2])
+    calls = {"n": 0}
+    real = enrich_mod._infer
+
+    def counting(m, item, opts):
+        calls["n"] += item[1].image is not None
+        return real(m, item, opts)
+
+    monkeypatch.setattr(enrich_mod, "_infer", counting)
+    s = run_yolo_enrichment(settings, lake, model=str(SHARED_MODEL), build_models=False)
+    assert s["photos_analysed"] == 2 and s["duplicates_reused"] == 1 and calls["n"] == 1
+    messages([1, 2, 3])  # a later repost: its results come from the database
+    s = run_yolo_enrichment(settings, lake, model=str(SHARED_MODEL), build_models=False)
+    assert s["photos_analysed"] == 1 and s["duplicates_reused"] == 1 and calls["n"] == 1
+    per_photo = {}
+    for mid, cls, c in query(conn, "SELECT message_id, class_name, confidence FROM raw.image_detections"):
+        per_photo.setdefault(mid, []).append((cls, round(c, 4)))
+    assert per_photo[1] == per_photo[2] == per_photo[3] and len(per_photo[1]) >= 5
+
+
 def test_missing_or_unreadable_weights_fail_at_once_naming_yolo_model(settings, tmp_path):
     with pytest.raises(EnrichError, match=r"YOLO_MODEL=/nope/weights.onnx: no such weights file"):
         run_yolo_enrichment(settings, tmp_path, model="/nope/weights.onnx")
