@@ -12,7 +12,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 ETL := $(BIN)/medical-etl
 # Weights for the demo: the shared int8 YOLOv8n where present, else Ultralytics' yolov8n.pt (downloaded).
-DEMO_YOLO_MODEL ?= $(firstword $(wildcard $(CURDIR)/../shared/models/yolov8n_int8.onnx) yolov8n.pt)
+DEMO_YOLO_MODEL ?= $(firstword $(wildcard $(MEDICAL_ETL_SHARED)/models/yolov8n_int8.onnx \
+                     $(CURDIR)/../shared/models/yolov8n_int8.onnx) yolov8n.pt)
 DEMO_ENV := DB_HOST= TELEGRAM_SOURCE=sample YOLO_MODEL=$(DEMO_YOLO_MODEL) \
             YOLO_OFFLINE=$(if $(filter yolov8n.pt,$(DEMO_YOLO_MODEL)),0,1)
 
