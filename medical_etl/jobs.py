@@ -208,7 +208,11 @@ def run_job(
                 summary["stages"][stage] = result if status == "ok" else {"status": "failed", **result}
                 if status != "ok":
                     summary.update(status="failed", failed_stage=stage, error=result.get("error"))
-                    break
+                    # Some channels failing must not hold back the others' data: the job goes on
+                    # (and still ends failed); anything else stops the stages after it.
+                    partial = (result.get("summary") or {}).get("status") == "partial"
+                    if not partial:
+                        break
             rec.metrics.update(stages=list(summary["stages"]), failed_stage=summary.get("failed_stage"))
             if summary["status"] == "failed":
                 rec.status, rec.reason = "failed", f"stage {summary['failed_stage']}: {summary['error']}"

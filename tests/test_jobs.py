@@ -242,3 +242,15 @@ def test_make_j4_pipeline_runs_stages_in_order(job_settings):
     assert [x["stage"] for x in stages] == ["scrape", "load", "transform", "enrich"]
     assert [x["finished_at"] for x in stages] == sorted(x["finished_at"] for x in stages)
     assert len({x["run_id"] for x in recs}) == 1
+
+
+def test_some_channels_failing_do_not_hold_back_the_others(job_settings, conn, shared_sample):
+    posts = [p for p in read_message_list(shared_sample / "messages") if p.channel != "CheMed123"]
+    with pytest.raises(JobError) as info:
+        run_job("scrape-load", job_settings, client=StandInClient(posts, private={"lobelia4cosmetics"}))
+    s = info.value.summary
+    assert s["failed_stage"] == "scrape" and "ChannelPrivateError" in s["error"]
+    assert s["stages"]["load"]["rows_inserted"] == 100  # tikvahpharma's posts were loaded
+    assert query(conn, "SELECT count(DISTINCT channel) FROM raw.telegram_messages")[0][0] == 1
+    job = [r for r in records(job_settings) if r["stage"] is None][0]
+    assert job["status"] == "failed" and job["metrics"]["stages"] == ["scrape", "load"]
