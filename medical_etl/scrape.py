@@ -107,8 +107,8 @@ def _same(a: dict, b: dict) -> bool:
 
 
 class _ChannelScraper:
-    def __init__(self, client, lake_dir: Path, name: str, opts: dict, sleep, result: ChannelResult):
-        self.client, self.lake_dir, self.name, self.opts, self.sleep = client, lake_dir, name, opts, sleep
+    def __init__(self, client, lake_dir: Path, name: str, opts: dict, result: ChannelResult):
+        self.client, self.lake_dir, self.name, self.opts = client, lake_dir, name, opts
         self.result = result
         self.scraped_at = datetime.now(timezone.utc).isoformat()
 
@@ -202,7 +202,7 @@ async def _scrape_channel(client, lake_dir: Path, name: str, opts: dict, sleep) 
         result.retries = attempt_no - 1
         while True:
             try:
-                await _ChannelScraper(client, lake_dir, name, opts, sleep, result).run()
+                await _ChannelScraper(client, lake_dir, name, opts, result).run()
                 return
             except errors.FloodWaitError as exc:
                 result.flood_waits += 1
