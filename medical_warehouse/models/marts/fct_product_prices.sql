@@ -3,11 +3,13 @@
         materialized='incremental',
         unique_key='message_key',
         incremental_strategy='delete+insert',
-        on_schema_change='sync_all_columns'
+        on_schema_change='sync_all_columns',
+        pre_hook="{% if is_incremental() %}{{ delete_prices_of_changed_messages() }}{% endif %}"
     )
 }}
 {#- One row per (message, product, price in birr) a post offers for sale. With unique_key = message_key,
-    an edited post's rows are all replaced on the next incremental run. -#}
+    an edited post's rows are all replaced on the next incremental run; the pre-hook also removes the
+    rows of a post edited to hold no price any more (delete+insert only deletes keys it re-inserts). -#}
 
 with messages as (
 
