@@ -70,8 +70,8 @@ def test_incremental_run_touches_only_new_rows(settings, conn, loaded):
 def test_post_edited_to_hold_no_price_loses_its_price_rows(settings, conn, loaded):
     run_dbt_transformations(settings, check_freshness=False)
     key = "channel = 'lobelia4cosmetics' AND message_id = 22905"
-    assert query(conn, f"SELECT count(*) FROM marts.fct_product_prices WHERE channel_username = 'lobelia4cosmetics' "
-                       f"AND message_id = 22905")[0][0] == 1
+    assert query(conn, "SELECT count(*) FROM marts.fct_product_prices WHERE channel_username = 'lobelia4cosmetics' "
+                       "AND message_id = 22905")[0][0] == 1
     with conn.cursor() as cur:
         cur.execute(f"UPDATE raw.telegram_messages SET message_text = 'ENSURE 850GM sold out', updated_at = now() "
                     f"WHERE {key}")
