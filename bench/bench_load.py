@@ -19,7 +19,7 @@ import shutil
 import sys
 import tempfile
 import time
-import uuid
+from contextlib import ExitStack
 from pathlib import Path
 
 import psycopg2
@@ -27,10 +27,8 @@ from psycopg2.extras import execute_values
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from synthetic import build_lake, change_views  # noqa: E402
+from synthetic import build_lake, change_views, scratch_database  # noqa: E402
 
-from medical_etl.config import load_settings  # noqa: E402
-from medical_etl.db import conn_params  # noqa: E402
 from medical_etl.load import COLUMNS, _copy_line, load_raw_to_postgres  # noqa: E402
 
 BASE_DDL = """CREATE TABLE bench_messages (
@@ -111,35 +109,17 @@ def measure(fn_name, params, lake):
     return result
 
 
-class Databases:
-    def __init__(self):
-        self.admin = conn_params(load_settings())
-        self.made = []
-
-    def fresh(self):
-        name = f"bench_{uuid.uuid4().hex[:8]}"
-        c = psycopg2.connect(**{**self.admin.kwargs(), "dbname": "postgres"})
-        c.autocommit = True
-        c.cursor().execute(f'CREATE DATABASE "{name}"')
-        c.close()
-        self.made.append(name)
-        return type(self.admin)(self.admin.host, self.admin.port, name, self.admin.user, self.admin.password)
-
-    def drop_all(self):
-        c = psycopg2.connect(**{**self.admin.kwargs(), "dbname": "postgres"})
-        c.autocommit = True
-        for name in self.made:
-            c.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        c.close()
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--messages", type=int, default=200_000)
     ap.add_argument("--small", type=int, default=50_000)
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench_load_"))
-    dbs = Databases()
+    dbs = ExitStack()  # each measurement gets a fresh database, all dropped at the end
+
+    def fresh():
+        return dbs.enter_context(scratch_database())
+
     try:
         lake = work / "lake"
         t0 = time.perf_counter()
@@ -147,7 +127,7 @@ def main():
         print(f"synthetic lake: {args.messages:,} messages in {n_files:,} files ({time.perf_counter() - t0:.1f} s to build)")
         n = args.messages
 
-        ours_db = dbs.fresh()
+        ours_db = fresh()
         first_s, first_rss, s1 = measure("run_ours", ours_db, lake)
         assert s1["rows_inserted"] == n, s1
         reload_s, _, s2 = measure("run_ours", ours_db, lake)
@@ -156,12 +136,12 @@ def main():
         changed_s, _, s3 = measure("run_ours", ours_db, lake)
         assert s3["rows_updated"] == changed, (s3, changed)
 
-        ev_s, ev_rss, _ = measure("run_execute_values", dbs.fresh(), lake)
-        copy_s, copy_rss, _ = measure("run_plain_copy", dbs.fresh(), lake)
+        ev_s, ev_rss, _ = measure("run_execute_values", fresh(), lake)
+        copy_s, copy_rss, _ = measure("run_plain_copy", fresh(), lake)
 
         small = work / "small"
         build_lake(small, args.small)
-        small_s, small_rss, _ = measure("run_ours", dbs.fresh(), small)
+        small_s, small_rss, _ = measure("run_ours", fresh(), small)
 
         lake_mb, small_mb = _mb(lake), _mb(small)
         growth = max(0.0, first_rss - small_rss) / (lake_mb - small_mb)
@@ -182,7 +162,7 @@ def main():
             ("first load vs execute_values", ev_s / first_s, ">= 1.30", ev_s / first_s >= 1.3),
             ("first load vs plain COPY rate", copy_s / first_s, ">= 0.60", copy_s / first_s >= 0.6),
             ("unchanged re-load / first load", reload_s / first_s, "< 0.05", reload_s / first_s < 0.05),
-            ("peak RSS, 200k (MB)", first_rss, "< 300", first_rss < 300),
+            (f"peak RSS, {n:,} msgs (MB)", first_rss, "< 300", first_rss < 300),
             # flat: going from the small to the full lake adds under 10% of the added data to memory
             ("RSS growth / lake growth", growth, "< 0.10 (flat)", growth < 0.10),
         ]
@@ -191,7 +171,7 @@ def main():
             print(f"{name:<34} {v:>9.3f} {target:>16}  {'PASS' if ok else 'FAIL'}")
         return 0 if all(c[3] for c in checks) else 1
     finally:
-        dbs.drop_all()
+        dbs.close()
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -59,24 +59,24 @@ def _runs(stats: LogStats, rule: Rule) -> list[Run]:
     return stats.stage_runs(rule.stage, rule.job) if rule.stage else stats.job_runs(rule.job)
 
 
-def m_job_failed(stats, rule, now, wh, state):
+def _latest_is(stats, rule, status: str) -> list[Subject]:
+    """1.0 when the latest matching run has ``status``; the context serves both failure and success."""
     runs = _runs(stats, rule)
     if not runs:
         return []
     r = runs[-1]
-    return [Subject(_subject_name(rule), float(r.status == "failed"),
+    return [Subject(_subject_name(rule), float(r.status == status),
                     {"job": r.job, "stage": r.stage, "run_id": r.run_id, "error": r.error or r.reason or "",
-                     "failed_stage": r.metrics.get("failed_stage"), "finished_at": r.finished_at}, r.run_id)]
+                     "failed_stage": r.metrics.get("failed_stage"), "duration_s": round(r.duration_s, 1),
+                     "finished_at": r.finished_at}, r.run_id)]
+
+
+def m_job_failed(stats, rule, now, wh, state):
+    return _latest_is(stats, rule, "failed")
 
 
 def m_job_succeeded(stats, rule, now, wh, state):
-    runs = _runs(stats, rule)
-    if not runs:
-        return []
-    r = runs[-1]
-    return [Subject(_subject_name(rule), float(r.status == "success"),
-                    {"job": r.job, "run_id": r.run_id, "duration_s": round(r.duration_s, 1),
-                     "finished_at": r.finished_at}, r.run_id)]
+    return _latest_is(stats, rule, "success")
 
 
 def m_failure_rate(stats, rule, now, wh, state):
