@@ -1,6 +1,7 @@
 """Sub-commands of the CLI for the stages and jobs."""
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from datetime import datetime, timezone
@@ -12,6 +13,16 @@ from .stages import StageFailed, run_stage
 def _date(value: str) -> datetime:
     d = datetime.fromisoformat(value)
     return d if d.tzinfo else d.replace(tzinfo=timezone.utc)
+
+
+def _positive_int(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
 
 
 def _print(summary: dict) -> None:
@@ -85,14 +96,24 @@ def _brief(summary: dict) -> dict:
 def cmd_cron(args, settings: Settings) -> int:
     from . import cron
 
-    if args.action == "show":
-        print(cron.block(), end="")
-    elif args.action == "install":
-        cron.install(args.crontab)
-        print(f"installed the medical_etl entries for {cron.REPO} (crontab -l to see them)")
-    else:
-        cron.uninstall(args.crontab)
-        print(f"removed the medical_etl entries for {cron.REPO}")
+    try:
+        if args.action == "show":
+            rendered = cron.block()
+            print(rendered.text, end="")
+            for note in rendered.notes:
+                print(note, file=sys.stderr)
+        elif args.action == "install":
+            rendered = cron.install(args.crontab)
+            print(f"installed the medical_etl entries for {cron.REPO} (crontab -l to see them)")
+            for note in rendered.notes:
+                print(note)
+        else:
+            rest = cron.uninstall(args.crontab)
+            print(f"removed the medical_etl entries for {cron.REPO}"
+                  + ("" if rest is not None else " (the crontab held nothing else: removed)"))
+    except cron.CronError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -151,7 +172,7 @@ def register(sub) -> None:
 
     p = sub.add_parser("scrape", help="stage 1: Telegram channels to the data lake")
     p.add_argument("--channels", help="comma-separated channels (default: TELEGRAM_CHANNELS or the channels file)")
-    p.add_argument("--limit", type=int, help="at most this many messages per channel")
+    p.add_argument("--limit", type=_positive_int, help="at most this many messages per channel")
     p.add_argument("--since", type=_date, help="first backfill starts at this date (ISO 8601)")
     p.add_argument("--no-photos", action="store_true", help="do not download photos")
     p.add_argument("--refresh-days", type=int, help="re-read the last N days to refresh views and forwards")
@@ -159,7 +180,7 @@ def register(sub) -> None:
     p.set_defaults(func=_stage("scrape", _scrape_opts))
 
     p = sub.add_parser("load", help="stage 2: data lake to the raw tables in PostgreSQL")
-    p.add_argument("--batch-rows", type=int, help="rows per COPY batch and transaction (LOAD_BATCH_ROWS)")
+    p.add_argument("--batch-rows", type=_positive_int, help="rows per COPY batch and transaction (LOAD_BATCH_ROWS)")
     p.add_argument("--job", help=argparse_suppress())
     p.set_defaults(func=_stage("load", lambda a: {"batch_rows": a.batch_rows} if a.batch_rows else {}))
 

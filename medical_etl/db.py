@@ -88,7 +88,7 @@ def connect(
     *,
     attempts: int = 4,
     connect_timeout: int | None = None,
-    application_name: str = "medical_etl",
+    application_name: str | None = None,
 ) -> psycopg2.extensions.connection:
     """Open a connection, retrying connection failures only (exponential backoff).
 
@@ -113,8 +113,10 @@ def connect(
             mask(rs.outcome.exception()).strip()),
     )
     def _open():
-        return psycopg2.connect(**params.kwargs(), connect_timeout=timeout,
-                                application_name=application_name)
+        # Without an explicit name, libpq's PGAPPNAME (set for job stages) names the session.
+        names = ({"application_name": application_name} if application_name
+                 else {"fallback_application_name": "medical_etl"})
+        return psycopg2.connect(**params.kwargs(), connect_timeout=timeout, **names)
 
     try:
         for attempt in retrying:

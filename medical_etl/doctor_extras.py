@@ -20,11 +20,22 @@ def _dbt(settings: Settings):
 
 
 def _yolo(settings: Settings):
-    path = Path(settings.yolo_model)
-    if path.is_file():
-        return ("yolo", True, False, f"YOLO_MODEL={path} ({path.stat().st_size:,} bytes)")
-    return ("yolo", False, False, f"YOLO_MODEL={settings.yolo_model}: no such file here "
-            "(Ultralytics downloads known names only where the internet is reachable)")
+    """Required: the daily pipeline ends with the enrich stage, which needs loadable weights."""
+    from .preflight import check_weights
+
+    problem = check_weights(settings.yolo_model, settings.yolo_offline)
+    if problem is None:
+        path = Path(settings.yolo_model)
+        size = f" ({path.stat().st_size:,} bytes)" if path.is_file() else " (downloaded on first use)"
+        return ("yolo", True, True, f"YOLO_MODEL={settings.yolo_model}{size} loads")
+    return ("yolo", False, True, f"YOLO_MODEL: {problem}")
+
+
+def _cron(settings: Settings):
+    from . import cron
+
+    ok, detail = cron.check()
+    return ("cron", ok, False, detail)
 
 
 def _telegram(settings: Settings):
@@ -33,7 +44,10 @@ def _telegram(settings: Settings):
     if not settings.telegram_api_id or not settings.telegram_api_hash:
         return ("telegram", False, False, "TELEGRAM_API_ID / TELEGRAM_API_HASH not set")
     if settings.telegram_string_session:
-        return ("telegram", True, False, "string session configured")
+        from .preflight import string_session_problem
+
+        problem = string_session_problem(settings.telegram_string_session.reveal())
+        return ("telegram", problem is None, False, f"TELEGRAM_STRING_SESSION: {problem or 'configured'}")
     session = Path(str(settings.telegram_session).removesuffix(".session") + ".session")
     if not session.exists():
         return ("telegram", False, False, f"no session file {session}: run `make telegram-login`")
@@ -42,7 +56,7 @@ def _telegram(settings: Settings):
 
 
 def checks(settings: Settings):
-    for check in (_dbt, _yolo, _telegram):
+    for check in (_dbt, _yolo, _telegram, _cron):
         try:
             yield check(settings)
         except Exception as exc:  # noqa: BLE001 - a check that crashes is a failed check

@@ -7,19 +7,22 @@ system when it ends); the child dies with the job, even on ``kill -9``.
 """
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
-import multiprocessing as mp
+import json
+import logging
 import os
+import pickle
+import select
 import signal
+import subprocess
+import sys
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Settings
-from .runlog import RunLog, new_run_id, track_run
+from .runlog import RunLog, new_run_id, track_run, utc_now_iso
 from .secrets import mask
 
 JOBS: dict[str, tuple[str, ...]] = {
@@ -31,6 +34,9 @@ JOBS: dict[str, tuple[str, ...]] = {
 }
 WEEKLY_REFRESH_DAYS = 30
 LOCK_NAME = "pipeline.lock"
+RUNNING_DIR = "running"
+CONNECTION_CHECK_MS = 2000
+log = logging.getLogger(__name__)
 
 
 class JobError(RuntimeError):
@@ -72,66 +78,92 @@ def acquire_lock(path: Path, wait_s: float = 0) -> _Lock | str:
     return _Lock(fd, path)
 
 
-def _die_with_parent() -> None:
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+def stage_environment(run_id: str, stage: str) -> dict:
+    """Environment of a stage process: its PostgreSQL sessions are named after the run, and the
+    server checks every few seconds that the client is still there, so the queries of a stage
+    that was killed (time limit, job killed with -9) stop within seconds instead of running on."""
+    env = dict(os.environ)
+    app = stage_application_name(run_id, stage)
+    env.update(PGAPPNAME=app, MEDICAL_ETL_DBT_APPNAME=app)
+    check = f"-c client_connection_check_interval={CONNECTION_CHECK_MS}"
+    env["PGOPTIONS"] = f"{env['PGOPTIONS']} {check}" if env.get("PGOPTIONS") else check
+    return env
 
 
-def _stage_child(conn, stage: str, settings: Settings, job: str, run_id: str, opts: dict) -> None:
-    _die_with_parent()
-    os.setpgid(0, 0)  # its own group, so a timeout ends the stage and whatever it started
-    from .stages import StageFailed, run_stage
-
-    try:
-        summary = run_stage(stage, settings, job=job, run_id=run_id, **opts)
-        conn.send(("ok", summary))
-    except StageFailed as exc:
-        conn.send(("failed", {"error": mask(exc), "summary": exc.summary}))
-    except BaseException as exc:  # noqa: BLE001 - reported to the job, already in the run log
-        conn.send(("error", {"error": f"{type(exc).__name__}: {mask(exc)}",
-                             "traceback": mask("".join(traceback.format_exception(exc)[-3:]))}))
-    finally:
-        conn.close()
+def stage_application_name(run_id: str, stage: str) -> str:
+    return f"medical_etl/{stage}/{run_id}"[:63]
 
 
 def _run_stage_process(stage: str, settings: Settings, job: str, run_id: str, opts: dict,
                        timeout_s: float) -> tuple[str, dict]:
-    # spawn, not fork: a caller that already runs threads (a notebook with torch loaded, a test
-    # runner) would hand the child locks held by threads that do not exist there.
-    ctx = mp.get_context("spawn")
-    recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_stage_child, args=(send, stage, settings, job, run_id, opts),
-                       name=f"stage-{stage}")
+    # A fresh interpreter running medical_etl.stage_process, not multiprocessing's spawn: spawn
+    # re-imports the caller's main script, which hangs a script that lacks a __main__ guard.
+    request = pickle.dumps([p for p in sys.path if p]) + pickle.dumps({"stage": stage, "settings": settings, "job": job, "run_id": run_id,
+                            "opts": opts, "verbose": logging.getLogger().isEnabledFor(logging.DEBUG)})
+    out_r, out_w = os.pipe()
     t0 = time.perf_counter()
-    proc.start()
-    send.close()
-    result = None
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "medical_etl.stage_process", str(out_w), str(os.getpid())],
+        stdin=subprocess.PIPE, pass_fds=(out_w,), process_group=0, env=stage_environment(run_id, stage),
+        cwd=os.getcwd())
+    os.close(out_w)
+    try:
+        proc.stdin.write(request)
+        proc.stdin.close()
+    except BrokenPipeError:
+        pass
+    data, finished = bytearray(), False
     deadline = t0 + timeout_s
-    while result is None:
-        remaining = deadline - time.perf_counter()
-        if remaining <= 0:
-            break
-        if recv.poll(min(remaining, 1.0)):
-            try:
-                result = recv.recv()
-            except EOFError:  # the child died without a word
+    with os.fdopen(out_r, "rb", buffering=0) as out:
+        while True:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
                 break
-        elif not proc.is_alive() and not recv.poll(0):
-            break
-    if result is None and proc.is_alive():  # timed out: end the stage and its children
+            ready, _, _ = select.select([out], [], [], min(remaining, 1.0))
+            if ready:
+                chunk = out.read(65536)
+                if not chunk:
+                    finished = True
+                    break
+                data += chunk
+    if not finished:  # timed out: end the stage and its children, and their queries
         _kill_group(proc.pid)
-        proc.join(10)
+        proc.wait(10)
+        _cancel_queries(settings, stage_application_name(run_id, stage))
         _record(settings, job, stage, run_id, t0, "timeout",
                 f"stage exceeded its time limit of {timeout_s:g} s")
         return "failed", {"error": "timeout", "reason": "timeout"}
-    proc.join()
-    if result is None:
-        why = f"stage process died (exit code {proc.exitcode})"
+    proc.wait()
+    try:
+        return pickle.loads(bytes(data))
+    except Exception:  # noqa: BLE001 - no (or a torn) result: the process died
+        why = f"stage process died (exit code {proc.returncode})"
+        _cancel_queries(settings, stage_application_name(run_id, stage))
         _record(settings, job, stage, run_id, t0, why, why)
         return "failed", {"error": why}
-    return result
+
+
+def _cancel_queries(settings: Settings, application_name: str) -> None:
+    """End the server sessions a killed stage left (the connection check would end them too)."""
+    try:
+        from .db import connect
+
+        conn = connect(settings, attempts=1)
+    except Exception as exc:  # noqa: BLE001 - best effort: the server may be what failed
+        log.warning("could not cancel the queries of %s: %s", application_name, mask(exc))
+        return
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                        "WHERE application_name = %s AND pid <> pg_backend_pid()", (application_name,))
+            n = cur.fetchone()[0]
+        if n:
+            log.warning("ended %d database session(s) left by %s", n, application_name)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("could not cancel the queries of %s: %s", application_name, mask(exc))
+    finally:
+        conn.close()
 
 
 def _kill_group(pid: int) -> None:
@@ -186,7 +218,8 @@ def run_job(
 
     ``client`` is injected into the scrape stage (a TelegramClient or a stand-in). Returns a
     ``skipped`` summary if another job holds the lock after ``lock_wait_s``; raises
-    :class:`JobError` (with the summary) when a stage fails.
+    :class:`JobError` (with the summary) when a stage fails, or before any stage runs when an
+    input a stage needs is missing (see :mod:`medical_etl.preflight`).
     """
     if job not in JOBS:
         raise ValueError(f"unknown job {job!r}; jobs: {', '.join(JOBS)}")
@@ -199,9 +232,16 @@ def run_job(
             rec.metrics.update(stages=[])
         return {"job": job, "run_id": run_id, "status": "skipped", "reason": rec.reason}
     summary: dict = {"job": job, "run_id": run_id, "stages": {}, "status": "success"}
+    marker = None
     try:
+        reap_dead_runs(settings.logs_path)
+        marker = mark_running(settings.logs_path, job, run_id, len(JOBS[job]) * timeout + 300)
         with track_run(settings.logs_path, job=job, stage=None, run_id=run_id) as rec:
-            for stage in JOBS[job]:
+            problems = _preflight(job, settings, client)
+            if problems:
+                summary.update(status="failed", failed_stage=problems[0].stage, preflight=[str(p) for p in problems],
+                               error="not started: " + "; ".join(str(p) for p in problems))
+            for stage in JOBS[job] if not problems else ():
                 opts = stage_options(job, stage, client=client, full_refresh=full_refresh,
                                      refresh_days=refresh_days)
                 status, result = _run_stage_process(stage, settings, job, run_id, opts, timeout)
@@ -217,7 +257,87 @@ def run_job(
             if summary["status"] == "failed":
                 rec.status, rec.reason = "failed", f"stage {summary['failed_stage']}: {summary['error']}"
     finally:
+        if marker is not None:
+            marker.unlink(missing_ok=True)
         lock.release()
     if summary["status"] == "failed":
         raise JobError(summary)
     return summary
+
+
+def _preflight(job: str, settings: Settings, client):
+    from .preflight import preflight
+
+    problems = preflight(JOBS[job], settings, client=client)
+    for p in problems:
+        log.error("job %s cannot start: %s", job, mask(p))
+    return problems
+
+
+# --- runs that never finished ------------------------------------------------------
+# A job writes a marker when it starts and removes it when it has recorded its end. A marker
+# left behind means the job died without a record (kill -9, power loss, OOM killer): the
+# monitor alerts on it, and the next job records the death in the run log.
+
+def _running_dir(logs_path: Path) -> Path:
+    return Path(logs_path) / RUNNING_DIR
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """The process's start time (clock ticks since boot): tells a live pid from a reused one."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def mark_running(logs_path: Path, job: str, run_id: str, deadline_s: float) -> Path:
+    folder = _running_dir(logs_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    marker = {"run_id": run_id, "job": job, "pid": os.getpid(), "host": os.uname().nodename,
+              "start_ticks": process_start_ticks(os.getpid()),
+              "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+              "deadline_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + deadline_s))}
+    path = folder / f"{run_id}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(marker))
+    os.replace(tmp, path)
+    return path
+
+
+def unfinished_runs(logs_path: Path) -> list[dict]:
+    """Markers of jobs that started and have not recorded their end, each with ``alive``."""
+    out = []
+    folder = _running_dir(logs_path)
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else ():
+        try:
+            marker = json.loads(path.read_text())
+            pid = int(marker["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        same_host = marker.get("host") == os.uname().nodename
+        alive = (not same_host) or (process_start_ticks(pid) is not None
+                                    and process_start_ticks(pid) == marker.get("start_ticks"))
+        out.append({**marker, "alive": alive, "marker": str(path)})
+    return out
+
+
+def reap_dead_runs(logs_path: Path) -> list[str]:
+    """Record, as failed, the jobs that died without a record (called under the job lock, so no
+    marker left can belong to a live job of this host)."""
+    reaped = []
+    for run in unfinished_runs(logs_path):
+        if run.get("host") != os.uname().nodename:
+            continue
+        RunLog(logs_path).append({
+            "run_id": run["run_id"], "job": run["job"], "stage": None, "status": "failed",
+            "started_at": run.get("started_at"), "finished_at": utc_now_iso(), "duration_s": 0.0,
+            "metrics": {"stages": [], "died": True},
+            "error": {"type": "JobDied", "message": f"job process {run['pid']} died without recording its end "
+                                                    "(killed with -9, out of memory, or the machine stopped)"},
+            "reason": "died", "host": run.get("host"), "pid": run["pid"], "peak_rss_mb": None, "cpu_s": None})
+        Path(run["marker"]).unlink(missing_ok=True)
+        reaped.append(run["run_id"])
+    return reaped

@@ -11,13 +11,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import queue
 import re
+import stat
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import psycopg2
@@ -46,16 +48,25 @@ FIELDS = [
     ("replies", "replies", "count?"),
     ("edit_date", "edit_date", "ts?"),
     ("grouped_id", "grouped_id", "int?"),
-    ("reply_to_msg_id", "reply_to_msg_id", "int?"),
+    ("reply_to_msg_id", "reply_to_msg_id", "id?"),
     ("media_type", "media_type", "str?"),
-    ("image_path", "image_path", "str?"),
+    ("image_path", "image_path", "path?"),
     ("scraped_at", "scraped_at", "ts?"),
 ]
-COLUMNS = [c for c, _, _ in FIELDS] + ["source_file"]
+COLUMNS = [c for c, _, _ in FIELDS] + ["source_file", "source_position"]
 REQUIRED = [f for _, f, kind in FIELDS if not kind.endswith("?")]
-# Columns whose change makes an update (scraped_at and source_file alone do not).
-COMPARED = [c for c, _, _ in FIELDS if c not in ("channel", "message_id", "scraped_at")]
+# Columns whose change makes an update (a fresh scraped_at alone does not).
+COMPARED = [c for c in COLUMNS if c not in ("channel", "message_id", "scraped_at")]
 _CHANNEL = re.compile(r"[A-Za-z][A-Za-z0-9_]{3,31}")
+# Telegram numbers messages and counts views with 32-bit integers; channel and album ids are 64-bit.
+INT32_MAX = 2**31 - 1
+INT64 = (-(2**63), 2**63 - 1)
+# No post predates Telegram; none may be dated after the load (beyond the clock-skew allowance
+# that the dbt test assert_no_future_posts also grants: var future_tolerance_minutes).
+TELEGRAM_EPOCH = datetime(2013, 8, 14, tzinfo=timezone.utc)
+FUTURE_TOLERANCE = timedelta(minutes=60)
+MAX_FILE_BYTES = 256 * 1024 * 1024  # one channel-day of posts is a few MB
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 class Reject(ValueError):
@@ -66,7 +77,7 @@ class LoadError(RuntimeError):
     """A permanent database error: the stage fails and the batch's bookkeeping is not advanced."""
 
 
-def _parse_ts(value, name: str) -> str:
+def _parse_ts(value, name: str, latest: datetime | None = None) -> str:
     if not isinstance(value, str):
         raise Reject(f"{name}: expected an ISO 8601 date string, got {type(value).__name__}")
     try:
@@ -75,13 +86,35 @@ def _parse_ts(value, name: str) -> str:
         raise Reject(f"{name}: unparsable date {value[:40]!r}") from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
+    if latest is not None:
+        if dt > latest:
+            raise Reject(f"{name}: {dt.isoformat()} is in the future (more than "
+                         f"{FUTURE_TOLERANCE.total_seconds() / 60:g} min after the load)")
+        if dt < TELEGRAM_EPOCH:
+            raise Reject(f"{name}: {dt.isoformat()} predates Telegram channels ({TELEGRAM_EPOCH.date()})")
     return dt.isoformat()
 
 
-def _int(value, name: str) -> int:
+def _int(value, name: str, lo: int = INT64[0], hi: int = INT64[1]) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise Reject(f"{name}: expected an integer, got {type(value).__name__}")
+    if not lo <= value <= hi:
+        raise Reject(f"{name}: {str(value)[:30]} is out of range ({lo} to {hi})")
     return value
+
+
+def check_image_path(value: str) -> str:
+    """A lake record's photo path: relative, POSIX, under images/, no way out of the lake."""
+    parts = value.split("/")
+    if (not value.startswith(lake.IMAGES_DIR + "/") or "\\" in value or "\x00" in value
+            or any(p in ("", ".", "..") for p in parts) or len(parts) < 3):
+        raise Reject(f"image_path: {value[:80]!r} is not a path under the lake's {lake.IMAGES_DIR}/ folder")
+    return value
+
+
+def _clean_surrogates(value):
+    """Lone UTF-16 surrogates (valid JSON, e.g. half an emoji) cannot be stored: replace each with U+FFFD."""
+    return _SURROGATE.sub("\ufffd", value) if type(value) is str else value
 
 
 class _NulCounter:
@@ -95,8 +128,10 @@ class _NulCounter:
         return s
 
 
-def validate(rec, nul: _NulCounter) -> list:
-    """Return the row values in FIELDS order, or raise :class:`Reject` with the reason."""
+def validate(rec, nul: _NulCounter, latest: datetime | None = None) -> list:
+    """Return the row values in FIELDS order, or raise :class:`Reject` with the reason.
+
+    ``latest`` is the newest acceptable post date (the load's start plus the clock-skew allowance)."""
     if not isinstance(rec, dict):
         raise Reject(f"expected a JSON object, got {type(rec).__name__}")
     missing = [f for f in REQUIRED if f not in rec]
@@ -118,18 +153,24 @@ def validate(rec, nul: _NulCounter) -> list:
             v = _int(v, name)
             if v <= 0:
                 raise Reject(f"{name}: must be positive, got {v}")
+            if v > INT32_MAX:
+                raise Reject(f"{name}: {v} is out of range (Telegram message ids are below 2^31)")
         elif base == "int":
             v = _int(v, name)
         elif base == "count":
             v = _int(v, name)
             if v < 0:
                 raise Reject(f"{name}: negative count ({v})")
+            if v > INT32_MAX:
+                raise Reject(f"{name}: {v} is out of range (Telegram counts are below 2^31)")
         elif base == "ts":
-            v = _parse_ts(v, name)
-        elif base in ("str", "text"):
+            v = _parse_ts(v, name, latest if name in ("date", "edit_date") else None)
+        elif base in ("str", "text", "path"):
             if not isinstance(v, str):
                 raise Reject(f"{name}: expected a string, got {type(v).__name__}")
             v = nul.clean(v)
+            if base == "path":
+                v = check_image_path(v)
         row.append(v)
     return row
 
@@ -156,13 +197,36 @@ def _copy_line(values) -> bytes:
 
 
 @dataclass
+class _FileRows:
+    """One lake file's part of a batch: its rows (COPY lines), rejects and bookkeeping row."""
+    rel: str
+    new: bool                      # never loaded before: its rows may be COPY'd directly
+    lines: list[bytes] = field(default_factory=list)
+    rejects: list[tuple] = field(default_factory=list)
+    file_row: tuple | None = None  # loaded_files row
+
+
+@dataclass
 class _Batch:
-    lines: list[bytes] = field(default_factory=list)      # rows of files seen before: merged
-    new_lines: list[bytes] = field(default_factory=list)  # rows of files never loaded: COPY'd directly
+    parts: list[_FileRows] = field(default_factory=list)
     rows: int = 0
-    files: list[tuple] = field(default_factory=list)     # loaded_files rows
-    rejects: list[tuple] = field(default_factory=list)   # load_rejects rows
     touched: list[tuple] = field(default_factory=list)   # (source_file, mtime_ns): content unchanged
+
+    @property
+    def lines(self) -> list[bytes]:      # rows of files seen before: merged
+        return [ln for p in self.parts if not p.new for ln in p.lines]
+
+    @property
+    def new_lines(self) -> list[bytes]:  # rows of files never loaded: COPY'd directly
+        return [ln for p in self.parts if p.new for ln in p.lines]
+
+    @property
+    def files(self) -> list[tuple]:
+        return [p.file_row for p in self.parts if p.file_row]
+
+    @property
+    def rejects(self) -> list[tuple]:
+        return [r for p in self.parts for r in p.rejects]
 
 
 @dataclass
@@ -174,7 +238,10 @@ class _Totals:
     rows_updated: int = 0
     rows_unchanged: int = 0
     rows_rejected: int = 0
+    rows_duplicate: int = 0
+    rows_refused_by_db: int = 0
     nul_chars_stripped: int = 0
+    surrogates_replaced: int = 0
     batches: int = 0
     retries: int = 0
 
@@ -187,28 +254,57 @@ CREATE TEMP TABLE IF NOT EXISTS _stage_messages (
         ("message_date", "timestamptz"), ("message_text", "text"), ("views", "bigint"),
         ("forwards", "bigint"), ("replies", "bigint"), ("edit_date", "timestamptz"),
         ("grouped_id", "bigint"), ("reply_to_msg_id", "bigint"), ("media_type", "text"),
-        ("image_path", "text"), ("scraped_at", "timestamptz"), ("source_file", "text")])}
+        ("image_path", "text"), ("scraped_at", "timestamptz"), ("source_file", "text"),
+        ("source_position", "integer")])}
 ) ON COMMIT DELETE ROWS;
 -- The staging copy is read once: storing it uncompressed saves a compress/decompress round.
 ALTER TABLE _stage_messages ALTER COLUMN message_text SET STORAGE EXTERNAL;
 """
 
 _cols = ", ".join(COLUMNS)
+# Which copy of a (channel, message_id) wins, whatever order files are loaded in: the newest
+# scraped_at, then the greater file path, then the later position in the file.
+_PRECEDENCE = "scraped_at DESC NULLS LAST, source_file DESC, source_position DESC"
+# Rows now stored elsewhere than where a staged or previously stored copy came from: the losers.
+_PREVIOUS = """
+CREATE TEMP TABLE _previous ON COMMIT DROP AS
+SELECT t.channel, t.message_id, t.source_file, t.source_position, row_to_json(t)::text AS payload
+FROM raw.telegram_messages t JOIN (SELECT DISTINCT channel, message_id FROM _stage_messages) k
+     USING (channel, message_id)
+WHERE NOT (t.source_file = ANY(%s))
+"""
+_LOSERS = """
+SELECT l.source_file, l.source_position, l.channel, l.message_id, t.source_file, t.source_position, l.payload
+FROM (SELECT channel, message_id, source_file, source_position,
+             (row_to_json(s)::jsonb - 'seq')::text AS payload FROM _stage_messages s
+      UNION ALL SELECT channel, message_id, source_file, source_position, payload FROM _previous) l
+JOIN raw.telegram_messages t USING (channel, message_id)
+WHERE (l.source_file, l.source_position) IS DISTINCT FROM (t.source_file, t.source_position)
+"""
 _UPSERT = f"""
 WITH up AS (
     INSERT INTO raw.telegram_messages AS t ({_cols})
     SELECT DISTINCT ON (channel, message_id) {_cols}
-    FROM _stage_messages ORDER BY channel, message_id, seq DESC
+    FROM _stage_messages ORDER BY channel, message_id, {_PRECEDENCE}, seq DESC
     ON CONFLICT (channel, message_id) DO UPDATE SET
         {", ".join(f"{c} = EXCLUDED.{c}" for c in COLUMNS if c not in ("channel", "message_id"))},
         updated_at = now()
     WHERE ({", ".join(f"t.{c}" for c in COMPARED)}) IS DISTINCT FROM ({", ".join(f"EXCLUDED.{c}" for c in COMPARED)})
+      -- a key found in two files: the newest scraped_at wins, then the greater file path
+      AND (EXCLUDED.source_file = t.source_file
+           OR (coalesce(EXCLUDED.scraped_at, '-infinity'), EXCLUDED.source_file)
+              > (coalesce(t.scraped_at, '-infinity'), t.source_file))
     RETURNING (xmax = 0) AS inserted
 )
 SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted),
        (SELECT count(DISTINCT (channel, message_id)) FROM _stage_messages)
 FROM up
 """
+
+
+# Errors where the server refuses the data itself (a value, a constraint): retrying cannot help,
+# isolating the culprit can.
+_REFUSED = (psycopg2.DataError, psycopg2.IntegrityError)
 
 
 def _transient(exc: BaseException) -> bool:
@@ -237,17 +333,24 @@ class _Loader:
             return {r[0]: r[1:] for r in cur.fetchall()}
 
     def flush(self, batch: _Batch) -> None:
-        if not (batch.files or batch.touched):
+        if not (batch.parts or batch.touched):
             return
+        try:
+            self._write_retrying(batch)
+        except _REFUSED as exc:
+            # The database refused something in the batch: isolate it, so the other files'
+            # good rows are stored and the culprit is quarantined with the server's reason.
+            log.warning("batch refused by the database (%s): isolating the offending file and record",
+                        str(exc).strip().splitlines()[0])
+            self._isolate(batch)
+        self.totals.batches += 1
 
+    def _write_retrying(self, batch: _Batch) -> None:
         def before_sleep(rs):
             self.totals.retries += 1
             log.warning("load batch failed (attempt %d), retrying: %s", rs.attempt_number,
                         str(rs.outcome.exception()).strip())
-            try:
-                self.conn.rollback()
-            except psycopg2.Error:
-                pass
+            self._rollback()
             self._reconnect()
 
         try:
@@ -258,41 +361,92 @@ class _Loader:
                 with attempt:
                     self._write(batch)
         except psycopg2.Error as exc:
-            try:
-                self.conn.rollback()
-            except psycopg2.Error:
-                pass
+            self._rollback()
+            if isinstance(exc, _REFUSED):
+                raise
             names = ", ".join(f[0] for f in batch.files[:3]) + (" ..." if len(batch.files) > 3 else "")
             raise LoadError(f"loading {len(batch.files)} file(s) ({names}) failed: "
                             f"{type(exc).__name__}: {str(exc).strip()}") from exc
-        self.totals.batches += 1
+
+    def _rollback(self) -> None:
+        try:
+            self.conn.rollback()
+        except psycopg2.Error:
+            pass
+
+    def _isolate(self, batch: _Batch) -> None:
+        """Write each file of a refused batch on its own; a refused file row by row."""
+        if batch.touched:
+            self._write_retrying(_Batch(touched=batch.touched))
+        for part in batch.parts:
+            try:
+                self._write_retrying(_Batch(parts=[part]))
+            except _REFUSED:
+                self._write_file_by_row(part)
+
+    def _write_file_by_row(self, part: _FileRows) -> None:
+        """One transaction: each row under a savepoint; a row the server refuses becomes a reject."""
+        refused, losers, counts = [], [], [0, 0, 0]
+        with self.conn, self.conn.cursor() as cur:
+            for line in part.lines:
+                cur.execute("SAVEPOINT one_row")
+                try:
+                    *n, lost = _write_rows(cur, _Batch(parts=[_FileRows(part.rel, False, [line])]), [part.rel])
+                    cur.execute("RELEASE SAVEPOINT one_row")
+                    counts = [a + b for a, b in zip(counts, n, strict=True)]
+                    losers += [(*r[:4], self.run_id) for r in lost]
+                except _REFUSED as exc:
+                    cur.execute("ROLLBACK TO SAVEPOINT one_row")
+                    values = line.decode("utf-8").rstrip("\n").split("\t")
+                    refused.append((part.rel, int(values[-1]),
+                                    f"refused by the database: {type(exc).__name__}: "
+                                    f"{str(exc).strip().splitlines()[0]}"[:1000],
+                                    json.dumps(dict(zip(COLUMNS, values, strict=True)), ensure_ascii=False), self.run_id))
+            self.totals.rows_refused_by_db += len(refused)
+            self.totals.rows_rejected += len(refused)
+            rel, size, mtime, sha, valid, rejected, status, run_id = part.file_row
+            file_row = (rel, size, mtime, sha, valid - len(refused), rejected + len(refused), status, run_id)
+            _write_bookkeeping(cur, [rel], part.rejects + refused + losers, [file_row], [])
+        log.warning("%s: %d row(s) refused by the database, quarantined in raw.load_rejects",
+                    part.rel, len(refused))
+        t = self.totals
+        t.rows_inserted, t.rows_updated = t.rows_inserted + counts[0], t.rows_updated + counts[1]
+        t.rows_unchanged += counts[2] - counts[0] - counts[1]
+        t.rows_duplicate += len(losers)
 
     def _write(self, batch: _Batch) -> None:
         with self.conn:  # one transaction: rows, rejects and bookkeeping together
             with self.conn.cursor() as cur:
-                inserted, updated, distinct = _write_rows(cur, batch)
                 loaded = [f[0] for f in batch.files]
-                if loaded:
-                    cur.execute("DELETE FROM raw.load_rejects WHERE source_file = ANY(%s)", (loaded,))
-                if batch.rejects:
-                    execute_values(cur, """INSERT INTO raw.load_rejects
-                        (source_file, position, reason, payload, run_id) VALUES %s""", batch.rejects)
-                if batch.files:
-                    execute_values(cur, """INSERT INTO raw.loaded_files (source_file, size_bytes, mtime_ns,
-                            sha256, rows_valid, rows_rejected, status, run_id) VALUES %s
-                        ON CONFLICT (source_file) DO UPDATE SET size_bytes = EXCLUDED.size_bytes,
-                            mtime_ns = EXCLUDED.mtime_ns, sha256 = EXCLUDED.sha256,
-                            rows_valid = EXCLUDED.rows_valid, rows_rejected = EXCLUDED.rows_rejected,
-                            status = EXCLUDED.status, run_id = EXCLUDED.run_id, loaded_at = now()""",
-                                   batch.files)
-                if batch.touched:
-                    execute_values(cur, """UPDATE raw.loaded_files f SET mtime_ns = v.mtime
-                        FROM (VALUES %s) AS v(source_file, mtime) WHERE f.source_file = v.source_file""",
-                                   batch.touched)
+                inserted, updated, distinct, losers = _write_rows(cur, batch, loaded)
+                losers = [(*r[:4], self.run_id) for r in losers]
+                _write_bookkeeping(cur, loaded, batch.rejects + losers, batch.files, batch.touched)
         t = self.totals
         t.rows_inserted += inserted
         t.rows_updated += updated
+        t.rows_duplicate += len(losers)
         t.rows_unchanged += distinct - inserted - updated
+
+
+def _write_bookkeeping(cur, loaded: list[str], rejects: list[tuple], files: list[tuple],
+                       touched: list[tuple]) -> None:
+    if loaded:
+        cur.execute("DELETE FROM raw.load_rejects WHERE source_file = ANY(%s)", (loaded,))
+    if rejects:
+        unique = list({(r[0], r[1]): r for r in rejects}.values())
+        execute_values(cur, """INSERT INTO raw.load_rejects (source_file, position, reason, payload, run_id)
+            VALUES %s ON CONFLICT (source_file, position) DO UPDATE SET reason = EXCLUDED.reason,
+                payload = EXCLUDED.payload, run_id = EXCLUDED.run_id, rejected_at = now()""", unique)
+    if files:
+        execute_values(cur, """INSERT INTO raw.loaded_files (source_file, size_bytes, mtime_ns,
+                sha256, rows_valid, rows_rejected, status, run_id) VALUES %s
+            ON CONFLICT (source_file) DO UPDATE SET size_bytes = EXCLUDED.size_bytes,
+                mtime_ns = EXCLUDED.mtime_ns, sha256 = EXCLUDED.sha256,
+                rows_valid = EXCLUDED.rows_valid, rows_rejected = EXCLUDED.rows_rejected,
+                status = EXCLUDED.status, run_id = EXCLUDED.run_id, loaded_at = now()""", files)
+    if touched:
+        execute_values(cur, """UPDATE raw.loaded_files f SET mtime_ns = v.mtime
+            FROM (VALUES %s) AS v(source_file, mtime) WHERE f.source_file = v.source_file""", touched)
 
 
 class _LinesReader:
@@ -312,9 +466,10 @@ class _LinesReader:
     readline = read
 
 
-def _write_rows(cur, batch: _Batch) -> tuple[int, int, int]:
-    """Write the batch's rows; return (inserted, updated, distinct keys seen)."""
+def _write_rows(cur, batch: _Batch, loaded: list[str]) -> tuple[int, int, int, list[tuple]]:
+    """Write the batch's rows; return (inserted, updated, distinct keys seen, loser rejects)."""
     inserted = updated = distinct = 0
+    losers: list[tuple] = []
     merge = batch.lines
     if batch.new_lines:
         # Rows of never-loaded files cannot be in the table (rows and bookkeeping commit
@@ -330,9 +485,15 @@ def _write_rows(cur, batch: _Batch) -> tuple[int, int, int]:
     if merge:
         cur.execute(_STAGE_DDL)
         cur.copy_expert(f"COPY _stage_messages ({_cols}) FROM STDIN", _LinesReader(merge))
+        cur.execute("DROP TABLE IF EXISTS _previous")
+        cur.execute(_PREVIOUS, (loaded,))
         i, u, d = _upsert(cur)
         inserted, updated, distinct = inserted + i, updated + u, distinct + d
-    return inserted, updated, distinct
+        cur.execute(_LOSERS)
+        for file, pos, channel, message_id, win_file, win_pos, payload in cur.fetchall():
+            losers.append((file, pos, f"duplicate of ({channel}, {message_id}): the copy in {win_file} "
+                           f"(position {win_pos}) wins (newest scraped_at, then file path)", payload, None))
+    return inserted, updated, distinct, losers
 
 
 def _upsert(cur) -> tuple[int, int, int]:
@@ -340,35 +501,37 @@ def _upsert(cur) -> tuple[int, int, int]:
     return cur.fetchone()
 
 
-def _read_file(rel: str, data: bytes, batch: _Batch, totals: _Totals, run_id: str, new: bool) -> tuple:
-    """Validate one file into the batch; return (valid rows, rejected rows, file status)."""
+def _read_file(rel: str, data: bytes, totals: _Totals, run_id: str, new: bool,
+               latest: datetime) -> _FileRows:
+    """Validate one file into a batch part: its rows as COPY lines, its rejects with reasons."""
+    part = _FileRows(rel, new)
     try:
         records = json.loads(data.decode("utf-8"))
         if not isinstance(records, list):
             raise ValueError(f"expected a JSON array of messages, got {type(records).__name__}")
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         totals.files_rejected += 1
-        batch.rejects.append((rel, -1, f"invalid JSON file: {exc}"[:1000],
-                              data[:10000].decode("utf-8", "replace").replace("\x00", ""), run_id))
-        return (0, 0, "rejected")
+        part.rejects.append((rel, -1, f"invalid JSON file: {exc}"[:1000],
+                             data[:10000].decode("utf-8", "replace").replace("\x00", ""), run_id))
+        return part
     nul = _NulCounter()
-    valid = rejected = 0
-    out = batch.new_lines if new else batch.lines
     for pos, rec in enumerate(records):
         try:
-            row = validate(rec, nul)
+            row = validate(rec, nul, latest)
         except Reject as exc:
-            rejected += 1
-            payload = json.dumps(rec, ensure_ascii=False).replace("\\u0000", "")
-            batch.rejects.append((rel, pos, str(exc), payload, run_id))
+            payload = _clean_surrogates(json.dumps(rec, ensure_ascii=False).replace("\\u0000", ""))
+            part.rejects.append((rel, pos, _clean_surrogates(str(exc)), payload, run_id))
             continue
         row.append(rel)
-        out.append(_copy_line(row))
-        valid += 1
-    batch.rows += valid
-    totals.rows_rejected += rejected
+        row.append(pos)
+        try:
+            part.lines.append(_copy_line(row))
+        except UnicodeEncodeError:  # lone surrogates: rare, so only then are they looked for
+            totals.surrogates_replaced += sum(len(_SURROGATE.findall(v)) for v in row if type(v) is str)
+            part.lines.append(_copy_line([_clean_surrogates(v) for v in row]))
+    totals.rows_rejected += sum(r[1] >= 0 for r in part.rejects)
     totals.nul_chars_stripped += nul.count
-    return (valid, rejected, "loaded")
+    return part
 
 
 def load_raw_to_postgres(
@@ -399,23 +562,37 @@ def load_raw_to_postgres(
         # Parsing (this thread) overlaps with COPY and merge (the writer thread, which releases
         # the GIL while PostgreSQL works); at most two batches are in memory.
         writer = _Writer(loader, lambda: on_batch(_summary(totals, t0, run_id)) if on_batch else None)
+        if batch_rows < 1:
+            raise ValueError(f"batch_rows must be at least 1, got {batch_rows}")
+        latest = datetime.now(timezone.utc) + FUTURE_TOLERANCE
         batch = _Batch()
         for path in sorted((lake_dir / lake.MESSAGES_DIR).glob("*/*.json")):
-            rel = path.relative_to(lake_dir).as_posix()
-            st = path.stat()
+            rel = _clean_surrogates(path.relative_to(lake_dir).as_posix())  # undecodable file names
+            st = path.lstat()
             prev = known.get(rel)
             if prev and prev[0] == st.st_size and prev[1] == st.st_mtime_ns:
                 totals.files_skipped += 1
                 continue
-            data = path.read_bytes()
+            data, refusal = _read_lake_file(path, st)
+            if refusal:
+                totals.files_read += 1
+                totals.files_rejected += 1
+                part = _FileRows(rel, prev is None, rejects=[(rel, -1, refusal, None, run_id)])
+                part.file_row = (rel, st.st_size, st.st_mtime_ns, "", 0, 0, "rejected", run_id)
+                batch.parts.append(part)
+                continue
             sha = hashlib.sha256(data).hexdigest()
             if prev and prev[0] == st.st_size and prev[2] == sha:
                 totals.files_skipped += 1
                 batch.touched.append((rel, st.st_mtime_ns))
                 continue
             totals.files_read += 1
-            valid, rejected, status = _read_file(rel, data, batch, totals, run_id, new=prev is None)
-            batch.files.append((rel, st.st_size, st.st_mtime_ns, sha, valid, rejected, status, run_id))
+            part = _read_file(rel, data, totals, run_id, prev is None, latest)
+            status = "rejected" if part.rejects and part.rejects[0][1] == -1 else "loaded"
+            part.file_row = (rel, st.st_size, st.st_mtime_ns, sha, len(part.lines), len(part.rejects),
+                             status, run_id)
+            batch.parts.append(part)
+            batch.rows += len(part.lines)
             if batch.rows >= batch_rows:
                 writer.put(batch)
                 batch = _Batch()
@@ -424,6 +601,22 @@ def load_raw_to_postgres(
         return _summary(totals, t0, run_id)
     finally:
         loader.close()
+
+
+def _read_lake_file(path: Path, st) -> tuple[bytes | None, str | None]:
+    """The file's bytes, or why it is refused: only regular files of bounded size are read
+    (a symlink could point anywhere outside the lake, a FIFO or device would block or never end)."""
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a regular file"
+        return None, f"refused: {kind}; the loader reads only regular files inside the lake"
+    if st.st_size > MAX_FILE_BYTES:
+        return None, f"refused: {st.st_size:,} bytes, above the {MAX_FILE_BYTES:,}-byte cap for one lake file"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        return None, f"refused: cannot open: {exc.strerror}"
+    with os.fdopen(fd, "rb") as fh:
+        return fh.read(MAX_FILE_BYTES + 1), None
 
 
 class _Writer:
@@ -468,6 +661,9 @@ def _summary(t: _Totals, t0: float, run_id: str) -> dict:
         "rows_updated": t.rows_updated,
         "rows_unchanged": t.rows_unchanged,
         "rows_rejected": t.rows_rejected,
+        "rows_duplicate": t.rows_duplicate,
+        "rows_refused_by_db": t.rows_refused_by_db,
+        "surrogates_replaced": t.surrogates_replaced,
         "records_loaded": t.rows_inserted + t.rows_updated,
         "nul_chars_stripped": t.nul_chars_stripped,
         "batches": t.batches,

@@ -31,7 +31,9 @@ CHANNEL_ERRORS = (
     errors.ChannelPrivateError, errors.ChannelInvalidError, errors.UsernameInvalidError,
     errors.UsernameNotOccupiedError, errors.RPCError, ValueError,
 )
-NETWORK_ERRORS = (ConnectionError, TimeoutError, asyncio.TimeoutError)
+# Transient: the network, and Telegram's own server-side failures (RPC 5xx, -503 timeouts),
+# retried with backoff before a channel is given up for this run.
+NETWORK_ERRORS = (ConnectionError, TimeoutError, asyncio.TimeoutError, errors.ServerError, errors.TimedOutError)
 BATCH = 200
 
 
@@ -222,10 +224,10 @@ async def _scrape_channel(client, lake_dir: Path, name: str, opts: dict, sleep) 
                 await attempt()
     except FloodWaitTooLong as exc:
         result.error = f"flood_wait: {exc}; progress saved at message {result.last_message_id}"
+    except NETWORK_ERRORS as exc:  # before CHANNEL_ERRORS: Telegram's server errors are RPCErrors too
+        result.error = f"network: {type(exc).__name__}: {exc} (after {attempt_no} attempts)"
     except CHANNEL_ERRORS as exc:
         result.error = f"{type(exc).__name__}: {exc}"
-    except NETWORK_ERRORS as exc:
-        result.error = f"network: {type(exc).__name__}: {exc} (after {attempt_no} attempts)"
     if result.error:
         log.error("channel %s: %s", name, result.error)
     return result

@@ -92,10 +92,16 @@ def load(settings: Settings, run_id: str, **opts) -> dict:
 def transform(settings: Settings, run_id: str, **opts) -> dict:
     from .transform import run_dbt_transformations
 
-    return run_dbt_transformations(settings, **opts)
+    summary = run_dbt_transformations(settings, **opts)
+    if opts.get("select") and not summary.get("nodes"):
+        summary["selected_nothing"] = list(opts["select"])
+    return summary
 
 
 def _check_transform(summary: dict) -> str | None:
+    if summary.get("selected_nothing"):
+        return (f"dbt selected no node with --select {' '.join(summary['selected_nothing'])}: "
+                "nothing was built; name models as dbt does (e.g. fct_messages, staging.*)")
     if summary["status"] != "success":
         names = ", ".join(f"{n['node']} ({n['status']})" for n in summary["failing_nodes"]) or "see dbt log"
         return f"dbt build failed: {names}"

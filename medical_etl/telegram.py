@@ -5,6 +5,7 @@ unauthorised session with a message saying what to do.
 """
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -24,25 +25,64 @@ def _build(settings: Settings):
             "Telegram credentials missing: set TELEGRAM_API_ID and TELEGRAM_API_HASH "
             "(from https://my.telegram.org), or TELEGRAM_SOURCE=sample for the shipped sample")
     if settings.telegram_string_session:
+        from .preflight import string_session_problem
+
+        if problem := string_session_problem(settings.telegram_string_session.reveal()):
+            raise TelegramConfigError(f"TELEGRAM_STRING_SESSION: {problem}")
         session = StringSession(settings.telegram_string_session.reveal())
     else:
-        settings.telegram_session.parent.mkdir(parents=True, exist_ok=True)
         session = str(settings.telegram_session)
+        _private_session_file(settings)
     # flood_sleep_threshold=0: every FloodWait reaches the stage, which applies FLOOD_WAIT_CAP.
     return TelegramClient(session, settings.telegram_api_id, settings.telegram_api_hash.reveal(),
                           flood_sleep_threshold=0, connection_retries=3, request_retries=3)
 
 
-def open_client(settings: Settings):
-    """Connected, authorised client; raises :class:`TelegramConfigError` instead of prompting."""
+def _private_session_file(settings: Settings) -> Path:
+    """The session file holds the account's login key: create it 0600 before Telethon opens it,
+    and tighten one that an older version (or another tool) left readable."""
+    from .preflight import session_path
+
+    path = session_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    os.chmod(path, 0o600)
+    return path
+
+
+def open_client(settings: Settings, timeout_s: float = 60):
+    """Connected, authorised client; raises :class:`TelegramConfigError` instead of prompting.
+
+    Telegram hangs up on a wrong API id/hash, and Telethon then reconnects in the background
+    without end: connecting and the authorisation check are bounded by ``timeout_s``."""
     client = _build(settings)
-    client.loop.run_until_complete(client.connect())
-    if not client.loop.run_until_complete(client.is_user_authorized()):
-        client.loop.run_until_complete(client.disconnect())
+    hint = "check the network, and TELEGRAM_API_ID / TELEGRAM_API_HASH (Telegram closes the connection on wrong ones)"
+
+    async def connect_and_check() -> bool:
+        await asyncio.wait_for(client.connect(), timeout_s)
+        return await asyncio.wait_for(client.is_user_authorized(), timeout_s)
+
+    try:
+        authorised = client.loop.run_until_complete(connect_and_check())
+    except (OSError, asyncio.IncompleteReadError, ConnectionError) as exc:
+        _close(client)
+        raise TelegramConfigError(f"cannot open a Telegram connection ({type(exc).__name__}: {exc}): {hint}") from None
+    except asyncio.TimeoutError:
+        _close(client)
+        raise TelegramConfigError(f"no answer from Telegram within {timeout_s:g} s: {hint}") from None
+    if not authorised:
+        _close(client)
         raise TelegramConfigError(
             "Telegram session is not authorised: run `make telegram-login` once "
             "(interactive), or set TELEGRAM_STRING_SESSION")
     return client
+
+
+def _close(client) -> None:
+    try:
+        client.loop.run_until_complete(asyncio.wait_for(client.disconnect(), 10))
+    except Exception:  # noqa: BLE001 - already failing; the original error is what matters
+        pass
 
 
 def interactive_login(settings: Settings) -> Path | None:

@@ -226,7 +226,7 @@ if [ "$1" = "-l" ]; then cat {store}; else cat > {store}; fi
     cron.install(str(fake))
     assert store.read_text() == once
     assert once.count("scripts/cron_run.sh pipeline") == 1 and "0 2 * * *" in once and "0 3 * * 0" in once
-    assert "CRON_TZ=UTC" in once and "/usr/bin/other-job" in once
+    assert "\nCRON_TZ=" not in once and "/usr/bin/other-job" in once
     cron.uninstall(str(fake))
     assert store.read_text() == "MAILTO=ops@example.com\n15 * * * * /usr/bin/other-job\n"
 

@@ -161,7 +161,7 @@ def test_transient_errors_are_retried(settings, conn, tmp_path, monkeypatch, pg_
     real = load_mod._write_rows
     calls = {"n": 0}
 
-    def drop_connection_once(cur, batch):
+    def drop_connection_once(cur, batch, *args):
         calls["n"] += 1
         if calls["n"] == 1:  # the server drops our connection mid-transaction
             admin = psycopg2.connect(**pg_admin.kwargs())
@@ -170,7 +170,7 @@ def test_transient_errors_are_retried(settings, conn, tmp_path, monkeypatch, pg_
             admin.close()
         elif calls["n"] == 2:
             raise psycopg2.errors.SerializationFailure("could not serialize access")
-        return real(cur, batch)
+        return real(cur, batch, *args)
 
     monkeypatch.setattr(load_mod, "_write_rows", drop_connection_once)
     s = load_raw_to_postgres(settings, lake_dir, backoff_s=0.01)
@@ -182,7 +182,7 @@ def test_permanent_error_fails_clearly_and_keeps_bookkeeping(settings, conn, tmp
     lake_dir = tmp_path / "lake"
     write_messages(lake_dir, "2026-01-10", "CheMed123", [msg(1)])
 
-    def broken(cur, batch):
+    def broken(cur, batch, *args):
         cur.execute("SELECT * FROM raw.no_such_table")
 
     monkeypatch.setattr(load_mod, "_write_rows", broken)
@@ -207,9 +207,9 @@ KILL_CHILD = textwrap.dedent("""
     from medical_etl.db import ConnParams
     real = load._write_rows
     n = {"batches": 0}
-    def upsert_then_die(cur, batch):
+    def upsert_then_die(cur, batch, *args):
         n["batches"] += 1
-        result = real(cur, batch)
+        result = real(cur, batch, *args)
         if n["batches"] == 3:  # inside the 4th transaction's window: rows merged, not committed
             os.kill(os.getpid(), signal.SIGKILL)
         return result

@@ -208,7 +208,8 @@ def test_shipped_rules_load():
 
     rules, delivery = load_rules(DEFAULT_RULES, set(METRICS))
     types = {r.alert_type: r.severity for r in rules}
-    assert types == {"pipeline_failure": "critical", "failure_rate": "error", "long_execution": "warning",
+    assert types == {"pipeline_failure": "critical", "pipeline_died": "critical", "failure_rate": "error",
+                     "long_execution": "warning",
                      "low_data_volume": "warning", "stale_data": "warning", "pipeline_success": "info"}
     assert set(delivery) == {"webhook", "telegram_bot", "deadman"}
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import string
 import tempfile
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from .rules import SEVERITIES, Rule
-from .stats import LogStats, Run
+from .stats import LogStats, Run, parse_ts
 
 
 @dataclass
@@ -21,6 +22,7 @@ class Subject:
     value: float
     context: dict
     trigger: str
+    resolvable: bool = True  # False: an event (a death) that no later run "resolves"
 
 
 @dataclass
@@ -39,9 +41,15 @@ class Alert:
         return asdict(self)
 
 
-class _Safe(dict):
-    def __missing__(self, k):
-        return "{" + k + "}"
+def render_template(template: str, context: dict) -> str:
+    """Plain field substitution: ``{name}`` becomes ``str(context[name])``; nothing else is evaluated
+    (templates are checked when the rules file is read, see :func:`rules.check_template`)."""
+    out = []
+    for literal, name, _spec, _conv in string.Formatter().parse(template):
+        out.append(literal)
+        if name is not None:
+            out.append(str(context.get(name, "{" + name + "}")))
+    return "".join(out)
 
 
 def _in_window(runs: list[Run], rule: Rule, now: datetime) -> list[Run]:
@@ -149,7 +157,46 @@ def m_channel_hours_since_last_post(stats, rule, now, wh, state):
     return out
 
 
+def m_job_died(stats, rule, now, wh, state):
+    """1.0 per job run that started and never recorded its end: its process is gone, or it is
+    past its deadline (live markers); or its death was recorded by the next job (in the window)."""
+    from ..jobs import unfinished_runs
+
+    out, seen = [], set()
+    for run in unfinished_runs(stats.path.parent):
+        deadline = parse_ts(run.get("deadline_at"))
+        overdue = deadline is not None and now > deadline
+        if rule.job not in (None, run.get("job")) or (run["alive"] and not overdue):
+            continue
+        why = "its process is gone" if not run["alive"] else "it is past its time limit"
+        out.append(Subject(f"run:{run['run_id']}", 1.0,
+                           {"job": run.get("job"), "run_id": run["run_id"], "pid": run.get("pid"),
+                            "started_at": run.get("started_at"), "why": why}, run["run_id"], resolvable=False))
+        seen.add(run["run_id"])
+    for r in _in_window(stats.job_runs(rule.job), rule, now):
+        if r.reason == "died" and r.run_id not in seen:
+            out.append(Subject(f"run:{r.run_id}", 1.0,
+                               {"job": r.job, "run_id": r.run_id, "pid": None, "started_at": None,
+                                "why": "its process died without recording its end"}, r.run_id, resolvable=False))
+    return out
+
+
 METRICS = {name[2:]: fn for name, fn in globals().items() if name.startswith("m_")}
+
+
+COMMON_FIELDS = {"value", "threshold", "alert_type"}
+# The fields each metric offers its message template (checked when the rules are read).
+METRIC_FIELDS = {
+    "job_failed": {"job", "stage", "run_id", "error", "failed_stage", "duration_s", "finished_at"},
+    "job_succeeded": {"job", "stage", "run_id", "error", "failed_stage", "duration_s", "finished_at"},
+    "failure_rate": {"rate_pct", "failed", "total", "window", "job"},
+    "duration_s": {"name", "run_id", "duration_s"},
+    "duration_vs_trailing_median": {"name", "run_id", "duration_s", "median_s", "factor"},
+    "new_messages_vs_trailing_avg": {"new_messages", "trailing_avg", "pct", "run_id"},
+    "hours_since_success": {"hours", "job", "last_success"},
+    "channel_hours_since_last_post": {"channel", "hours", "last_post"},
+    "job_died": {"job", "run_id", "pid", "started_at", "why"},
+}
 
 
 def _first_seen(state: dict, now: datetime) -> datetime:
@@ -172,22 +219,22 @@ def evaluate(rules: list[Rule], stats: LogStats, warehouse: dict | None, state: 
                 continue
             firing_keys.add(key)
             trigger_id = f"{key}@{s.trigger}"
-            ctx = _Safe({**s.context, "value": round(s.value, 3), "threshold": rule.threshold,
-                         "alert_type": rule.alert_type})
+            ctx = {**s.context, "value": round(s.value, 3), "threshold": rule.threshold,
+                   "alert_type": rule.alert_type}
             alert = Alert(key, trigger_id, rule.alert_type, rule.severity,
-                          rule.message_template.format_map(ctx), s.value, rule.threshold, "firing",
+                          render_template(rule.message_template, ctx), s.value, rule.threshold, "firing",
                           new=trigger_id not in sent)
             active.append(alert)
             if alert.new:
                 to_send.append(alert)
                 sent.append(trigger_id)
             active_before[key] = {"alert_type": rule.alert_type, "severity": rule.severity,
-                                  "message": alert.message}
+                                  "message": alert.message, "resolvable": s.resolvable}
     for key in list(active_before):
         if key not in firing_keys:
             prev = active_before.pop(key)
-            if prev["severity"] == "info":  # an info alert (a success) has nothing to resolve
-                continue
+            if prev["severity"] == "info" or not prev.get("resolvable", True):
+                continue  # a success or a death has nothing to resolve
             to_send.append(Alert(key, f"{key}@resolved", prev["alert_type"], prev["severity"],
                                  f"resolved: {prev['message']}", 0.0, 0.0, "resolved"))
     del sent[:-5000]  # the dedup memory stays small

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import json
+import math
 import operator
 import re
+import string
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,8 +61,37 @@ def parse_window(raw, name: str) -> Window:
     raise RulesError(f"rule {name}: window must be a number of runs or a duration like '24h', got {raw!r}")
 
 
-def load_rules(path: str | Path, known_metrics: set[str]) -> tuple[list[Rule], dict]:
-    """Parse and validate the rules file; raise :class:`RulesError` naming the rule at fault."""
+def check_template(template, name: str, fields: set[str] | None) -> str:
+    """A message template holds text and ``{field}`` places only: no attribute or index access,
+    no conversions or format specs, every brace balanced, and (when ``fields`` is known) only the
+    fields the rule's metric offers."""
+    if not isinstance(template, str) or not template.strip():
+        raise RulesError(f"rule {name}: message_template must be a non-empty string")
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise RulesError(f"rule {name}: message_template {template!r}: {exc} "
+                         "(write {{ and }} for literal braces)") from None
+    for _literal, field, spec, conv in parts:
+        if field is None:
+            continue
+        if not field.isidentifier():
+            raise RulesError(f"rule {name}: message_template field {{{field}}} is not a plain name "
+                             "(attribute and index access are not allowed)")
+        if conv or spec:
+            raise RulesError(f"rule {name}: message_template field {{{field}}}: conversions and format "
+                             "specs are not allowed; write {" + field + "}")
+        if fields is not None and field not in fields:
+            raise RulesError(f"rule {name}: message_template field {{{field}}} is not offered by this "
+                             f"metric; fields: {sorted(fields)}")
+    return template
+
+
+def load_rules(path: str | Path, known_metrics: set[str] | dict[str, set[str] | None]) -> tuple[list[Rule], dict]:
+    """Parse and validate the rules file; raise :class:`RulesError` naming the rule at fault.
+
+    ``known_metrics`` names the metrics, or maps each to the template fields it offers."""
+    fields_of = known_metrics if isinstance(known_metrics, dict) else dict.fromkeys(known_metrics)
     path = Path(path)
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
@@ -89,12 +120,14 @@ def load_rules(path: str | Path, known_metrics: set[str]) -> tuple[list[Rule], d
             raise RulesError(f"rule {name}: severity must be one of {list(SEVERITIES)}, got {raw['severity']!r}")
         if raw["metric"] not in known_metrics:
             raise RulesError(f"rule {name}: unknown metric {raw['metric']!r}; known: {sorted(known_metrics)}")
-        if isinstance(raw["threshold"], bool) or not isinstance(raw["threshold"], (int, float)):
-            raise RulesError(f"rule {name}: threshold must be a number")
+        if (isinstance(raw["threshold"], bool) or not isinstance(raw["threshold"], (int, float))
+                or not math.isfinite(raw["threshold"])):
+            raise RulesError(f"rule {name}: threshold must be a finite number, got {raw['threshold']!r}")
+        template = check_template(raw["message_template"], name, fields_of[raw["metric"]])
         rules.append(Rule(name=name, alert_type=raw["alert_type"], metric=raw["metric"],
                           threshold=float(raw["threshold"]), comparison=raw["comparison"],
                           window=parse_window(raw.get("window"), name),
-                          message_template=str(raw["message_template"]), severity=raw["severity"],
+                          message_template=template, severity=raw["severity"],
                           job=raw.get("job"), stage=raw.get("stage"), description=raw.get("description", "")))
     delivery = doc.get("delivery") or {}
     for channel, conf in delivery.items():

@@ -5,7 +5,16 @@ import os
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .alerts import METRICS, evaluate, exit_code, load_state, save_state, worst_severity
+from .alerts import (
+    COMMON_FIELDS,
+    METRIC_FIELDS,
+    METRICS,
+    evaluate,
+    exit_code,
+    load_state,
+    save_state,
+    worst_severity,
+)
 from .deliver import deliver, expand
 from .html import render
 from .rules import load_rules
@@ -53,7 +62,7 @@ def run_monitor(log_path: Path, *, rules_path: Path = DEFAULT_RULES, state_path:
                 now: datetime | None = None) -> tuple[dict, int]:
     """Evaluate once; return (result, exit code: 0 none/info, 1 warning, 2 error, 3 critical)."""
     now = now or datetime.now(timezone.utc)
-    rules, delivery_conf = load_rules(rules_path, set(METRICS))
+    rules, delivery_conf = load_rules(rules_path, metric_fields())
     stats = read_log(log_path)
     wh = warehouse_metrics(db) if db is not None else None
     state_path = state_path or Path(log_path).parent / "monitor_state.json"
@@ -70,13 +79,31 @@ def run_monitor(log_path: Path, *, rules_path: Path = DEFAULT_RULES, state_path:
     }
     worst = worst_severity(active)
     deliveries = deliver(to_send, summary, expand(delivery_conf, env), worst) if send else []
-    save_state(state_path, state)
+    problems = []
+    # Only a run that delivered changes what counts as sent; when every channel failed, the
+    # alerts stay unsent and the next run tries again.
+    delivered = send and not (deliveries and not any(d["ok"] for d in deliveries))
+    if delivered:
+        try:
+            save_state(state_path, state)
+        except OSError as exc:
+            problems.append(f"cannot write the alert state {state_path}: {exc.strerror or exc}")
     if html_path:
-        Path(html_path).write_text(render(stats, summary, active, freshness, now), encoding="utf-8")
+        try:
+            Path(html_path).write_text(render(stats, summary, active, freshness, now), encoding="utf-8")
+        except OSError as exc:
+            problems.append(f"cannot write the report {html_path}: {exc.strerror or exc}")
     result = {"generated_at": now.isoformat(), "worst_severity": worst,
-              "active_alerts": [a.as_dict() for a in active], "sent": [a.as_dict() for a in to_send],
-              "deliveries": deliveries, "metrics": summary}
-    return result, exit_code(active)
+              "active_alerts": [a.as_dict() for a in active],
+              "sent": [a.as_dict() for a in to_send] if delivered else [],
+              "deliveries": deliveries, "metrics": summary, "problems": problems}
+    rc = exit_code(active)
+    # A failed write is reported on top of the alerts' verdict, never instead of it.
+    return result, max(rc, 1) if problems else rc
+
+
+def metric_fields() -> dict[str, set[str] | None]:
+    return {m: (METRIC_FIELDS[m] | COMMON_FIELDS if m in METRIC_FIELDS else None) for m in METRICS}
 
 
 def format_text(result: dict) -> str:
@@ -107,4 +134,6 @@ def format_text(result: dict) -> str:
         lines.append(f"  {ch:<24} last post {h} h ago")
     for d in result["deliveries"]:
         lines.append(f"delivery {d['channel']}: " + ("ok" if d["ok"] else f"FAILED {d['error']}"))
+    for p in result.get("problems", []):
+        lines.append(f"PROBLEM: {p}")
     return "\n".join(lines)

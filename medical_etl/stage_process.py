@@ -1,0 +1,70 @@
+"""The child side of a job's stage: ``python -m medical_etl.stage_process FD``.
+
+The job starts each stage as a fresh interpreter running this module (never the caller's
+script, so a notebook or a script without an ``if __name__ == "__main__":`` guard is never
+re-imported). The stage's inputs arrive pickled on stdin; its outcome leaves pickled on the
+file descriptor ``FD``. The process dies with the job (PR_SET_PDEATHSIG) and leads its own
+process group, so a time limit ends the stage and whatever it started.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import pickle
+import signal
+import sys
+import traceback
+
+
+def die_with_parent(parent_pid: int) -> None:
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+    if os.getppid() != parent_pid:  # the job died before the line above took effect
+        os._exit(1)
+
+
+def _register_secrets(settings) -> None:
+    # Unpickling skips Settings.__post_init__, which registers the secrets for masking.
+    import dataclasses
+
+    from . import secrets
+
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        if isinstance(value, secrets.Secret):
+            secrets.register(value.reveal())
+
+
+def main(argv: list[str]) -> int:
+    out_fd, parent_pid = int(argv[0]), int(argv[1])
+    die_with_parent(parent_pid)
+    # First the caller's import path (so objects of its modules unpickle, as with spawn), then the request.
+    sys.path[:] = [*sys.path, *(p for p in pickle.load(sys.stdin.buffer) if p not in sys.path)]
+    request = pickle.load(sys.stdin.buffer)
+    from .cli import setup_logging
+    from .secrets import mask
+
+    setup_logging(request.get("verbose", False))
+    settings = request["settings"]
+    _register_secrets(settings)
+    from .stages import StageFailed, run_stage
+
+    try:
+        summary = run_stage(request["stage"], settings, job=request["job"], run_id=request["run_id"],
+                            **request["opts"])
+        result = ("ok", summary)
+    except StageFailed as exc:
+        result = ("failed", {"error": mask(exc), "summary": exc.summary})
+    except BaseException as exc:  # noqa: BLE001 - reported to the job, already in the run log
+        result = ("error", {"error": f"{type(exc).__name__}: {mask(exc)}",
+                            "traceback": mask("".join(traceback.format_exception(exc)[-3:]))})
+    data = pickle.dumps(result)
+    with os.fdopen(out_fd, "wb") as fh:
+        fh.write(data)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
