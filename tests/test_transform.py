@@ -25,7 +25,7 @@ def test_build_on_real_sample(settings, conn, loaded):
     s = run_dbt_transformations(settings)
     assert s["status"] == "success", s["failing_nodes"]
     assert s["models_built"] >= 8 and s["tests_failed"] == 0
-    assert s["unit_tests_passed"] == 3 and s["tests_passed"] > 50
+    assert s["unit_tests_passed"] == 5 and s["tests_passed"] > 50
     assert s["freshness"]["raw.telegram_messages"] == "pass"
     assert query(conn, "SELECT count(*) FROM marts.fct_messages")[0][0] == 276
     assert query(conn, "SELECT count(*) FROM raw.telegram_messages")[0][0] == 276
@@ -40,6 +40,12 @@ def test_build_on_real_sample(settings, conn, loaded):
     # no delivery fee or salary became a price
     assert query(conn, """SELECT count(*) FROM marts.fct_product_prices
                       WHERE source_line ~* '(deliver|ትራንስፖርት)' OR message_id IN (188963, 188929)""")[0][0] == 0
+    # a bare "Price 7500" under the product is birr; the job advert line is not a product
+    assert query(conn, """SELECT product_name, price_birr FROM marts.fct_product_prices
+                      WHERE channel_username = 'lobelia4cosmetics' AND message_id = 22878""") == [
+        ("Ashwagandha 180 tablets", 7500)]
+    assert query(conn, """SELECT count(*) FROM marts.fct_product_prices
+                      WHERE source_line ~* '(butagera|arbaminch)'""")[0][0] == 0
     n_prices, n_posts = query(conn, "SELECT count(*), count(DISTINCT message_key) FROM marts.fct_product_prices")[0]
     assert n_prices > 500 and n_posts > 100
     assert query(conn, "SELECT sum(price_count) FROM marts.fct_messages")[0][0] == n_prices
