@@ -241,13 +241,28 @@ def test_refresh_days_updates_counts(tmp_path):
 def test_desktop_export_import_is_idempotent(tmp_path):
     export = SAMPLE_EXPORT / "CheMed123"
     s1 = import_telegram_export(export, tmp_path)
-    assert s1["new_messages"] == 10 and s1["photos_saved"] == 4  # the service message is skipped
+    assert s1["new_messages"] == 11 and s1["photos_saved"] == 11  # the service message is skipped
+    assert s1["files_refused"] == 0
     s2 = import_telegram_export(export, tmp_path)
     assert s2["new_messages"] == 0 and s2["updated_messages"] == 0 and s2["photos_saved"] == 0
     msgs = lake_messages(tmp_path)
-    assert len(msgs) == 10
-    assert any("ብር" in m["text"] for m in msgs.values())
+    assert len(msgs) == 11
+    assert any("መድሀኒት" in m["text"] for m in msgs.values())
     assert all(m["channel_title"] == "CheMed Pharmacy" for m in msgs.values())
+    assert {m["media_status"] for m in msgs.values()} == {"saved"}
+
+
+def test_shipped_sample_is_real_small_and_complete():
+    """The demo's sample: real posts with their (downscaled) photos, every photo a JPEG it names."""
+    files = [p for p in SAMPLE_EXPORT.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) < 1_500_000
+    photos = [p for p in files if p.suffix == ".jpg"]
+    assert len(photos) >= 30 and all(p.read_bytes()[:2] == b"\xff\xd8" for p in photos)
+    named = set()
+    for d in SAMPLE_EXPORT.iterdir():
+        data = json.loads((d / "result.json").read_text(encoding="utf-8"))
+        named |= {(d / m["photo"]).resolve() for m in data["messages"] if m.get("photo")}
+    assert named == {p.resolve() for p in photos}
 
 
 def test_missing_credentials_say_what_to_set(tmp_path):
