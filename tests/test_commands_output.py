@@ -144,3 +144,23 @@ def test_monitor_after_the_sample_demo_gives_an_ok_verdict_and_says_why(settings
     result, rc = run_monitor(s.logs_path / "runs.jsonl", state_path=tmp_path / "st2.json", db=s, send=False)
     assert rc == 1 and result["verdict"].startswith("WARNING.")
     assert any("has not posted" in a["message"] for a in result["active_alerts"])
+
+
+def test_make_system_deps_says_what_it_installs_and_fails_clearly_without_root(tmp_path):
+    import shutil
+
+    import pytest
+
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv to run the target as an unprivileged user")
+    bin_dir = tmp_path / "bin"  # a PATH with no chromium, no sudo and no apt-get
+    bin_dir.mkdir()
+    for tool in ("bash", "sh", "id", "env", "grep", "cat"):
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    tmp_path.chmod(0o755)
+    r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "env", f"PATH={bin_dir}",
+                        shutil.which("make"), "-s", "system-deps"], cwd=REPO, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode != 0
+    assert "installing Debian's chromium with apt-get: the monitor's test renders" in r.stdout
+    assert "cannot install chromium: not root and no password-less sudo" in r.stderr
