@@ -164,3 +164,17 @@ def test_make_system_deps_says_what_it_installs_and_fails_clearly_without_root(t
     assert r.returncode != 0
     assert "installing Debian's chromium with apt-get: the monitor's test renders" in r.stdout
     assert "cannot install chromium: not root and no password-less sudo" in r.stderr
+
+
+def test_env_example_lists_every_variable_the_project_reads():
+    import re
+
+    from medical_etl.config import VARIABLES
+
+    listed = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", (REPO / ".env.example").read_text(), re.M))
+    profiles = (REPO / "medical_warehouse" / "profiles.yml").read_text()
+    read = (set(VARIABLES) | set(re.findall(r"env_var\('([A-Z0-9_]+)'", profiles))
+            | set(re.findall(r"\$\{([A-Z0-9_]+)\}", (REPO / "monitor" / "pipeline_alerts.json").read_text()))
+            | set(re.findall(r"\$\{?([A-Z][A-Z0-9_]+)[:}]", (REPO / "Makefile").read_text()))) - {"ENV_VAR"}
+    assert read - listed == set()
+    assert {"LOCK_WAIT", "MEDICAL_ETL_SHARED", "MEDICAL_ETL_DBT_HOST", "MEDICAL_ETL_DBT_THREADS"} <= listed
