@@ -20,12 +20,8 @@ def _print(summary: dict) -> None:
 
 def _stage(name: str, opts_from_args):
     def run(args, settings: Settings) -> int:
-        import contextlib
-
         try:
-            # stdout is for the result: whatever a library prints meanwhile (dbt's console) goes to stderr
-            with contextlib.redirect_stdout(sys.stderr):
-                summary = run_stage(name, settings, job=args.job, **opts_from_args(args))
+            summary = run_stage(name, settings, job=args.job, **opts_from_args(args))
         except StageFailed as exc:
             _print(exc.summary)
             print(f"error: {exc}", file=sys.stderr)

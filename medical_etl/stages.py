@@ -5,6 +5,8 @@ always appends exactly one run-log record, whoever started it.
 """
 from __future__ import annotations
 
+import contextlib
+import sys
 from pathlib import Path
 
 from .config import Settings
@@ -145,7 +147,9 @@ def run_stage(stage: str, settings: Settings, *, job: str | None = None, run_id:
     """
     func, check = RUNNERS[stage]
     with track_run(settings.logs_path, job=job or stage, stage=stage, run_id=run_id) as rec:
-        summary = func(settings, rec.run_id, **opts)
+        # stdout is for results: what a library prints meanwhile (dbt's console lines) goes to stderr
+        with contextlib.redirect_stdout(sys.stderr):
+            summary = func(settings, rec.run_id, **opts)
         rec.metrics.update(_metrics(summary))
         problem = check(summary) if check else None
         if problem:

@@ -35,17 +35,10 @@ def test_every_result_command_prints_only_json_on_stdout(settings, tmp_path):
     assert "run_id" in json.loads(_etl(env, "load").stdout)
 
 
-def test_progress_on_a_terminal_and_silence_under_cron(settings):
-    env = settings_env(settings)
-    env.update(TELEGRAM_SOURCE="sample")
-    quiet = _etl(env, "job", "scrape-load")
-    assert quiet.returncode == 0, quiet.stderr
-    assert "channel 1/3" not in quiet.stderr and "batch 1 committed" not in quiet.stderr
-
-    # the same job again with a terminal as stderr (as a person running it by hand)
-    env["RAW_DATA_PATH"] = str(settings.raw_data_path.parent / "raw_tty")
+def _with_tty_stderr(env, *args, timeout=600):
+    """Run the CLI with a terminal as stderr (a person at a shell, stdout piped); return (rc, stdout, stderr)."""
     master, slave = pty.openpty()
-    p = subprocess.Popen([sys.executable, "-m", "medical_etl", "job", "scrape-load"], env=env, cwd=REPO,
+    p = subprocess.Popen([sys.executable, "-m", "medical_etl", *args], env=env, cwd=REPO,
                          stdout=subprocess.PIPE, stderr=slave, text=True)
     os.close(slave)
     seen = b""
@@ -57,10 +50,31 @@ def test_progress_on_a_terminal_and_silence_under_cron(settings):
         if not chunk:
             break
         seen += chunk
-    out, _ = p.communicate(timeout=300)
+    out, _ = p.communicate(timeout=timeout)
     os.close(master)
-    text = seen.decode()
-    assert p.returncode == 0, text
+    return p.returncode, out, seen.decode(errors="replace")
+
+
+def test_job_output_with_a_terminal_keeps_stdout_for_the_result(settings):
+    env = settings_env(settings)
+    env.update(TELEGRAM_SOURCE="sample")
+    rc, out, err = _with_tty_stderr(env, "job", "pipeline")
+    assert rc == 0, err[-3000:]
+    assert json.loads(out)["status"] == "success"  # dbt's console lines went to stderr, not here
+    assert "scrape: channel 1/3" in err
+
+
+def test_progress_on_a_terminal_and_silence_under_cron(settings):
+    env = settings_env(settings)
+    env.update(TELEGRAM_SOURCE="sample")
+    quiet = _etl(env, "job", "scrape-load")
+    assert quiet.returncode == 0, quiet.stderr
+    assert "channel 1/3" not in quiet.stderr and "batch 1 committed" not in quiet.stderr
+
+    # the same job again with a terminal as stderr (as a person running it by hand)
+    env["RAW_DATA_PATH"] = str(settings.raw_data_path.parent / "raw_tty")
+    rc, out, text = _with_tty_stderr(env, "job", "scrape-load")
+    assert rc == 0, text
     for line in ("scrape: channel 1/3 CheMed123: 11 new", "scrape: channel 3/3 tikvahpharma: 11 new",
                  "load: batch 1 committed"):
         assert line in text, text
