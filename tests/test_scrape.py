@@ -423,3 +423,15 @@ def test_scraped_and_imported_records_have_the_same_fields(tmp_path):
     assert scraped.keys() == imported.keys() == lake.RECORD_FIELDS.keys()
     assert forward_origin(api_msg) == (777, "Sales desk") and media_type(api_msg) == "video_message"
     assert scraped["media_status"] == "not_saved" and scraped["edit_date"] == "2026-01-02T00:00:00+00:00"
+
+
+def test_import_refuses_a_device_node_inside_the_export(tmp_path):
+    import stat
+
+    if os.geteuid() != 0:
+        pytest.skip("creating a device node needs root")
+    export = _export(tmp_path, [_msg(1, photo="photos/zero.jpg")])
+    os.mknod(export / "photos" / "zero.jpg", 0o644 | stat.S_IFCHR, os.makedev(1, 5))  # /dev/zero's numbers
+    s = import_telegram_export(export, tmp_path / "lake", "chanexport")
+    assert s["files_refused"] == 1 and s["refused_files"][0]["reason"] == "not a regular file"
+    assert not list((tmp_path / "lake" / lake.IMAGES_DIR).rglob("*.jpg"))
