@@ -37,10 +37,11 @@
     '^[\s•.-]*(📦|⏳|⌛|🕰|⏰|exp|ex\s*:\s*d|qty|quantity)'
 {%- endmacro %}
 
-{#- A line that can name the product of a price below it. -#}
-{% macro is_product_line(line) -%}
-    ({{ has_letter(clean_product(line)) }} and {{ line }} !~* {{ price_pattern() }}
-     and {{ line }} !~* {{ detail_line_pattern() }} and {{ line }} !~* {{ job_line_pattern() }})
+{#- The product a line names for a price below it (its cleaned text), or NULL when it names none: no
+    letter, a price of its own, or a job advert line. -#}
+{% macro product_text(line) -%}
+    (select c from (select {{ clean_product(line) }} as c) as candidate
+     where {{ has_letter('c') }} and {{ line }} !~* {{ price_pattern() }} and {{ line }} !~* {{ job_line_pattern() }})
 {%- endmacro %}
 
 {#- A range of amounts ("70 birr - 500 birr", "ከ70 - 500 ብር") is a fee scale, not a product price. -#}

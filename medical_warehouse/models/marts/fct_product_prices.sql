@@ -69,16 +69,9 @@ priced as (
         x.n as match_no,
         p.line,
         {{ clean_product('x.fragment') }} as own_text,
-        -- the product of a price alone on its line: the nearest line above that names one, skipping
-        -- up to two detail lines ("📦 100pack", "⏳ Jul-28")
-        case
-            when {{ is_product_line('p.previous_line') }} then {{ clean_product('p.previous_line') }}
-            when p.previous_line ~* {{ detail_line_pattern() }} and {{ is_product_line('p.previous_line_2') }}
-                then {{ clean_product('p.previous_line_2') }}
-            when p.previous_line ~* {{ detail_line_pattern() }} and p.previous_line_2 ~* {{ detail_line_pattern() }}
-                 and {{ is_product_line('p.previous_line_3') }}
-                then {{ clean_product('p.previous_line_3') }}
-        end as previous_text,
+        p.previous_line,
+        p.previous_line_2,
+        p.previous_line_3,
         cast(replace(coalesce(x.m[1], x.m[3], x.m[5]), ',', '') as numeric(14, 2)) as price_birr,
         lower(coalesce(x.m[2], x.m[4], 'birr')) as currency_text
     from price_lines as p
@@ -97,8 +90,12 @@ named as (
         *,
         case
             when {{ has_letter('own_text') }} then own_text
-            -- "Price 5000 birr", "Price 7500" or "600 | 05/2028 | 64birr": the product is above
-            when previous_text is not null then previous_text
+            -- "Price 5000 birr", "Price 7500" or "600 | 05/2028 | 64birr": the product is the nearest line
+            -- above that names one, skipping up to two detail lines ("📦 100pack", "⏳ Jul-28"); evaluated
+            -- only for a price without a product on its own line (CASE is lazy)
+            when previous_line !~* {{ detail_line_pattern() }} then {{ product_text('previous_line') }}
+            when previous_line_2 !~* {{ detail_line_pattern() }} then {{ product_text('previous_line_2') }}
+            when previous_line_3 !~* {{ detail_line_pattern() }} then {{ product_text('previous_line_3') }}
         end as product_name
     from priced
 
