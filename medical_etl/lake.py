@@ -37,8 +37,9 @@ RECORD_FIELDS = {
     "reply_to_msg_id": "the post it replies to",
     "media_type": "photo, video, video_message, animation, voice, audio, sticker, document, geo, contact, "
                   "webpage, poll, ...; null: no media",
-    "media_status": "saved (the file is in the lake), not_included (the export left it out), refused (the export "
-                    "named a file outside its folder), not_saved (a kind the lake does not keep); null: no media",
+    "media_status": "saved (the file is in the lake), not_included (the export left it out), missing (the export "
+                    "names a file its folder lacks), refused (the export named a file outside its folder, or not a "
+                    "regular file), not_saved (a kind the lake does not keep); null: no media",
     "forward_from_id": "for a forwarded post, the origin's channel or user id when Telegram gives it",
     "forward_from_name": "the origin's name (a Desktop export gives only the name)",
     "image_path": "images/<channel>/<message_id>.jpg relative to the lake, when the photo is saved",

@@ -99,8 +99,9 @@ def forward_origin(msg) -> tuple[int | None, str | None]:
 
 def media_status(msg, image_path: str | None, unavailable: str | None) -> str | None:
     """What became of a post's media file: None (no media), ``saved`` (in the lake),
-    ``not_included`` (a Telegram Desktop export left it out), ``refused`` (an export named a file
-    outside its folder) or ``not_saved`` (a kind the lake does not keep, or not downloaded)."""
+    ``not_included`` (a Telegram Desktop export left it out), ``missing`` (an export names a file its
+    folder lacks), ``refused`` (an export named a file outside its folder, or not a regular file) or
+    ``not_saved`` (a kind the lake does not keep, or not downloaded)."""
     if getattr(msg, "media", None) is None:
         return None
     if image_path:

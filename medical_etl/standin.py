@@ -36,11 +36,11 @@ class Post:
     grouped_id: int | None = None
     channel_title: str | None = None
     edit_date: datetime | None = None
-    # Media other than a photo file: photo, video, video_message, animation, voice, audio, sticker,
-    # document, geo, contact (the names the scrape record builder derives from Telethon's types).
+    # photo, video, video_message, animation, voice, audio, sticker, document, geo or contact (the names
+    # the scrape record builder derives from Telethon's types); default: photo when ``photo`` is set.
     media_type: str | None = None
-    # Why the post's media file is not served: "not_included" (the export left it out) or
-    # "refused" (the export named a file outside its folder, or not a regular file).
+    # Why the post's media file is not served: "not_included" (the export left it out), "missing"
+    # (named, but not in the folder) or "refused" (outside the export folder, or not a regular file).
     media_unavailable: str | None = None
     mime_type: str | None = None
     file_name: str | None = None
@@ -262,7 +262,9 @@ def _export_post(export_dir: Path, channel: str, title, m: dict, refused: list |
         unavailable = "not_included"
     elif media_type == "photo":
         photo, reason = export_file(export_dir, file_ref)
-        if reason:
+        if reason == "missing":
+            unavailable = "missing"
+        elif reason:
             unavailable = "refused"
             if refused is not None:
                 refused.append({"message_id": m.get("id"), "file": str(file_ref)[:200], "reason": reason})

@@ -334,6 +334,7 @@ def test_import_refuses_files_outside_the_export(tmp_path):
         _msg(5, photo="photos/dev.jpg"),
         _msg(6, photo="photos/ok.jpg"),
         _msg(7, photo="photos/inner_link.jpg"),
+        _msg(8, photo="photos/deleted.jpg"),
     ])
     (export / "photos" / "link.jpg").symlink_to(secret)
     os.mkfifo(export / "photos" / "fifo.jpg")
@@ -342,7 +343,7 @@ def test_import_refuses_files_outside_the_export(tmp_path):
     (export / "photos" / "inner_link.jpg").symlink_to(export / "photos" / "ok.jpg")
     lake_dir = tmp_path / "lake"
     s = import_telegram_export(export, lake_dir, "chanexport")
-    assert s["status"] == "success" and s["new_messages"] == 7
+    assert s["status"] == "success" and s["new_messages"] == 8
     reasons = {r["message_id"]: r["reason"] for r in s["refused_files"]}
     assert s["files_refused"] == 5
     assert reasons == {1: "outside the export folder", 2: "outside the export folder",
@@ -350,7 +351,7 @@ def test_import_refuses_files_outside_the_export(tmp_path):
                        5: "outside the export folder (symlink)"}
     assert s["photos_saved"] == 2  # ok.jpg, and the link that stays inside the export
     msgs = {m["message_id"]: m for m in lake_messages(lake_dir).values()}
-    assert [msgs[i]["media_status"] for i in range(1, 8)] == ["refused"] * 5 + ["saved", "saved"]
+    assert [msgs[i]["media_status"] for i in range(1, 9)] == ["refused"] * 5 + ["saved", "saved", "missing"]
     assert all(msgs[i]["image_path"] is None and msgs[i]["media_type"] == "photo" for i in range(1, 6))
     images = [p.read_bytes() for p in (lake_dir / lake.IMAGES_DIR).rglob("*") if p.is_file()]
     assert sorted(images) == [b"\xff\xd8 a real photo inside"] * 2
