@@ -96,6 +96,10 @@ def test_dbt_pass_through_and_env_use_the_settings_database(settings):
     assert values["PGDATABASE"] == values["MEDICAL_ETL_DBT_DBNAME"] == settings.db_name
     assert values["DBT_PROFILES_DIR"].endswith("medical_warehouse")
 
+    env["DB_PASSWORD"] = "pw-only-on-request-7"
+    assert "pw-only-on-request-7" not in _etl(env, "env").stdout  # a secret is printed only when asked for
+    assert "export PGPASSWORD=pw-only-on-request-7" in _etl(env, "env", "--with-password").stdout
+
 
 def test_dbt_and_psql_exports_reach_the_embedded_server(tmp_path):
     import shutil
