@@ -17,7 +17,7 @@ DEMO_YOLO_MODEL ?= $(firstword $(wildcard $(MEDICAL_ETL_SHARED)/models/yolov8n_i
 DEMO_ENV := DB_HOST= TELEGRAM_SOURCE=sample YOLO_MODEL=$(DEMO_YOLO_MODEL) \
             YOLO_OFFLINE=$(if $(filter yolov8n.pt,$(DEMO_YOLO_MODEL)),0,1)
 
-.PHONY: help setup test lint doctor demo pipeline weekly scrape-load transform enrich \
+.PHONY: help setup test lint doctor demo dbt pipeline weekly scrape-load transform enrich \
         stage-scrape stage-load stage-transform stage-enrich monitor report telegram-login \
         install-cron uninstall-cron bench-load bench-transform bench-enrich bench-monitor clean system-deps
 
@@ -34,13 +34,20 @@ setup: $(STAMP) ## build .venv from setup.cfg (rebuilt only when setup.cfg chang
 test: $(STAMP) system-deps ## run the test suite (uses 127.0.0.1:5432 when it answers, else the embedded server)
 	$(BIN)/python -m pytest -q
 
-# Debian's Chromium renders monitor/report.html in the monitor's test.
-system-deps:
-	@command -v chromium >/dev/null 2>&1 || { \
-	  echo "installing Debian's chromium (for the report test)"; \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo -n ); \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends chromium >/dev/null \
-	  || { $$SUDO apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends chromium >/dev/null; }; }
+# Debian's Chromium renders monitor/report.html in the monitor's browser test; installed with apt when missing.
+system-deps: ## install Debian's chromium (the report's browser test) when missing; needs root or sudo
+	@command -v chromium >/dev/null 2>&1 && exit 0; \
+	echo "system-deps: installing Debian's chromium with apt-get: the monitor's test renders monitor/report.html in a real browser"; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; \
+	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
+	else echo "system-deps: cannot install chromium: not root and no password-less sudo." >&2; \
+	     echo "  Install it yourself (sudo apt-get install chromium), or run the other tests: .venv/bin/python -m pytest -q -k 'not chromium'" >&2; \
+	     exit 1; fi; \
+	command -v apt-get >/dev/null 2>&1 || { echo "system-deps: no apt-get here: install chromium with your system's package manager" >&2; exit 1; }; \
+	DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends chromium >/dev/null \
+	  || { $$SUDO apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends chromium >/dev/null; } \
+	  || { echo "system-deps: apt-get could not install chromium (see the messages above)" >&2; exit 1; }; \
+	echo "system-deps: chromium installed ($$(command -v chromium))"
 
 lint: $(STAMP) ## ruff over the code
 	$(BIN)/ruff check medical_etl scripts monitor tests bench
@@ -51,6 +58,10 @@ doctor: $(STAMP) ## check configuration, database and tools
 demo: $(STAMP) ## the whole pipeline on the embedded PostgreSQL and the shipped sample, then a report
 	$(DEMO_ENV) $(ETL) job pipeline
 	$(DEMO_ENV) $(ETL) report
+	@echo "Next: make monitor (alerts and a verdict), make dbt ARGS='show --select dim_channels', eval \"\$$($(ETL) env)\" for psql"
+
+dbt: $(STAMP) ## run dbt against the configured database, embedded included (ARGS='build', ARGS='show --select dim_channels')
+	$(ETL) dbt $(ARGS)
 
 # --- jobs -----------------------------------------------------------------------
 pipeline: $(STAMP) ## job: scrape, load, transform, enrich (the daily run)

@@ -52,12 +52,13 @@ def _scrape_opts(args) -> dict:
 
 
 def cmd_import_export(args, settings: Settings) -> int:
+    from .progress import Progress
     from .runlog import track_run
     from .scrape import import_telegram_export
 
     with track_run(settings.logs_path, job=args.job or "import-export", stage="scrape") as rec:
         summary = import_telegram_export(args.export_dir, settings.raw_data_path, args.channel,
-                                         run_id=rec.run_id)
+                                         run_id=rec.run_id, on_channel=Progress("import-export").channel)
         rec.metrics.update(summary)
     _print(summary)
     return 0
@@ -136,6 +137,50 @@ def cmd_monitor(args, settings: Settings) -> int:
     return rc
 
 
+def _dbt_env(settings: Settings) -> dict[str, str]:
+    """The variables that aim profiles.yml (and psql) at the database the settings name."""
+    from .db import conn_params
+    from .transform import PROJECT_DIR
+
+    p = conn_params(settings)  # starts the embedded server when DB_HOST is empty
+    return {"MEDICAL_ETL_DBT_HOST": p.host, "MEDICAL_ETL_DBT_PORT": str(p.port), "MEDICAL_ETL_DBT_DBNAME": p.dbname,
+            "MEDICAL_ETL_DBT_USER": p.user, "DBT_PROFILES_DIR": str(PROJECT_DIR), "DBT_PROJECT_DIR": str(PROJECT_DIR),
+            "PGHOST": p.host, "PGPORT": str(p.port), "PGDATABASE": p.dbname, "PGUSER": p.user}
+
+
+def cmd_dbt(args, settings: Settings) -> int:
+    """Run dbt with ARGS against the settings' database (embedded included); dbt's exit code."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    from .transform import PROJECT_DIR
+
+    env = {**os.environ, **_dbt_env(settings)}
+    password = settings.db_password.reveal()
+    if password:
+        env["MEDICAL_ETL_DBT_PASSWORD"] = env["PGPASSWORD"] = password
+    dbt = Path(sys.executable).with_name("dbt")
+    cmd = [str(dbt) if dbt.exists() else "dbt", *args.dbt_args]
+    sys.stdout.flush()
+    return subprocess.run(cmd, env=env, cwd=PROJECT_DIR).returncode
+
+
+def cmd_env(args, settings: Settings) -> int:
+    """Print shell exports for plain dbt and psql: eval "$(medical-etl env)"."""
+    import shlex
+
+    out = [f"export {k}={shlex.quote(v)}" for k, v in _dbt_env(settings).items()]
+    password = settings.db_password.reveal()
+    if password and args.with_password:
+        out += [f"export {k}={shlex.quote(password)}" for k in ("MEDICAL_ETL_DBT_PASSWORD", "PGPASSWORD")]
+    elif password:
+        out.append("# DB_PASSWORD is set but not printed: add --with-password, or export PGPASSWORD and "
+                   "MEDICAL_ETL_DBT_PASSWORD yourself")
+    print("\n".join(out))
+    return 0
+
+
 def cmd_report(args, settings: Settings) -> int:
     from .report import print_report
 
@@ -201,8 +246,24 @@ def register(sub) -> None:
     p.add_argument("--job", help=argparse_suppress())
     p.set_defaults(func=cmd_import_export)
 
+    p = sub.add_parser("dbt", help="run dbt ARGS against the configured database (embedded included)",
+                       description="Runs the project's dbt in medical_warehouse/ against the database the settings "
+                                   "name, e.g. `medical-etl dbt build`, `medical-etl dbt show --select dim_channels`.")
+    p.add_argument("dbt_args", nargs=argparse_remainder(), help="dbt's own arguments")
+    p.set_defaults(func=cmd_dbt)
+
+    p = sub.add_parser("env", help='print exports for plain dbt and psql: eval "$(medical-etl env)"')
+    p.add_argument("--with-password", action="store_true", help="also export DB_PASSWORD (as PGPASSWORD)")
+    p.set_defaults(func=cmd_env)
+
     p = sub.add_parser("telegram-login", help="interactive Telegram login; writes the session file (0600)")
     p.set_defaults(func=cmd_telegram_login)
+
+
+def argparse_remainder():
+    import argparse
+
+    return argparse.REMAINDER
 
 
 def argparse_suppress():

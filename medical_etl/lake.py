@@ -6,6 +6,10 @@ Layout under ``RAW_DATA_PATH``::
     images/<channel>/<message_id>.jpg             photos
     state/<channel>.json                          resume point per channel
     manifests/<run_id>.json                       what each scrape run wrote
+
+A message record (one object of a partition's array) has the same fields whether it was scraped
+through the API or imported from a Telegram Desktop export (``RECORD_FIELDS``); the load stage
+validates them into ``raw.telegram_messages``.
 """
 from __future__ import annotations
 
@@ -19,6 +23,28 @@ MESSAGES_DIR = "telegram_messages"
 IMAGES_DIR = "images"
 STATE_DIR = "state"
 MANIFESTS_DIR = "manifests"
+
+RECORD_FIELDS = {
+    "channel_username": "the channel's username (the lake's and the warehouse's channel key)",
+    "channel_title": "its display name",
+    "channel_id": "Telegram's numeric channel id",
+    "message_id": "the post's id, unique per channel",
+    "date": "when it was posted, ISO 8601 UTC",
+    "text": "its text or caption ('' when none)",
+    "views": "view count when scraped", "forwards": "forward count", "replies": "comment count",
+    "edit_date": "when it was last edited (ISO 8601 UTC), null if never",
+    "grouped_id": "album id: posts of one album share it",
+    "reply_to_msg_id": "the post it replies to",
+    "media_type": "photo, video, video_message, animation, voice, audio, sticker, document, geo, contact, "
+                  "webpage, poll, ...; null: no media",
+    "media_status": "saved (the file is in the lake), not_included (the export left it out), missing (the export "
+                    "names a file its folder lacks), refused (the export named a file outside its folder, or not a "
+                    "regular file), not_saved (a kind the lake does not keep); null: no media",
+    "forward_from_id": "for a forwarded post, the origin's channel or user id when Telegram gives it",
+    "forward_from_name": "the origin's name (a Desktop export gives only the name)",
+    "image_path": "images/<channel>/<message_id>.jpg relative to the lake, when the photo is saved",
+    "scraped_at": "when this record was written",
+}
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -50,6 +50,9 @@ FIELDS = [
     ("grouped_id", "grouped_id", "int?"),
     ("reply_to_msg_id", "reply_to_msg_id", "id?"),
     ("media_type", "media_type", "str?"),
+    ("media_status", "media_status", "str?"),
+    ("forward_from_id", "forward_from_id", "int?"),
+    ("forward_from_name", "forward_from_name", "str?"),
     ("image_path", "image_path", "path?"),
     ("scraped_at", "scraped_at", "ts?"),
 ]
@@ -254,6 +257,7 @@ CREATE TEMP TABLE IF NOT EXISTS _stage_messages (
         ("message_date", "timestamptz"), ("message_text", "text"), ("views", "bigint"),
         ("forwards", "bigint"), ("replies", "bigint"), ("edit_date", "timestamptz"),
         ("grouped_id", "bigint"), ("reply_to_msg_id", "bigint"), ("media_type", "text"),
+        ("media_status", "text"), ("forward_from_id", "bigint"), ("forward_from_name", "text"),
         ("image_path", "text"), ("scraped_at", "timestamptz"), ("source_file", "text"),
         ("source_position", "integer")])}
 ) ON COMMIT DELETE ROWS;

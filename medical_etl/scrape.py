@@ -59,15 +59,56 @@ class ChannelResult:
 
 
 def media_type(msg) -> str | None:
+    """photo, video, video_message, animation, voice, audio, sticker, document, or the Telethon
+    media name (webpage, geo, contact, poll, ...); None for a post without media."""
     media = getattr(msg, "media", None)
     if media is None:
         return None
     if isinstance(media, types.MessageMediaPhoto):
         return "photo"
     if isinstance(media, types.MessageMediaDocument):
-        mime = getattr(getattr(media, "document", None), "mime_type", "") or ""
+        doc = getattr(media, "document", None)
+        attrs = getattr(doc, "attributes", None) or []
+        kinds = {type(a) for a in attrs}
+        if types.DocumentAttributeSticker in kinds:
+            return "sticker"
+        if types.DocumentAttributeAnimated in kinds:
+            return "animation"
+        for a in attrs:
+            if isinstance(a, types.DocumentAttributeVideo):
+                return "video_message" if a.round_message else "video"
+            if isinstance(a, types.DocumentAttributeAudio):
+                return "voice" if a.voice else "audio"
+        mime = getattr(doc, "mime_type", "") or ""
         return "video" if mime.startswith("video/") else "document"
     return type(media).__name__.removeprefix("MessageMedia").lower()
+
+
+def forward_origin(msg) -> tuple[int | None, str | None]:
+    """(peer id, name) of where a forwarded post came from; (None, None) for an original post."""
+    fwd = getattr(msg, "fwd_from", None)
+    if fwd is None:
+        return None, None
+    peer = getattr(fwd, "from_id", None)
+    peer_id = next((getattr(peer, a) for a in ("channel_id", "user_id", "chat_id") if hasattr(peer, a)), None)
+    name = getattr(fwd, "from_name", None) or getattr(fwd, "post_author", None)
+    if name is None:  # Telethon resolves the origin's entity when it is in the session's cache
+        forward = getattr(msg, "forward", None)
+        origin = getattr(forward, "chat", None) or getattr(forward, "sender", None)
+        name = getattr(origin, "title", None) or getattr(origin, "username", None)
+    return peer_id, name
+
+
+def media_status(msg, image_path: str | None, unavailable: str | None) -> str | None:
+    """What became of a post's media file: None (no media), ``saved`` (in the lake),
+    ``not_included`` (a Telegram Desktop export left it out), ``missing`` (an export names a file its
+    folder lacks), ``refused`` (an export named a file outside its folder, or not a regular file) or
+    ``not_saved`` (a kind the lake does not keep, or not downloaded)."""
+    if getattr(msg, "media", None) is None:
+        return None
+    if image_path:
+        return "saved"
+    return unavailable or "not_saved"
 
 
 def expected_photo_size(msg) -> int | None:
@@ -82,9 +123,12 @@ def expected_photo_size(msg) -> int | None:
     return best
 
 
-def message_record(msg, entity, image_path: str | None, scraped_at: str) -> dict:
+def message_record(msg, entity, image_path: str | None, scraped_at: str,
+                   media_unavailable: str | None = None) -> dict:
+    """The lake record of one message: the same fields whether it came from the API or an export."""
     reply_to = getattr(msg, "reply_to", None)
     replies = getattr(msg, "replies", None)
+    fwd_id, fwd_name = forward_origin(msg)
     return {
         "channel_username": entity.username,
         "channel_title": getattr(entity, "title", None),
@@ -99,6 +143,9 @@ def message_record(msg, entity, image_path: str | None, scraped_at: str) -> dict
         "grouped_id": getattr(msg, "grouped_id", None),
         "reply_to_msg_id": getattr(reply_to, "reply_to_msg_id", None),
         "media_type": media_type(msg),
+        "media_status": media_status(msg, image_path, media_unavailable),
+        "forward_from_id": fwd_id,
+        "forward_from_name": fwd_name,
         "image_path": image_path,
         "scraped_at": scraped_at,
     }
@@ -147,9 +194,11 @@ class _ChannelScraper:
     async def _flush(self, entity, username: str, batch: list, advance: bool) -> None:
         """Photos, then partitions, then the resume point: a crash in between redoes the batch."""
         records = []
+        unavailable = getattr(self.client, "media_unavailable", None)  # stand-ins of exports only
         for msg in batch:
             image_path = await self._photo(username, msg) if self.opts["download_photos"] else None
-            records.append(message_record(msg, entity, image_path, self.scraped_at))
+            records.append(message_record(msg, entity, image_path, self.scraped_at,
+                                          unavailable(msg) if unavailable else None))
         by_file: dict[Path, list[dict]] = defaultdict(list)
         for rec in records:
             by_file[lake.partition_path(self.lake_dir, username, rec["date"])].append(rec)
@@ -263,6 +312,7 @@ def scrape_telegram_data(
     backoff_s: float = 1.0,
     sleep: Callable[[float], Awaitable] = asyncio.sleep,
     run_id: str | None = None,
+    on_channel: Callable[[dict], None] | None = None,
 ) -> dict:
     """Scrape ``channels`` into the lake at ``lake_dir``; return a summary dict.
 
@@ -272,7 +322,8 @@ def scrape_telegram_data(
     merge, the resume point never moves back). A failing channel is reported in the
     summary and the others still run; ``status`` is ``success``, ``partial`` or
     ``failed``. Raises :class:`~medical_etl.channels.ChannelNameError` before any
-    request when a name is invalid.
+    request when a name is invalid. ``on_channel`` (progress) is called after each channel with
+    ``{channel, done, total, new_messages, photos_saved, error, ...}``.
     """
     names = parse_channels(channels, source="channels")
     lake_dir = Path(lake_dir)
@@ -282,7 +333,12 @@ def scrape_telegram_data(
     t0 = time.perf_counter()
 
     async def main():
-        return {n: await _scrape_channel(client, lake_dir, n, opts, sleep) for n in names}
+        out = {}
+        for i, n in enumerate(names, 1):
+            out[n] = await _scrape_channel(client, lake_dir, n, opts, sleep)
+            if on_channel:
+                on_channel({"channel": n, "done": i, "total": len(names), **out[n].as_dict()})
+        return out
 
     results: dict[str, ChannelResult] = _run(main(), client)
     files = sorted(set().union(*(r.files for r in results.values()))) if results else []
@@ -305,14 +361,23 @@ def scrape_telegram_data(
     return summary
 
 
-def import_telegram_export(export_dir: str | Path, lake_dir: str | Path, channel: str | None = None,
-                           *, run_id: str | None = None) -> dict:
-    """Import a Telegram Desktop JSON export into the lake, idempotently (same layout and state
-    as an API scrape), for backfilling history without the API."""
+def import_telegram_export(export_dir: str | Path, lake_dir: str | Path, channel: str | None = None, *,
+                           run_id: str | None = None, on_channel: Callable[[dict], None] | None = None) -> dict:
+    """Import a Telegram Desktop JSON export into the lake, idempotently (same layout, state and
+    record fields as an API scrape), for backfilling history without the API.
+
+    Only regular files inside ``export_dir`` are read: a photo path leading elsewhere (``..``, an
+    absolute path, a symlink out, a device or FIFO) is refused, never copied, and listed with its
+    reason in the summary's ``refused_files`` (the post itself is kept, media status ``refused``).
+    """
     from .standin import StandInClient, read_desktop_export
 
-    posts = read_desktop_export(export_dir, channel)
+    refused: list[dict] = []
+    posts = read_desktop_export(export_dir, channel, refused=refused)
     if not posts:
         raise ValueError(f"{export_dir}: the export holds no messages")
-    return scrape_telegram_data(StandInClient(posts), [posts[0].channel], lake_dir, full_resync=True,
-                                run_id=run_id)
+    for r in refused:
+        log.warning("export %s: message %s: refused file %r: %s", export_dir, r["message_id"], r["file"], r["reason"])
+    summary = scrape_telegram_data(StandInClient(posts), [posts[0].channel], lake_dir, full_resync=True,
+                                   run_id=run_id, on_channel=on_channel)
+    return {**summary, "files_refused": len(refused), "refused_files": refused}

@@ -5,6 +5,8 @@ always appends exactly one run-log record, whoever started it.
 """
 from __future__ import annotations
 
+import contextlib
+import sys
 from pathlib import Path
 
 from .config import Settings
@@ -42,20 +44,25 @@ def _export_dirs(source: str) -> list[Path]:
 
 def scrape(settings: Settings, run_id: str, client=None, **opts) -> dict:
     """Scrape from ``client`` if given, else from TELEGRAM_SOURCE: ``api``, ``sample`` or an export folder."""
+    from .progress import Progress
     from .scrape import scrape_telegram_data
     from .standin import StandInClient, read_desktop_export
 
     opts.setdefault("refresh_days", settings.refresh_days)
     opts.setdefault("flood_wait_cap_s", settings.flood_wait_cap_s)
+    opts.setdefault("on_channel", Progress("scrape").channel)
     if client is not None:
         channels = opts.pop("channels", None) or channels_from_settings(settings)
         return scrape_telegram_data(client, channels, settings.raw_data_path, run_id=run_id, **opts)
     if settings.telegram_source != "api":
         dirs = _export_dirs(settings.telegram_source)
-        posts = [p for d in dirs for p in read_desktop_export(d)]
+        refused: list[dict] = []
+        posts = [p for d in dirs for p in read_desktop_export(d, refused=refused)]
         opts.pop("channels", None)
-        return scrape_telegram_data(StandInClient(posts), [d.name for d in dirs], settings.raw_data_path,
-                                    run_id=run_id, **opts)
+        summary = scrape_telegram_data(StandInClient(posts), [d.name for d in dirs], settings.raw_data_path,
+                                       run_id=run_id, **opts)
+        return {**summary, "source": "sample" if settings.telegram_source == "sample" else "export",
+                "files_refused": len(refused), "refused_files": refused}
     from .jobs import acquire_lock
     from .telegram import open_client
 
@@ -68,7 +75,8 @@ def scrape(settings: Settings, run_id: str, client=None, **opts) -> dict:
     try:
         client = open_client(settings)
         try:
-            return scrape_telegram_data(client, channels, settings.raw_data_path, run_id=run_id, **opts)
+            return {**scrape_telegram_data(client, channels, settings.raw_data_path, run_id=run_id, **opts),
+                    "source": "api"}
         finally:
             client.disconnect()
     finally:
@@ -84,8 +92,10 @@ def _check_scrape(summary: dict) -> str | None:
 
 def load(settings: Settings, run_id: str, **opts) -> dict:
     from .load import load_raw_to_postgres
+    from .progress import Progress
 
     opts.setdefault("batch_rows", settings.load_batch_rows)
+    opts.setdefault("on_batch", Progress("load").batch)
     return load_raw_to_postgres(settings, settings.raw_data_path, run_id=run_id, **opts)
 
 
@@ -143,7 +153,9 @@ def run_stage(stage: str, settings: Settings, *, job: str | None = None, run_id:
     """
     func, check = RUNNERS[stage]
     with track_run(settings.logs_path, job=job or stage, stage=stage, run_id=run_id) as rec:
-        summary = func(settings, rec.run_id, **opts)
+        # stdout is for results: what a library prints meanwhile (dbt's console lines) goes to stderr
+        with contextlib.redirect_stdout(sys.stderr):
+            summary = func(settings, rec.run_id, **opts)
         rec.metrics.update(_metrics(summary))
         problem = check(summary) if check else None
         if problem:

@@ -1,4 +1,5 @@
 import json
+import os
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -240,13 +241,28 @@ def test_refresh_days_updates_counts(tmp_path):
 def test_desktop_export_import_is_idempotent(tmp_path):
     export = SAMPLE_EXPORT / "CheMed123"
     s1 = import_telegram_export(export, tmp_path)
-    assert s1["new_messages"] == 10 and s1["photos_saved"] == 4  # the service message is skipped
+    assert s1["new_messages"] == 11 and s1["photos_saved"] == 11  # the service message is skipped
+    assert s1["files_refused"] == 0
     s2 = import_telegram_export(export, tmp_path)
     assert s2["new_messages"] == 0 and s2["updated_messages"] == 0 and s2["photos_saved"] == 0
     msgs = lake_messages(tmp_path)
-    assert len(msgs) == 10
-    assert any("ብር" in m["text"] for m in msgs.values())
+    assert len(msgs) == 11
+    assert any("መድሀኒት" in m["text"] for m in msgs.values())
     assert all(m["channel_title"] == "CheMed Pharmacy" for m in msgs.values())
+    assert {m["media_status"] for m in msgs.values()} == {"saved"}
+
+
+def test_shipped_sample_is_real_small_and_complete():
+    """The demo's sample: real posts with their (downscaled) photos, every photo a JPEG it names."""
+    files = [p for p in SAMPLE_EXPORT.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) < 1_500_000
+    photos = [p for p in files if p.suffix == ".jpg"]
+    assert len(photos) >= 30 and all(p.read_bytes()[:2] == b"\xff\xd8" for p in photos)
+    named = set()
+    for d in SAMPLE_EXPORT.iterdir():
+        data = json.loads((d / "result.json").read_text(encoding="utf-8"))
+        named |= {(d / m["photo"]).resolve() for m in data["messages"] if m.get("photo")}
+    assert named == {p.resolve() for p in photos}
 
 
 def test_missing_credentials_say_what_to_set(tmp_path):
@@ -290,3 +306,133 @@ def test_telegram_session_is_not_used_by_two_processes(tmp_path):
             scrape(s, "run-1")
     finally:
         lock.release()
+
+
+# --- Telegram Desktop exports: confinement and metadata -----------------------------------------
+
+def _export(tmp_path: Path, messages: list[dict], name: str = "chan_export") -> Path:
+    d = tmp_path / name
+    (d / "photos").mkdir(parents=True)
+    (d / "result.json").write_text(json.dumps({"name": "Export Channel", "type": "public_channel", "id": 7,
+                                               "messages": messages}), encoding="utf-8")
+    return d
+
+
+def _msg(i: int, **extra) -> dict:
+    return {"id": i, "type": "message", "date": f"2026-01-1{i % 10}T08:00:00",
+            "date_unixtime": str(1768204800 + i * 60), "text": f"post {i}", **extra}
+
+
+def test_import_refuses_files_outside_the_export(tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"outside-secret-bytes")
+    export = _export(tmp_path, [
+        _msg(1, photo="../../../../etc/shadow"),
+        _msg(2, photo="/etc/hostname"),
+        _msg(3, photo="photos/link.jpg"),
+        _msg(4, photo="photos/fifo.jpg"),
+        _msg(5, photo="photos/dev.jpg"),
+        _msg(6, photo="photos/ok.jpg"),
+        _msg(7, photo="photos/inner_link.jpg"),
+        _msg(8, photo="photos/deleted.jpg"),
+    ])
+    (export / "photos" / "link.jpg").symlink_to(secret)
+    os.mkfifo(export / "photos" / "fifo.jpg")
+    (export / "photos" / "dev.jpg").symlink_to("/dev/zero")
+    (export / "photos" / "ok.jpg").write_bytes(b"\xff\xd8 a real photo inside")
+    (export / "photos" / "inner_link.jpg").symlink_to(export / "photos" / "ok.jpg")
+    lake_dir = tmp_path / "lake"
+    s = import_telegram_export(export, lake_dir, "chanexport")
+    assert s["status"] == "success" and s["new_messages"] == 8
+    reasons = {r["message_id"]: r["reason"] for r in s["refused_files"]}
+    assert s["files_refused"] == 5
+    assert reasons == {1: "outside the export folder", 2: "outside the export folder",
+                       3: "outside the export folder (symlink)", 4: "not a regular file",
+                       5: "outside the export folder (symlink)"}
+    assert s["photos_saved"] == 2  # ok.jpg, and the link that stays inside the export
+    msgs = {m["message_id"]: m for m in lake_messages(lake_dir).values()}
+    assert [msgs[i]["media_status"] for i in range(1, 9)] == ["refused"] * 5 + ["saved", "saved", "missing"]
+    assert all(msgs[i]["image_path"] is None and msgs[i]["media_type"] == "photo" for i in range(1, 6))
+    images = [p.read_bytes() for p in (lake_dir / lake.IMAGES_DIR).rglob("*") if p.is_file()]
+    assert sorted(images) == [b"\xff\xd8 a real photo inside"] * 2
+    assert not any(b"outside-secret" in b or b"root:" in b for b in images)
+
+
+def test_import_refusals_reach_the_cli_summary_and_run_log(settings, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import settings_env
+
+    export = _export(tmp_path, [_msg(1, photo="../../../../etc/shadow"), _msg(2)], name="crafted")
+    r = subprocess.run([sys.executable, "-m", "medical_etl", "import-export", str(export), "--channel", "crafted"],
+                       env=settings_env(settings), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["files_refused"] == 1 and summary["refused_files"][0]["reason"] == "outside the export folder"
+    assert "refused file" in r.stderr
+    rec = json.loads((settings.logs_path / "runs.jsonl").read_text().splitlines()[-1])
+    assert rec["metrics"]["files_refused"] == 1
+
+
+def test_import_keeps_edit_date_media_type_forward_origin_and_missing_files(tmp_path):
+    not_included = "(File not included. Change data exporting settings to download.)"
+    export = _export(tmp_path, [
+        _msg(1, edited="2026-01-12T09:00:00", edited_unixtime="1768208400"),
+        _msg(2, photo=not_included, width=1280, height=960),
+        _msg(3, file=not_included, media_type="video_file", mime_type="video/mp4", duration_seconds=12),
+        _msg(4, file=not_included, media_type="voice_message", mime_type="audio/ogg"),
+        _msg(5, file="stickers/s.webp", media_type="sticker", sticker_emoji="👍"),
+        _msg(6, file=not_included, media_type="audio_file", mime_type="audio/mpeg"),
+        _msg(7, file=not_included, file_name="price_list.pdf", mime_type="application/pdf"),
+        _msg(8, forwarded_from="Tikvah | Pharma"),
+        _msg(9, file=not_included, media_type="animation", mime_type="video/mp4"),
+        _msg(10, file=not_included, media_type="video_message", mime_type="video/mp4"),
+    ])
+    lake_dir = tmp_path / "lake"
+    import_telegram_export(export, lake_dir, "chanexport")
+    m = {r["message_id"]: r for r in lake_messages(lake_dir).values()}
+    assert m[1]["edit_date"] == "2026-01-12T09:00:00+00:00" and m[2]["edit_date"] is None
+    assert {i: m[i]["media_type"] for i in m} == {
+        1: None, 2: "photo", 3: "video", 4: "voice", 5: "sticker", 6: "audio", 7: "document", 8: None,
+        9: "animation", 10: "video_message"}
+    assert {i: m[i]["media_status"] for i in m} == {
+        1: None, 2: "not_included", 3: "not_included", 4: "not_included", 5: "not_saved", 6: "not_included",
+        7: "not_included", 8: None, 9: "not_included", 10: "not_included"}
+    assert m[8]["forward_from_name"] == "Tikvah | Pharma" and m[1]["forward_from_name"] is None
+
+
+def test_scraped_and_imported_records_have_the_same_fields(tmp_path):
+    from telethon.tl import types
+
+    from medical_etl.scrape import forward_origin, media_type, message_record
+
+    export = _export(tmp_path, [_msg(1)])
+    import_telegram_export(export, tmp_path / "lake", "chanexport")
+    imported = next(iter(lake_messages(tmp_path / "lake").values()))
+    # A message as the API gives it: forwarded from a channel, edited, with a round video.
+    api_msg = types.Message(
+        id=5, peer_id=types.PeerChannel(1), date=datetime(2026, 1, 1, tzinfo=timezone.utc), message="x",
+        edit_date=datetime(2026, 1, 2, tzinfo=timezone.utc),
+        fwd_from=types.MessageFwdHeader(date=datetime(2025, 12, 1, tzinfo=timezone.utc),
+                                        from_id=types.PeerChannel(777), post_author="Sales desk"),
+        media=types.MessageMediaDocument(document=types.Document(
+            id=1, access_hash=1, file_reference=b"", date=None, mime_type="video/mp4", size=1, dc_id=1,
+            attributes=[types.DocumentAttributeVideo(duration=3, w=240, h=240, round_message=True)])))
+    entity = types.Channel(id=1, title="T", photo=types.ChatPhotoEmpty(), date=None, username="chanapi")
+    scraped = message_record(api_msg, entity, None, "2026-01-03T00:00:00+00:00")
+    assert scraped.keys() == imported.keys() == lake.RECORD_FIELDS.keys()
+    assert forward_origin(api_msg) == (777, "Sales desk") and media_type(api_msg) == "video_message"
+    assert scraped["media_status"] == "not_saved" and scraped["edit_date"] == "2026-01-02T00:00:00+00:00"
+
+
+def test_import_refuses_a_device_node_inside_the_export(tmp_path):
+    import stat
+
+    if os.geteuid() != 0:
+        pytest.skip("creating a device node needs root")
+    export = _export(tmp_path, [_msg(1, photo="photos/zero.jpg")])
+    os.mknod(export / "photos" / "zero.jpg", 0o644 | stat.S_IFCHR, os.makedev(1, 5))  # /dev/zero's numbers
+    s = import_telegram_export(export, tmp_path / "lake", "chanexport")
+    assert s["files_refused"] == 1 and s["refused_files"][0]["reason"] == "not a regular file"
+    assert not list((tmp_path / "lake" / lake.IMAGES_DIR).rglob("*.jpg"))

@@ -25,7 +25,7 @@ def test_build_on_real_sample(settings, conn, loaded):
     s = run_dbt_transformations(settings)
     assert s["status"] == "success", s["failing_nodes"]
     assert s["models_built"] >= 8 and s["tests_failed"] == 0
-    assert s["unit_tests_passed"] == 3 and s["tests_passed"] > 50
+    assert s["unit_tests_passed"] == 5 and s["tests_passed"] > 50
     assert s["freshness"]["raw.telegram_messages"] == "pass"
     assert query(conn, "SELECT count(*) FROM marts.fct_messages")[0][0] == 276
     assert query(conn, "SELECT count(*) FROM raw.telegram_messages")[0][0] == 276
@@ -40,6 +40,12 @@ def test_build_on_real_sample(settings, conn, loaded):
     # no delivery fee or salary became a price
     assert query(conn, """SELECT count(*) FROM marts.fct_product_prices
                       WHERE source_line ~* '(deliver|ትራንስፖርት)' OR message_id IN (188963, 188929)""")[0][0] == 0
+    # a bare "Price 7500" under the product is birr; the job advert line is not a product
+    assert query(conn, """SELECT product_name, price_birr FROM marts.fct_product_prices
+                      WHERE channel_username = 'lobelia4cosmetics' AND message_id = 22878""") == [
+        ("Ashwagandha 180 tablets", 7500)]
+    assert query(conn, """SELECT count(*) FROM marts.fct_product_prices
+                      WHERE source_line ~* '(butagera|arbaminch)'""")[0][0] == 0
     n_prices, n_posts = query(conn, "SELECT count(*), count(DISTINCT message_key) FROM marts.fct_product_prices")[0]
     assert n_prices > 500 and n_posts > 100
     assert query(conn, "SELECT sum(price_count) FROM marts.fct_messages")[0][0] == n_prices
@@ -113,3 +119,43 @@ def test_transform_script_exit_code(settings, loaded):
                          user=settings.db_user)
     assert query(c, "SELECT count(*) FROM marts.fct_messages")[0][0] == 276
     c.close()
+
+
+def test_imported_and_scraped_channels_fill_the_same_columns(settings, conn, tmp_path):
+    """A Telegram Desktop export keeps edit time, media type and status, and forward origin through
+    load (raw table) and staging, like a scraped channel."""
+    import json
+    from datetime import datetime, timezone
+
+    from medical_etl.scrape import import_telegram_export
+
+    not_included = "(File not included. Change data exporting settings to download.)"
+    export = tmp_path / "exported"
+    (export / "photos").mkdir(parents=True)
+    (export / "photos" / "p.jpg").write_bytes(b"\xff\xd8 photo")
+    msgs = [
+        {"id": 1, "type": "message", "date": "2026-01-10T08:00:00", "date_unixtime": "1768032000",
+         "edited": "2026-01-10T09:00:00", "edited_unixtime": "1768035600", "text": "Price 7500", "photo": "photos/p.jpg"},
+        {"id": 2, "type": "message", "date": "2026-01-10T08:05:00", "date_unixtime": "1768032300",
+         "forwarded_from": "Tikvah | Pharma", "text": "fwd", "file": not_included, "media_type": "video_file"},
+        {"id": 3, "type": "message", "date": "2026-01-10T08:10:00", "date_unixtime": "1768032600", "text": "plain"},
+    ]
+    (export / "result.json").write_text(json.dumps({"name": "Exported", "messages": msgs}), encoding="utf-8")
+    import_telegram_export(export, settings.raw_data_path, "exportedchan")
+    scraped = [Post("scrapedchan", 1, datetime(2026, 1, 10, 8, tzinfo=timezone.utc), "x",
+                    edit_date=datetime(2026, 1, 10, 9, tzinfo=timezone.utc), media_type="voice",
+                    media_unavailable=None, forward_from_id=777, forward_from_name="Origin")]
+    scrape_telegram_data(StandInClient(scraped), ["scrapedchan"], settings.raw_data_path)
+    assert load_raw_to_postgres(settings, settings.raw_data_path)["rows_inserted"] == 4
+    s = run_dbt_transformations(settings, select=["stg_telegram_messages"])
+    assert s["status"] == "success", s["failing_nodes"]
+    rows = query(conn, """SELECT channel_username, message_id, is_edited, edit_date, media_type, media_status,
+                                 is_forwarded, forward_from_id, forward_from_name, has_image
+                          FROM staging.stg_telegram_messages ORDER BY 1, 2""")
+    edited = datetime(2026, 1, 10, 9, tzinfo=timezone.utc)
+    assert rows == [
+        ("exportedchan", 1, True, edited, "photo", "saved", False, None, None, True),
+        ("exportedchan", 2, False, None, "video", "not_included", True, None, "Tikvah | Pharma", False),
+        ("exportedchan", 3, False, None, None, None, False, None, None, False),
+        ("scrapedchan", 1, True, edited, "voice", "not_saved", True, 777, "Origin", False),
+    ]

@@ -19,6 +19,7 @@ from .deliver import deliver, expand
 from .html import render
 from .rules import load_rules
 from .stats import read_log, summarize
+from .verdict import LIVE_FEED_METRICS, recorded_source, verdict
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_RULES = REPO / "monitor" / "pipeline_alerts.json"
@@ -64,6 +65,9 @@ def run_monitor(log_path: Path, *, rules_path: Path = DEFAULT_RULES, state_path:
     now = now or datetime.now(timezone.utc)
     rules, delivery_conf = load_rules(rules_path, metric_fields())
     stats = read_log(log_path)
+    recorded = recorded_source(stats)
+    if recorded:  # a recorded snapshot: freshness and volume of the live feed are not judged
+        rules = [r for r in rules if r.metric not in LIVE_FEED_METRICS]
     wh = warehouse_metrics(db) if db is not None else None
     state_path = state_path or Path(log_path).parent / "monitor_state.json"
     state = load_state(state_path)
@@ -97,6 +101,8 @@ def run_monitor(log_path: Path, *, rules_path: Path = DEFAULT_RULES, state_path:
               "active_alerts": [a.as_dict() for a in active],
               "sent": [a.as_dict() for a in to_send] if delivered else [],
               "deliveries": deliveries, "metrics": summary, "problems": problems}
+    posts = (wh or {}).get("last_post_by_channel") or {}
+    result["verdict"] = verdict(result, recorded, max(posts.values()) if posts else None, now)
     rc = exit_code(active)
     # A failed write is reported on top of the alerts' verdict, never instead of it.
     return result, max(rc, 1) if problems else rc
@@ -136,4 +142,6 @@ def format_text(result: dict) -> str:
         lines.append(f"delivery {d['channel']}: " + ("ok" if d["ok"] else f"FAILED {d['error']}"))
     for p in result.get("problems", []):
         lines.append(f"PROBLEM: {p}")
+    if result.get("verdict"):
+        lines.append(f"verdict: {result['verdict']}")
     return "\n".join(lines)

@@ -37,7 +37,9 @@ with_context as (
 
     select
         *,
-        lag(line) over (partition by message_key order by line_no) as previous_line
+        lag(line, 1) over (partition by message_key order by line_no) as previous_line,
+        lag(line, 2) over (partition by message_key order by line_no) as previous_line_2,
+        lag(line, 3) over (partition by message_key order by line_no) as previous_line_3
     from lines
 
 ),
@@ -48,6 +50,7 @@ price_lines as (
     where line ~* {{ price_pattern() }}
       and line !~* {{ fee_line_pattern() }}
       and line !~* {{ range_pattern() }}
+      and line !~* {{ job_line_pattern() }}
 
 ),
 
@@ -66,9 +69,10 @@ priced as (
         x.n as match_no,
         p.line,
         {{ clean_product('x.fragment') }} as own_text,
-        {{ clean_product('p.previous_line') }} as previous_text,
-        p.previous_line ~* {{ price_pattern() }} as previous_has_price,
-        cast(replace(coalesce(x.m[1], x.m[3]), ',', '') as numeric(14, 2)) as price_birr,
+        p.previous_line,
+        p.previous_line_2,
+        p.previous_line_3,
+        cast(replace(coalesce(x.m[1], x.m[3], x.m[5]), ',', '') as numeric(14, 2)) as price_birr,
         lower(coalesce(x.m[2], x.m[4], 'birr')) as currency_text
     from price_lines as p
     cross join lateral (
@@ -86,8 +90,12 @@ named as (
         *,
         case
             when {{ has_letter('own_text') }} then own_text
-            -- "Price 5000 birr" or "600 | 05/2028 | 64birr": the product is the line above
-            when {{ has_letter('previous_text') }} and not previous_has_price then previous_text
+            -- "Price 5000 birr", "Price 7500" or "600 | 05/2028 | 64birr": the product is the nearest line
+            -- above that names one, skipping up to two detail lines ("📦 100pack", "⏳ Jul-28"); evaluated
+            -- only for a price without a product on its own line (CASE is lazy)
+            when previous_line !~* {{ detail_line_pattern() }} then {{ product_text('previous_line') }}
+            when previous_line_2 !~* {{ detail_line_pattern() }} then {{ product_text('previous_line_2') }}
+            when previous_line_3 !~* {{ detail_line_pattern() }} then {{ product_text('previous_line_3') }}
         end as product_name
     from priced
 
