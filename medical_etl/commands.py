@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from datetime import datetime, timezone
 
@@ -23,6 +24,26 @@ def _positive_int(value: str) -> int:
     if n < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
     return n
+
+
+def _non_negative_int(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {n}")
+    return n
+
+
+def _seconds(value: str) -> float:
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {value!r}") from None
+    if not math.isfinite(x) or x < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds, 0 or more, got {value!r}")
+    return x
 
 
 def _print(summary: dict) -> None:
@@ -194,8 +215,8 @@ def register(sub) -> None:
     p = sub.add_parser("job", help="run a job: its stages in order, under the job lock")
     p.add_argument("name", choices=list(JOBS))
     p.add_argument("--full-refresh", action="store_true", help="rebuild incremental dbt models")
-    p.add_argument("--refresh-days", type=int, help="re-read the last N days of posts (counts)")
-    p.add_argument("--lock-wait", type=float, default=0, help="seconds to wait for a running job (default 0: skip)")
+    p.add_argument("--refresh-days", type=_non_negative_int, help="re-read the last N days of posts (counts)")
+    p.add_argument("--lock-wait", type=_seconds, default=0, help="seconds to wait for a running job (default 0: skip)")
     p.set_defaults(func=cmd_job)
 
     p = sub.add_parser("cron", help="install or remove this checkout's crontab entries")
@@ -220,7 +241,7 @@ def register(sub) -> None:
     p.add_argument("--limit", type=_positive_int, help="at most this many messages per channel")
     p.add_argument("--since", type=_date, help="first backfill starts at this date (ISO 8601)")
     p.add_argument("--no-photos", action="store_true", help="do not download photos")
-    p.add_argument("--refresh-days", type=int, help="re-read the last N days to refresh views and forwards")
+    p.add_argument("--refresh-days", type=_non_negative_int, help="re-read the last N days to refresh views and forwards")
     p.add_argument("--job", help=argparse_suppress())
     p.set_defaults(func=_stage("scrape", _scrape_opts))
 

@@ -46,14 +46,15 @@ def system_zone() -> tuple[tzinfo, str]:
 
 
 def _offsets(zone: tzinfo, now: datetime) -> list[int]:
-    """The zone's distinct UTC offsets (minutes) over the coming year, in the order they occur."""
+    """The zone's distinct UTC offsets (minutes) over the coming year, sorted (so the entries do not
+    change with the season in which they are written)."""
     seen: list[int] = []
     for day in range(0, 366, 7):
         off = (now + timedelta(days=day)).astimezone(zone).utcoffset()
         minutes = int(off.total_seconds() // 60) if off is not None else 0
         if minutes not in seen:
             seen.append(minutes)
-    return seen
+    return sorted(seen)
 
 
 def convert_line(line: str, offsets: list[int]) -> list[str]:

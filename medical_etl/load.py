@@ -49,8 +49,8 @@ FIELDS = [
     ("edit_date", "edit_date", "ts?"),
     ("grouped_id", "grouped_id", "int?"),
     ("reply_to_msg_id", "reply_to_msg_id", "id?"),
-    ("media_type", "media_type", "str?"),
-    ("media_status", "media_status", "str?"),
+    ("media_type", "media_type", "str?"),  # open-ended: a new Telegram kind only warns in dbt
+    ("media_status", "media_status", "media_status?"),
     ("forward_from_id", "forward_from_id", "int?"),
     ("forward_from_name", "forward_from_name", "str?"),
     ("image_path", "image_path", "path?"),
@@ -70,6 +70,8 @@ TELEGRAM_EPOCH = datetime(2013, 8, 14, tzinfo=timezone.utc)
 FUTURE_TOLERANCE = timedelta(minutes=60)
 MAX_FILE_BYTES = 256 * 1024 * 1024  # one channel-day of posts is a few MB
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
+# Values the staging model's accepted_values tests require (error severity, stg_telegram_messages.yml).
+ENUMS = {"media_status": {"saved", "not_included", "missing", "refused", "not_saved"}}
 
 
 class Reject(ValueError):
@@ -167,7 +169,10 @@ def validate(rec, nul: _NulCounter, latest: datetime | None = None) -> list:
             if v > INT32_MAX:
                 raise Reject(f"{name}: {v} is out of range (Telegram counts are below 2^31)")
         elif base == "ts":
-            v = _parse_ts(v, name, latest if name in ("date", "edit_date") else None)
+            v = _parse_ts(v, name, latest if name in ("date", "edit_date", "scraped_at") else None)
+        elif base in ENUMS:
+            if v not in ENUMS[base]:
+                raise Reject(f"{name}: {str(v)[:40]!r} is not one of {sorted(ENUMS[base])}")
         elif base in ("str", "text", "path"):
             if not isinstance(v, str):
                 raise Reject(f"{name}: expected a string, got {type(v).__name__}")
@@ -242,6 +247,7 @@ class _Totals:
     rows_unchanged: int = 0
     rows_rejected: int = 0
     rows_duplicate: int = 0
+    rows_deleted: int = 0
     rows_refused_by_db: int = 0
     nul_chars_stripped: int = 0
     surrogates_replaced: int = 0
@@ -277,13 +283,22 @@ FROM raw.telegram_messages t JOIN (SELECT DISTINCT channel, message_id FROM _sta
      USING (channel, message_id)
 WHERE NOT (t.source_file = ANY(%s))
 """
+# A fresh scraped_at alone is no change (updated_at stays), but it decides duplicates: keep it current.
+_SCRAPED_AT = f"""
+UPDATE raw.telegram_messages t SET scraped_at = w.scraped_at
+FROM (SELECT DISTINCT ON (channel, message_id) channel, message_id, source_file, source_position, scraped_at
+      FROM _stage_messages ORDER BY channel, message_id, {_PRECEDENCE}, seq DESC) w
+WHERE t.channel = w.channel AND t.message_id = w.message_id AND t.source_file = w.source_file
+  AND t.source_position = w.source_position AND t.scraped_at IS DISTINCT FROM w.scraped_at
+"""
 _LOSERS = """
 SELECT l.source_file, l.source_position, l.channel, l.message_id, t.source_file, t.source_position, l.payload
 FROM (SELECT channel, message_id, source_file, source_position,
              (row_to_json(s)::jsonb - 'seq')::text AS payload FROM _stage_messages s
       UNION ALL SELECT channel, message_id, source_file, source_position, payload FROM _previous) l
 JOIN raw.telegram_messages t USING (channel, message_id)
-WHERE (l.source_file, l.source_position) IS DISTINCT FROM (t.source_file, t.source_position)
+WHERE l.source_position IS NOT NULL
+  AND (l.source_file, l.source_position) IS DISTINCT FROM (t.source_file, t.source_position)
 """
 _UPSERT = f"""
 WITH up AS (
@@ -322,6 +337,7 @@ class _Loader:
         self.owns_conn = not isinstance(db, psycopg2.extensions.connection)
         self.conn = connect(db) if self.owns_conn else db
         self.totals = _Totals()
+        self.reread: set[str] = set()  # files whose keys must be decided again (see _prune)
 
     def close(self):
         if self.owns_conn and not self.conn.closed:
@@ -390,22 +406,29 @@ class _Loader:
 
     def _write_file_by_row(self, part: _FileRows) -> None:
         """One transaction: each row under a savepoint; a row the server refuses becomes a reject."""
-        refused, losers, counts = [], [], [0, 0, 0]
+        refused, losers, counts, kept = [], [], [0, 0, 0], []
         with self.conn, self.conn.cursor() as cur:
             for line in part.lines:
                 cur.execute("SAVEPOINT one_row")
                 try:
-                    *n, lost = _write_rows(cur, _Batch(parts=[_FileRows(part.rel, False, [line])]), [part.rel])
+                    *n, lost, _, _ = _write_rows(cur, _Batch(parts=[_FileRows(part.rel, False, [line])]),
+                                                 [part.rel], prune=False)
                     cur.execute("RELEASE SAVEPOINT one_row")
                     counts = [a + b for a, b in zip(counts, n, strict=True)]
-                    losers += [(*r[:4], self.run_id) for r in lost]
+                    losers += [(*r[:4], self.run_id, *r[5:]) for r in lost]
+                    kept.append(line)
                 except _REFUSED as exc:
                     cur.execute("ROLLBACK TO SAVEPOINT one_row")
                     values = line.decode("utf-8").rstrip("\n").split("\t")
                     refused.append((part.rel, int(values[-1]),
                                     f"refused by the database: {type(exc).__name__}: "
                                     f"{str(exc).strip().splitlines()[0]}"[:1000],
-                                    json.dumps(dict(zip(COLUMNS, values, strict=True)), ensure_ascii=False), self.run_id))
+                                    json.dumps(dict(zip(COLUMNS, values, strict=True)), ensure_ascii=False),
+                                    self.run_id))
+            cur.execute(_STAGE_DDL)
+            cur.execute("DELETE FROM _stage_messages")
+            cur.copy_expert(f"COPY _stage_messages ({_cols}) FROM STDIN", _LinesReader(kept))
+            deleted, reread = _prune(cur, [part.rel], [part.rel])
             self.totals.rows_refused_by_db += len(refused)
             self.totals.rows_rejected += len(refused)
             rel, size, mtime, sha, valid, rejected, status, run_id = part.file_row
@@ -416,20 +439,24 @@ class _Loader:
         t = self.totals
         t.rows_inserted, t.rows_updated = t.rows_inserted + counts[0], t.rows_updated + counts[1]
         t.rows_unchanged += counts[2] - counts[0] - counts[1]
+        t.rows_deleted += len(deleted)
+        self.reread |= reread
         t.rows_duplicate += len(losers)
 
     def _write(self, batch: _Batch) -> None:
         with self.conn:  # one transaction: rows, rejects and bookkeeping together
             with self.conn.cursor() as cur:
                 loaded = [f[0] for f in batch.files]
-                inserted, updated, distinct, losers = _write_rows(cur, batch, loaded)
-                losers = [(*r[:4], self.run_id) for r in losers]
+                inserted, updated, distinct, losers, deleted, reread = _write_rows(cur, batch, loaded)
+                losers = [(*r[:4], self.run_id, *r[5:]) for r in losers]
                 _write_bookkeeping(cur, loaded, batch.rejects + losers, batch.files, batch.touched)
         t = self.totals
         t.rows_inserted += inserted
         t.rows_updated += updated
         t.rows_duplicate += len(losers)
         t.rows_unchanged += distinct - inserted - updated
+        t.rows_deleted += len(deleted)
+        self.reread |= reread
 
 
 def _write_bookkeeping(cur, loaded: list[str], rejects: list[tuple], files: list[tuple],
@@ -437,10 +464,12 @@ def _write_bookkeeping(cur, loaded: list[str], rejects: list[tuple], files: list
     if loaded:
         cur.execute("DELETE FROM raw.load_rejects WHERE source_file = ANY(%s)", (loaded,))
     if rejects:
-        unique = list({(r[0], r[1]): r for r in rejects}.values())
-        execute_values(cur, """INSERT INTO raw.load_rejects (source_file, position, reason, payload, run_id)
+        unique = list({(r[0], r[1]): (*r, None, None)[:7] for r in rejects}.values())
+        execute_values(cur, """INSERT INTO raw.load_rejects
+                (source_file, position, reason, payload, run_id, channel, message_id)
             VALUES %s ON CONFLICT (source_file, position) DO UPDATE SET reason = EXCLUDED.reason,
-                payload = EXCLUDED.payload, run_id = EXCLUDED.run_id, rejected_at = now()""", unique)
+                payload = EXCLUDED.payload, run_id = EXCLUDED.run_id, channel = EXCLUDED.channel,
+                message_id = EXCLUDED.message_id, rejected_at = now()""", unique)
     if files:
         execute_values(cur, """INSERT INTO raw.loaded_files (source_file, size_bytes, mtime_ns,
                 sha256, rows_valid, rows_rejected, status, run_id) VALUES %s
@@ -470,11 +499,13 @@ class _LinesReader:
     readline = read
 
 
-def _write_rows(cur, batch: _Batch, loaded: list[str]) -> tuple[int, int, int, list[tuple]]:
-    """Write the batch's rows; return (inserted, updated, distinct keys seen, loser rejects)."""
+def _write_rows(cur, batch: _Batch, loaded: list[str], prune: bool = True) -> tuple:
+    """Write the batch's rows; return (inserted, updated, distinct keys seen, loser rejects,
+    keys deleted, files to read again)."""
     inserted = updated = distinct = 0
     losers: list[tuple] = []
     merge = batch.lines
+    merged = [p.rel for p in batch.parts if not p.new]
     if batch.new_lines:
         # Rows of never-loaded files cannot be in the table (rows and bookkeeping commit
         # together), so they go straight in; any key conflict falls back to the merge.
@@ -485,19 +516,46 @@ def _write_rows(cur, batch: _Batch, loaded: list[str]) -> tuple[int, int, int, l
         except psycopg2.errors.UniqueViolation:
             cur.execute("ROLLBACK TO SAVEPOINT direct_copy")
             merge = batch.lines + batch.new_lines
+            merged = [p.rel for p in batch.parts]
         cur.execute("RELEASE SAVEPOINT direct_copy")
-    if merge:
+    if merge or (prune and merged):
         cur.execute(_STAGE_DDL)
+        cur.execute("DELETE FROM _stage_messages")
+    if merge:
         cur.copy_expert(f"COPY _stage_messages ({_cols}) FROM STDIN", _LinesReader(merge))
         cur.execute("DROP TABLE IF EXISTS _previous")
         cur.execute(_PREVIOUS, (loaded,))
         i, u, d = _upsert(cur)
         inserted, updated, distinct = inserted + i, updated + u, distinct + d
+        cur.execute(_SCRAPED_AT)
         cur.execute(_LOSERS)
         for file, pos, channel, message_id, win_file, win_pos, payload in cur.fetchall():
             losers.append((file, pos, f"duplicate of ({channel}, {message_id}): the copy in {win_file} "
-                           f"(position {win_pos}) wins (newest scraped_at, then file path)", payload, None))
-    return inserted, updated, distinct, losers
+                           f"(position {win_pos}) wins (newest scraped_at, then file path)", payload, None,
+                           channel, message_id))
+    deleted, reread = _prune(cur, merged, loaded) if prune and merged else ([], set())
+    return inserted, updated, distinct, losers, deleted, reread
+
+
+def _prune(cur, merged: list[str], loaded: list[str]) -> tuple[list[tuple], set[str]]:
+    """A file read again holds exactly what _stage_messages holds of it: its stored rows that are
+    gone from it (or now rejected) are deleted. Where a key it touched has losing copies in other
+    files, those files are read again, so the key is decided as a clean load would decide it."""
+    cur.execute("""DELETE FROM raw.telegram_messages t WHERE t.source_file = ANY(%s) AND NOT EXISTS (
+                       SELECT 1 FROM _stage_messages s WHERE s.source_file = t.source_file
+                       AND s.channel = t.channel AND s.message_id = t.message_id)
+                   RETURNING t.channel, t.message_id""", (merged,))
+    deleted = cur.fetchall()
+    cur.execute("""SELECT DISTINCT r.source_file FROM raw.load_rejects r
+                   WHERE r.channel IS NOT NULL AND NOT (r.source_file = ANY(%s))
+                     AND ((r.channel, r.message_id) IN (SELECT channel, message_id FROM _stage_messages)
+                          OR (r.channel, r.message_id) IN (SELECT * FROM unnest(%s::text[], %s::bigint[])))""",
+                (loaded, [d[0] for d in deleted], [d[1] for d in deleted]))
+    reread = {r[0] for r in cur.fetchall()}
+    if reread:
+        cur.execute("UPDATE raw.loaded_files SET size_bytes = -1, sha256 = '' WHERE source_file = ANY(%s)",
+                    (sorted(reread),))
+    return deleted, reread
 
 
 def _upsert(cur) -> tuple[int, int, int]:
@@ -555,6 +613,8 @@ def load_raw_to_postgres(
     are applied first. Unchanged files (size and mtime, else content hash) are
     skipped. ``records_loaded`` = rows inserted + rows updated.
     """
+    if batch_rows < 1:
+        raise ValueError(f"batch_rows must be at least 1, got {batch_rows}")
     t0 = time.perf_counter()
     lake_dir = Path(lake_dir)
     run_id = run_id or new_run_id()
@@ -563,53 +623,69 @@ def load_raw_to_postgres(
         migrate(loader.conn)
         known = loader.known_files()
         totals = loader.totals
-        # Parsing (this thread) overlaps with COPY and merge (the writer thread, which releases
-        # the GIL while PostgreSQL works); at most two batches are in memory.
-        writer = _Writer(loader, lambda: on_batch(_summary(totals, t0, run_id)) if on_batch else None)
-        if batch_rows < 1:
-            raise ValueError(f"batch_rows must be at least 1, got {batch_rows}")
         latest = datetime.now(timezone.utc) + FUTURE_TOLERANCE
-        batch = _Batch()
-        for path in sorted((lake_dir / lake.MESSAGES_DIR).glob("*/*.json")):
-            rel = _clean_surrogates(path.relative_to(lake_dir).as_posix())  # undecodable file names
-            st = path.lstat()
-            prev = known.get(rel)
-            if prev and prev[0] == st.st_size and prev[1] == st.st_mtime_ns:
-                totals.files_skipped += 1
-                continue
-            data, refusal = _read_lake_file(path, st)
-            if refusal:
-                totals.files_read += 1
-                totals.files_rejected += 1
-                part = _FileRows(rel, prev is None, rejects=[(rel, -1, refusal, None, run_id)])
-                part.file_row = (rel, st.st_size, st.st_mtime_ns, "", 0, 0, "rejected", run_id)
-                batch.parts.append(part)
-                continue
-            sha = hashlib.sha256(data).hexdigest()
-            if prev and prev[0] == st.st_size and prev[2] == sha:
-                totals.files_skipped += 1
-                batch.touched.append((rel, st.st_mtime_ns))
-                continue
-            totals.files_read += 1
-            part = _read_file(rel, data, totals, run_id, prev is None, latest)
-            status = "rejected" if part.rejects and part.rejects[0][1] == -1 else "loaded"
-            part.file_row = (rel, st.st_size, st.st_mtime_ns, sha, len(part.lines), len(part.rejects),
-                             status, run_id)
-            batch.parts.append(part)
-            batch.rows += len(part.lines)
-            if batch.rows >= batch_rows:
-                writer.put(batch)
-                batch = _Batch()
-        writer.put(batch)
-        writer.finish()
+        paths = sorted((lake_dir / lake.MESSAGES_DIR).glob("*/*.json"))
+        for _pass in range(4):  # then files whose duplicates must be decided again, rarely more than once
+            _load_files(loader, lake_dir, paths, known, batch_rows, latest, on_batch, t0)
+            if not loader.reread:
+                break
+            paths = [lake_dir / rel for rel in sorted(loader.reread)]
+            loader.reread = set()
+            known = loader.known_files()
         return _summary(totals, t0, run_id)
     finally:
         loader.close()
 
 
+def _load_files(loader: _Loader, lake_dir: Path, paths: list[Path], known: dict, batch_rows: int,
+                latest: datetime, on_batch, t0: float) -> None:
+    totals, run_id = loader.totals, loader.run_id
+    # Parsing (this thread) overlaps with COPY and merge (the writer thread, which releases
+    # the GIL while PostgreSQL works); at most two batches are in memory.
+    writer = _Writer(loader, lambda: on_batch(_summary(totals, t0, run_id)) if on_batch else None)
+    batch = _Batch()
+    for path in paths:
+        rel = _clean_surrogates(path.relative_to(lake_dir).as_posix())  # undecodable file names
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            continue
+        prev = known.get(rel)
+        if prev and prev[0] == st.st_size and prev[1] == st.st_mtime_ns:
+            totals.files_skipped += 1
+            continue
+        data, refusal = _read_lake_file(path, st)
+        if refusal:
+            totals.files_read += 1
+            totals.files_rejected += 1
+            part = _FileRows(rel, prev is None, rejects=[(rel, -1, refusal, None, run_id)])
+            part.file_row = (rel, st.st_size, st.st_mtime_ns, "", 0, 0, "rejected", run_id)
+            batch.parts.append(part)
+            continue
+        sha = hashlib.sha256(data).hexdigest()
+        if prev and prev[0] == st.st_size and prev[2] == sha:
+            totals.files_skipped += 1
+            batch.touched.append((rel, st.st_mtime_ns))
+            continue
+        totals.files_read += 1
+        part = _read_file(rel, data, totals, run_id, prev is None, latest)
+        status = "rejected" if part.rejects and part.rejects[0][1] == -1 else "loaded"
+        part.file_row = (rel, st.st_size, st.st_mtime_ns, sha, len(part.lines), len(part.rejects),
+                         status, run_id)
+        batch.parts.append(part)
+        batch.rows += len(part.lines)
+        if batch.rows >= batch_rows:
+            writer.put(batch)
+            batch = _Batch()
+    writer.put(batch)
+    writer.finish()
+
+
 def _read_lake_file(path: Path, st) -> tuple[bytes | None, str | None]:
     """The file's bytes, or why it is refused: only regular files of bounded size are read
     (a symlink could point anywhere outside the lake, a FIFO or device would block or never end)."""
+    if path.parent.is_symlink():
+        return None, "refused: its day folder is a symbolic link; the loader reads only inside the lake"
     if not stat.S_ISREG(st.st_mode):
         kind = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a regular file"
         return None, f"refused: {kind}; the loader reads only regular files inside the lake"
@@ -666,6 +742,7 @@ def _summary(t: _Totals, t0: float, run_id: str) -> dict:
         "rows_unchanged": t.rows_unchanged,
         "rows_rejected": t.rows_rejected,
         "rows_duplicate": t.rows_duplicate,
+        "rows_deleted": t.rows_deleted,
         "rows_refused_by_db": t.rows_refused_by_db,
         "surrogates_replaced": t.surrogates_replaced,
         "records_loaded": t.rows_inserted + t.rows_updated,

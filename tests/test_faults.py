@@ -117,12 +117,15 @@ def test_dates_outside_telegram_and_the_clock_are_rejected(settings, conn, tmp_p
     soon = (datetime.now(timezone.utc) + timedelta(minutes=20)).isoformat()
     write(lake_dir, "2026-01-10", "CheMed123", [
         msg(1, date="2099-01-01T00:00:00+00:00"), msg(2, date="1999-05-01T00:00:00+00:00"),
-        msg(3, date=soon), msg(4, edit_date="2099-01-01T00:00:00+00:00"), msg(5)])
+        msg(3, date=soon), msg(4, edit_date="2099-01-01T00:00:00+00:00"), msg(5),
+        msg(6, scraped_at="2099-01-01T00:00:00+00:00"), msg(7, media_status="bogus", media_type="photo"),
+        msg(8, media_status="not_included", media_type="a-kind-telegram-adds-next-year")])
     s = load_raw_to_postgres(settings, lake_dir)
-    assert s["rows_inserted"] == 2  # the post 20 minutes ahead is clock skew, accepted
+    assert s["rows_inserted"] == 3  # 20 minutes ahead is clock skew; an unknown media kind only warns in dbt
     reasons = {pos: why for _, pos, why in rejects(conn)}
-    assert set(reasons) == {0, 1, 3}
+    assert set(reasons) == {0, 1, 3, 5, 6}
     assert "in the future" in reasons[0] and "predates Telegram" in reasons[1] and "edit_date" in reasons[3]
+    assert "scraped_at" in reasons[5] and "media_status: 'bogus' is not one of" in reasons[6]
 
 
 def test_values_the_loader_accepts_pass_the_dbt_tests(settings, conn, tmp_path):
@@ -136,10 +139,12 @@ def test_values_the_loader_accepts_pass_the_dbt_tests(settings, conn, tmp_path):
             channel_id=-(2**63), grouped_id=2**63 - 1),
         msg(2, "early", date="2013-08-14T00:00:00+00:00"),
         msg(3, "skewed clock", date=edge)])
-    write(lake_dir, "2026-01-10", "tikvahpharma", [msg(9, "x\ud83d".encode("utf-8", "surrogatepass").decode(
-        "utf-8", "surrogatepass"), channel="tikvahpharma", views=0)])
+    write(lake_dir, "2026-01-10", "tikvahpharma", [
+        msg(9, "x\ud83d", channel="tikvahpharma", views=0, media_type="a-new-kind", media_status="not_saved"),
+        msg(10, "y", channel="tikvahpharma", media_type="photo", media_status="not_included",
+            forward_from_name="\u12a0\u1295\u12f5" * 100, forward_from_id=-(2**63))])
     s = load_raw_to_postgres(settings, lake_dir)
-    assert s["rows_inserted"] == 4 and s["rows_rejected"] == 0
+    assert s["rows_inserted"] == 5 and s["rows_rejected"] == 0
     summary = run_dbt_transformations(settings, check_freshness=False)
     assert summary["status"] == "success", summary["failing_nodes"]
     assert summary["tests_failed"] == 0 and summary["tests_passed"] > 10
@@ -174,6 +179,58 @@ def test_same_message_in_two_files_is_resolved_the_same_whatever_the_order(setti
     load_raw_to_postgres(settings, lake_dir)
     assert raw_rows(conn)[0][2] == "new copy" and len(rejects(conn)) == 1
     assert raw_rows(conn) == clean_load(pg_admin, lake_dir)[0]
+
+
+def test_edits_to_a_winning_file_give_the_rows_of_a_clean_load(settings, conn, tmp_path, pg_admin):
+    lake_dir = tmp_path / "lake"
+    winner = [msg(1, "new copy", scraped_at="2026-01-12T00:00:00+00:00"), msg(2, "kept")]
+    f_win = write(lake_dir, "2026-01-09", "CheMed123", winner)
+    write(lake_dir, "2026-01-10", "CheMed123", [msg(1, "old copy", scraped_at="2026-01-11T00:00:00+00:00")])
+    load_raw_to_postgres(settings, lake_dir)
+    assert raw_rows(conn)[0][2] == "new copy"
+
+    def same_as_clean():
+        rows, rej = clean_load(pg_admin, lake_dir)
+        assert raw_rows(conn) == rows and rejects(conn) == rej
+        return rows, rej
+
+    # the winner's scrape time drops below the loser's: the other copy wins
+    f_win.write_text(json.dumps([dict(winner[0], scraped_at="2026-01-10T00:00:00+00:00"), winner[1]]))
+    load_raw_to_postgres(settings, lake_dir)
+    rows, _ = same_as_clean()
+    assert rows[0][2] == "old copy"
+    # back up, then the winning file loses the message altogether: the other copy is all there is
+    f_win.write_text(json.dumps(winner))
+    load_raw_to_postgres(settings, lake_dir)
+    assert same_as_clean()[0][0][2] == "new copy"
+    f_win.write_text(json.dumps([winner[1]]))
+    s = load_raw_to_postgres(settings, lake_dir)
+    rows, rej = same_as_clean()
+    assert rows[0][2] == "old copy" and rej == [] and s["rows_deleted"] == 1
+    # a stored record becomes invalid: it leaves the table and is quarantined
+    f_win.write_text(json.dumps([dict(winner[1], date="2099-01-01T00:00:00+00:00")]))
+    load_raw_to_postgres(settings, lake_dir)
+    rows, rej = same_as_clean()
+    assert [r[1] for r in rows] == [1] and "in the future" in rej[0][2]
+    assert_rerun_changes_nothing(settings, lake_dir, conn)
+
+
+def test_rows_stored_before_positions_existed_are_read_again_not_a_failure(settings, conn, tmp_path, pg_admin):
+    lake_dir = tmp_path / "lake"
+    write(lake_dir, "2026-01-10", "CheMed123", [msg(1, "old copy"), msg(2, date="2099-01-01T00:00:00+00:00")])
+    load_raw_to_postgres(settings, lake_dir)
+    with conn.cursor() as cur:  # as a database loaded by the previous version looks after migration 009
+        cur.execute("""INSERT INTO raw.telegram_messages (channel, message_id, message_date, message_text,
+                           source_file) VALUES ('CheMed123', 2, '2099-01-01', 'from the future',
+                           'telegram_messages/2026-01-10/CheMed123.json')""")
+        cur.execute("UPDATE raw.telegram_messages SET source_position = NULL")
+        cur.execute("UPDATE raw.loaded_files SET size_bytes = -1, sha256 = ''")
+    conn.commit()
+    write(lake_dir, "2026-01-09", "CheMed123", [msg(1, "new copy", scraped_at="2026-01-12T00:00:00+00:00")])
+    load_raw_to_postgres(settings, lake_dir)
+    rows, rej = clean_load(pg_admin, lake_dir)
+    assert raw_rows(conn) == rows and rejects(conn) == rej
+    assert [r[2] for r in rows] == ["new copy"] and len(rej) == 2  # the loser and the future post
 
 
 def test_a_record_the_database_refuses_is_isolated_and_the_other_files_load(settings, conn, tmp_path):
@@ -322,6 +379,28 @@ def test_report_write_failure_does_not_hide_the_critical_exit_code(tmp_path, web
     assert "cannot write the report" in result["problems"][0]
 
 
+def test_unwritable_state_file_is_a_problem_on_top_of_the_verdict(tmp_path, webhook):
+    url, bodies = webhook
+    log = failed_job_log(tmp_path / "logs")
+    (tmp_path / "a-file").write_text("")
+    result, rc = run_monitor(log, env={"MONITOR_WEBHOOK_URL": url}, state_path=tmp_path / "a-file" / "state.json")
+    assert rc == 3 and sent_messages(bodies)
+    assert "cannot write the alert state" in result["problems"][0]
+
+
+def test_job_past_its_time_limit_is_alerted_while_its_process_lives(tmp_path):
+    from medical_etl.jobs import mark_running
+
+    logs = tmp_path / "logs"
+    mark_running(logs, "pipeline", "r-overdue", deadline_s=-1)  # this (live) process, out of time
+    result, rc = run_monitor(logs / "runs.jsonl", send=False)
+    died = [a for a in result["active_alerts"] if a["alert_type"] == "pipeline_died"]
+    assert rc == 3 and "past its time limit" in died[0]["message"]
+    mark_running(logs, "pipeline", "r-fine", deadline_s=3600)
+    result, _ = run_monitor(logs / "runs.jsonl", send=False)
+    assert [a["key"] for a in result["active_alerts"] if a["alert_type"] == "pipeline_died"] == [died[0]["key"]]
+
+
 # --- deaths reach the monitor ------------------------------------------------------------
 
 def _wait(pred, timeout=120, what="condition"):
@@ -435,6 +514,10 @@ def test_cli_refuses_bad_numbers_and_empty_selections(settings):
         r = subprocess.run([sys.executable, "-m", "medical_etl", "load", "--batch-rows", value], env=env,
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 2 and "--batch-rows" in r.stderr
+    for args in (["job", "pipeline", "--lock-wait", "nan"], ["job", "pipeline", "--refresh-days", "-2"]):
+        r = subprocess.run([sys.executable, "-m", "medical_etl", *args], env=env, capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 2 and args[2] in r.stderr
     r = subprocess.run([sys.executable, "-m", "medical_etl", "transform", "--select", "nonexistent_model"],
                        env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and "selected no node with --select nonexistent_model" in r.stderr
@@ -554,6 +637,29 @@ def test_cron_entries_fire_at_the_utc_times_in_any_zone(zone_name):
                 fired_weekly.append(t)
         assert [(t.hour, t.minute) for t in fired_daily] == [(2, 0)] * 8, (zone_name, fired_daily)
         assert [(t.weekday(), t.hour, t.minute) for t in fired_weekly] == [(6, 3, 0)], (zone_name, fired_weekly)
+
+
+def test_cron_entries_do_not_depend_on_the_season_they_were_written_in():
+    from zoneinfo import ZoneInfo
+
+    from medical_etl import cron
+
+    zone = ZoneInfo("Europe/Berlin")
+    january = cron.block(REPO, zone=zone, zone_name="Europe/Berlin", now=datetime(2026, 1, 5, tzinfo=timezone.utc))
+    july = cron.block(REPO, zone=zone, zone_name="Europe/Berlin", now=datetime(2026, 7, 5, tzinfo=timezone.utc))
+    assert january.text == july.text
+
+
+def test_delivery_numbers_are_checked_when_the_rules_are_read(tmp_path):
+    doc = {"rules": [], "delivery": {"webhook": {"url": "http://127.0.0.1:9/x", "timeout_s": float("nan")}}}
+    path = tmp_path / "rules.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(RulesError, match="delivery.webhook: timeout_s"):
+        load_rules(path, metric_fields())
+    doc["delivery"]["webhook"] = {"url": "", "retries": -5}
+    path.write_text(json.dumps(doc))
+    with pytest.raises(RulesError, match="delivery.webhook: retries"):
+        load_rules(path, metric_fields())
 
 
 def _fake_crontab(tmp_path: Path) -> tuple[Path, Path]:

@@ -135,4 +135,10 @@ def load_rules(path: str | Path, known_metrics: set[str] | dict[str, set[str] | 
             raise RulesError(f"delivery: unknown channel {channel!r}; known: {sorted(DELIVERY_KEYS)}")
         if unknown := set(conf) - DELIVERY_KEYS[channel]:
             raise RulesError(f"delivery.{channel}: unknown keys {sorted(unknown)}")
+        for key, low in (("timeout_s", 0.1), ("retries", 1)):
+            v = conf.get(key, low)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < low:
+                raise RulesError(f"delivery.{channel}: {key} must be a finite number of at least {low}, got {v!r}")
+        if "min_severity" in conf and conf["min_severity"] not in SEVERITIES:
+            raise RulesError(f"delivery.{channel}: min_severity must be one of {list(SEVERITIES)}")
     return rules, delivery
