@@ -1,9 +1,17 @@
 """Stage 4, enrich: YOLO object detection on photos not yet analysed with the current model.
 
-Pipeline: one thread decodes photos (:mod:`medical_etl.images`) ahead of the model; one inference
-worker per core, each with its own model instance (Ultralytics models are not thread-safe) limited
-to one thread, so the cores work on different photos instead of contending for one; the calling
-thread writes results in a transaction per batch. Results stream to the database: memory stays flat.
+Pipeline, each step in its own threads with bounded queues between them (memory stays flat however
+many photos wait):
+
+- a pool of decoders (one per core; OpenCV and hashlib release the GIL) reads each photo (only
+  regular files inside the lake's images folder, with a byte cap), hashes it (identical bytes are
+  analysed once), decodes it and letterboxes it to the model's input size, one photo at a time so
+  the results never depend on which photos share a batch;
+- inference workers run the model: on CPU one per core, each with its own one-thread model instance
+  (Ultralytics models are not thread-safe), one photo per call; on a GPU one worker that stacks up
+  to ``batch`` photos per call, in fp16 where the weights allow it;
+- the calling thread writes the results, ``batch`` photos per transaction.
+Any failure of a decoder or worker thread ends the stage with an error naming it (never a hang).
 """
 from __future__ import annotations
 
@@ -11,27 +19,31 @@ import hashlib
 import logging
 import os
 import queue
+import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from psycopg2.extras import execute_values
 
 from .db import ConnParams, conn_params, connect
-from .images import DEFAULT_MAX_PIXELS, Decoded, decode_bytes
-from .images import read as read_image
+from .images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, decode_bytes, read_confined
 from .migrate import migrate
 
 log = logging.getLogger(__name__)
 _DONE = object()
-_DUPLICATE = "duplicate of a photo already analysed"
 
 
 class EnrichError(RuntimeError):
     pass
+
+
+class _Stopped(Exception):
+    """The pipeline is being torn down: a thread stops what it was doing."""
 
 
 @dataclass
@@ -50,9 +62,28 @@ class Outcome:
     reason: str | None = None
     objects: list[tuple] = field(default_factory=list)  # (class_id, class_name, conf, x1, y1, x2, y2)
     sha256: str | None = None
+    refused: bool = False            # unreadable because the path named what must not be read
 
     def copy_for(self, photo: Photo) -> Outcome:
         return Outcome(photo, self.status, self.width, self.height, self.reason, list(self.objects), self.sha256)
+
+
+@dataclass
+class Ready:
+    """A decoded photo, letterboxed to the model's input, waiting for inference."""
+    photo: Photo
+    width: int                       # original size
+    height: int
+    scale: int                       # decoded at 1/scale (huge JPEGs)
+    shape: tuple[int, int]           # (h, w) of the decoded image the boxes are scaled back to
+    pixels: object                   # letterboxed HWC uint8 BGR (numpy)
+    sha256: str | None = None
+
+
+@dataclass
+class _Failure:
+    where: str
+    exc: BaseException
 
 
 def weights_id(path: Path) -> str:
@@ -70,22 +101,33 @@ def _import_yolo(offline: bool):
     os.environ.setdefault("YOLO_VERBOSE", "False")  # Ultralytics' per-image chatter off; errors still shown
     from ultralytics import YOLO
 
+    # Also when something imported Ultralytics before us: its "Loading ... for ONNX Runtime" notes
+    # are not the project's progress. Its warnings and errors still show.
+    logging.getLogger("ultralytics").setLevel(max(logging.WARNING, logging.getLogger("ultralytics").level))
     return YOLO
 
 
-def load_model(model: str, device: str, offline: bool = True, single_thread: bool = False):
-    """Load weights with Ultralytics; any failure names YOLO_MODEL and the path."""
+def load_model(model: str, device: str, offline: bool = True, single_thread: bool = False, *,
+               imgsz: int = 640, conf: float = 0.25, iou: float = 0.7):
+    """Load weights with Ultralytics and build their predictor; any failure names YOLO_MODEL and the path.
+
+    ``device`` is cpu, auto (the GPU when there is one), cuda, cuda:N or N. On a CUDA device the
+    model runs in fp16 where the weights allow it.
+    """
     path = Path(model).expanduser()
     if path.suffix and not path.exists() and (path.parent != Path(".") or offline):
         raise EnrichError(f"YOLO_MODEL={model}: no such weights file ({path.resolve()})")
     if path.exists() and not os.access(path, os.R_OK):
         raise EnrichError(f"YOLO_MODEL={model}: weights file is not readable ({path.resolve()})")
     YOLO = _import_yolo(offline)
+    dev = _device(device)
     try:
         m = YOLO(str(path), task="detect")
         import numpy as np
 
-        m.predict(np.zeros((64, 64, 3), np.uint8), device=_device(device), verbose=False)  # builds the predictor
+        # builds the predictor with the run's options (letterbox size, thresholds, device, fp16)
+        fp16 = {"quantize": 16} if _is_cuda(dev) else {}  # fp16 on a CUDA GPU where the weights allow it
+        m.predict(np.zeros((64, 64, 3), np.uint8), device=dev, imgsz=imgsz, conf=conf, iou=iou, verbose=False, **fp16)
     except Exception as exc:  # noqa: BLE001 - Ultralytics raises many types for bad weights
         raise EnrichError(f"YOLO_MODEL={model}: cannot load weights from {path.resolve()}: "
                           f"{type(exc).__name__}: {str(exc).strip()[:300]}") from None
@@ -94,12 +136,23 @@ def load_model(model: str, device: str, offline: bool = True, single_thread: boo
     return m
 
 
+def _is_cuda(dev: str) -> bool:
+    return dev.isdigit() or dev.startswith("cuda")
+
+
 def _device(device: str) -> str:
     if device == "auto":
         import torch
 
         return "0" if torch.cuda.is_available() else "cpu"
     return device
+
+
+def _cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def _limit_onnx_threads(m) -> None:
@@ -115,6 +168,59 @@ def _limit_onnx_threads(m) -> None:
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
     backend.session = ort.InferenceSession(session._model_path, opts, providers=["CPUExecutionProvider"])
+
+
+class Detector:
+    """One model instance used the way Ultralytics' predictor uses it, minus its per-call overhead:
+    the same letterbox, normalisation, NMS and box scaling, on photos letterboxed one at a time (so
+    a photo's result does not depend on its batch), several photos per forward call."""
+
+    def __init__(self, yolo):
+        from ultralytics.data.augment import LetterBox
+
+        pred = yolo.predictor
+        self.backend, self.args, self.device = pred.model, pred.args, pred.device
+        self.names = self.backend.names
+        self.fp16 = bool(getattr(self.backend, "fp16", False))
+        self.letterbox = LetterBox(tuple(pred.imgsz), auto=False, stride=self.backend.stride)
+
+    def prepare(self, photo: Photo, dec) -> Ready:
+        return Ready(photo, dec.width, dec.height, dec.scale, dec.image.shape[:2], self.letterbox(image=dec.image),
+                     dec.sha256)
+
+    def detect(self, items: list[Ready]) -> list[Outcome]:
+        import numpy as np
+        import torch
+        from ultralytics.utils import nms, ops
+
+        a = self.args
+        with torch.inference_mode():
+            x = torch.from_numpy(np.stack([it.pixels for it in items])).to(self.device)
+            x = x.permute(0, 3, 1, 2).contiguous().flip(1)            # BHWC BGR -> BCHW RGB
+            x = (x.half() if self.fp16 else x.float()).div_(255)
+            preds = nms.non_max_suppression(self.backend(x), a.conf, a.iou, a.classes, a.agnostic_nms,
+                                            max_det=a.max_det, nc=0,
+                                            end2end=getattr(self.backend, "end2end", False))
+            out = []
+            for it, p in zip(items, preds, strict=True):
+                boxes = ops.scale_boxes(x.shape[2:], p[:, :4].float(), it.shape).tolist()
+                s = it.scale
+                objs = [(int(c), self.names[int(c)], float(cf), x1 * s, y1 * s, x2 * s, y2 * s)
+                        for (x1, y1, x2, y2), cf, c in zip(boxes, p[:, 4].tolist(), p[:, 5].tolist(), strict=True)]
+                out.append(Outcome(it.photo, "ok" if objs else "no_objects", it.width, it.height, objects=objs,
+                                   sha256=it.sha256))
+        return out
+
+    def run(self, items: list[Ready]) -> list[Outcome]:
+        """Detect; a failing batch is retried photo by photo, so one bad photo does not take others with it."""
+        try:
+            return self.detect(items)
+        except Exception as exc:  # noqa: BLE001 - recorded per photo
+            if len(items) > 1:
+                return [o for it in items for o in self.run([it])]
+            it = items[0]
+            return [Outcome(it.photo, "unreadable", it.width, it.height, f"inference failed: {exc}"[:500],
+                            sha256=it.sha256)]
 
 
 def _known_hashes(conn, model_id: str) -> set[str]:
@@ -158,54 +264,6 @@ def _work_list(conn, model_id: str) -> tuple[list[Photo], int]:
     return todo, done
 
 
-def _decoder(photos: list[Photo], lake_dir: Path, out: queue.Queue, n_workers: int, max_pixels: int,
-             stop: threading.Event, seen: set[str]) -> None:
-    """Read, hash and decode ahead of the model; photos whose bytes were seen before are not decoded."""
-    for p in photos:
-        if stop.is_set():
-            break
-        data, sha, reason = read_image(lake_dir / p.image_path)
-        if sha is not None and sha in seen:
-            out.put((p, Decoded(None, sha256=sha, reason=_DUPLICATE)))
-            continue
-        if sha is not None:
-            seen.add(sha)
-        dec = decode_bytes(data, max_pixels) if data is not None else Decoded(None, reason=reason)
-        dec.sha256 = sha
-        out.put((p, dec))
-    for _ in range(n_workers):
-        out.put(_DONE)
-
-
-def _infer(m, item: tuple[Photo, Decoded], opts: dict) -> Outcome:
-    photo, dec = item
-    if dec.reason is _DUPLICATE:
-        return Outcome(photo, "duplicate", sha256=dec.sha256)
-    if dec.image is None:
-        return Outcome(photo, "unreadable", dec.width, dec.height, dec.reason, sha256=dec.sha256)
-    try:
-        (r,) = m.predict(dec.image, verbose=False, **opts)
-    except Exception as exc:  # noqa: BLE001 - one bad photo must not stop the others
-        return Outcome(photo, "unreadable", dec.width, dec.height, f"inference failed: {exc}"[:500])
-    boxes = r.boxes
-    objs = []
-    if boxes is not None and len(boxes):
-        s = dec.scale
-        for cls, conf, (x1, y1, x2, y2) in zip(boxes.cls.tolist(), boxes.conf.tolist(), boxes.xyxy.tolist(), strict=True):
-            objs.append((int(cls), r.names[int(cls)], float(conf), x1 * s, y1 * s, x2 * s, y2 * s))
-    return Outcome(photo, "ok" if objs else "no_objects", dec.width, dec.height, objects=objs, sha256=dec.sha256)
-
-
-def _worker(m, inq: queue.Queue, outq: queue.Queue, opts: dict) -> None:
-    try:
-        while (item := inq.get()) is not _DONE:
-            outq.put(_infer(m, item, opts))
-    except BaseException as exc:  # noqa: BLE001 - handed to the writer
-        outq.put(exc)
-    finally:
-        outq.put(_DONE)
-
-
 def _write(conn, outcomes: list[Outcome], model_id: str) -> None:
     """One transaction per batch: analyses first (detections reference them)."""
     with conn, conn.cursor() as cur:
@@ -221,6 +279,153 @@ def _write(conn, outcomes: list[Outcome], model_id: str) -> None:
                     VALUES %s ON CONFLICT DO NOTHING""", rows)
 
 
+class _Pipeline:
+    """Decoder pool -> inference workers -> (the caller) writer, joined by bounded queues."""
+
+    def __init__(self, photos: list[Photo], lake_dir: Path, detectors: list[Detector], *, decoders: int,
+                 infer_batch: int, max_pixels: int, max_bytes: int, seen: set[str]):
+        self.todo, self.todo_lock = iter(photos), threading.Lock()
+        self.seen, self.seen_lock = seen, threading.Lock()
+        self.lake_dir, self.detectors, self.infer_batch = lake_dir, detectors, infer_batch
+        self.max_pixels, self.max_bytes = max_pixels, max_bytes
+        # bounded: decoded photos wait as letterboxed pixels (1.2 MB at 640), never as whole files
+        self.ready: queue.Queue = queue.Queue(maxsize=max(4, 2 * infer_batch * len(detectors)))
+        self.out: queue.Queue = queue.Queue(maxsize=max(16, 4 * infer_batch * len(detectors)))
+        self.stop = threading.Event()
+        self.decoders_left, self.count_lock = decoders, threading.Lock()
+        self.threads = [threading.Thread(target=self._decode_loop, name=f"enrich-decode-{i}", daemon=True)
+                        for i in range(decoders)]
+        self.threads += [threading.Thread(target=self._infer_loop, args=(d,), name=f"enrich-infer-{i}", daemon=True)
+                         for i, d in enumerate(detectors)]
+
+    def _put(self, q: queue.Queue, item) -> None:
+        while True:
+            if self.stop.is_set():
+                raise _Stopped
+            try:
+                q.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                pass
+
+    def _get(self, q: queue.Queue):
+        while True:
+            if self.stop.is_set():
+                raise _Stopped
+            try:
+                return q.get(timeout=0.1)
+            except queue.Empty:
+                pass
+
+    def _fail(self, where: str, exc: BaseException) -> None:
+        self.stop.set()
+        try:
+            self.out.put_nowait(_Failure(where, exc))
+        except queue.Full:
+            self.failure = _Failure(where, exc)  # found by the writer's liveness check
+
+    def _decode_loop(self) -> None:
+        photo = None
+        try:
+            while not self.stop.is_set():
+                with self.todo_lock:
+                    photo = next(self.todo, None)
+                if photo is None:
+                    break
+                self._put(*self._prepare(photo))
+        except _Stopped:
+            pass
+        except BaseException as exc:  # noqa: BLE001 - ends the stage with an error, never a hang
+            self._fail(f"photo decoder failed on {photo.image_path if photo else '?'}", exc)
+        finally:
+            with self.count_lock:
+                self.decoders_left -= 1
+                last = self.decoders_left == 0
+            if last:
+                try:
+                    for _ in self.detectors:
+                        self._put(self.ready, _DONE)
+                except _Stopped:
+                    pass
+
+    def _prepare(self, photo: Photo) -> tuple[queue.Queue, object]:
+        r = read_confined(self.lake_dir, photo.image_path, self.max_bytes)
+        if r.data is None:
+            return self.out, Outcome(photo, "unreadable", reason=r.reason, refused=r.refused)
+        with self.seen_lock:
+            duplicate = r.sha256 in self.seen
+            self.seen.add(r.sha256)
+        if duplicate:
+            return self.out, Outcome(photo, "duplicate", sha256=r.sha256)
+        dec = decode_bytes(r.data, self.max_pixels)
+        dec.sha256 = r.sha256
+        if dec.image is None:
+            return self.out, Outcome(photo, "unreadable", dec.width, dec.height, dec.reason, sha256=r.sha256)
+        return self.ready, self.detectors[0].prepare(photo, dec)
+
+    def _infer_loop(self, det: Detector) -> None:
+        try:
+            done = False
+            while not done:
+                item = self._get(self.ready)
+                if item is _DONE:
+                    break
+                items = [item]
+                while len(items) < self.infer_batch:  # take what is ready, up to a batch; never wait for more
+                    try:
+                        nxt = self.ready.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is _DONE:
+                        done = True
+                        break
+                    items.append(nxt)
+                for o in det.run(items):
+                    self._put(self.out, o)
+        except _Stopped:
+            return
+        except BaseException as exc:  # noqa: BLE001 - ends the stage with an error, never a hang
+            self._fail("inference worker failed", exc)
+            return
+        try:
+            self._put(self.out, _DONE)
+        except _Stopped:
+            pass
+
+    def results(self):
+        """Yield outcomes as they come; raise EnrichError as soon as any thread fails."""
+        for t in self.threads:
+            t.start()
+        finished = 0
+        while finished < len(self.detectors):
+            try:
+                item = self.out.get(timeout=0.5)
+            except queue.Empty:
+                failure = getattr(self, "failure", None)
+                if failure is None and not any(t.is_alive() for t in self.threads):
+                    failure = _Failure("enrich threads", RuntimeError("ended without finishing their work"))
+                if failure is not None:
+                    self._raise(failure)
+                continue
+            if isinstance(item, _Failure):
+                self._raise(item)
+            if item is _DONE:
+                finished += 1
+            else:
+                yield item
+
+    @staticmethod
+    def _raise(f: _Failure):
+        raise EnrichError(f"{f.where}: {type(f.exc).__name__}: {str(f.exc)[:300]}") from f.exc
+
+    def close(self) -> None:
+        """Stop every thread (they check ``stop`` at each queue step) and wait for them briefly."""
+        self.stop.set()
+        deadline = time.monotonic() + 10
+        for t in self.threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+
+
 def run_yolo_enrichment(
     db,
     lake_dir: str | Path,
@@ -230,29 +435,38 @@ def run_yolo_enrichment(
     iou: float = 0.7,
     imgsz: int = 640,
     batch: int = 16,
-    device: str = "cpu",
+    device: str = "auto",
     workers: int | None = None,
+    decoders: int | None = None,
+    infer_batch: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
     offline: bool = True,
-    build_models: bool = True,
+    build_models: bool | Literal["if_new"] = True,
     on_batch: Callable[[dict], None] | None = None,
+    progress: bool | None = None,
 ) -> dict:
     """Detect objects in every loaded photo not yet analysed with ``model``; return a summary.
 
     ``db`` is Settings or ConnParams. Results are written ``batch`` photos per transaction, so a
-    crash loses at most the batch in flight. With ``build_models`` the detection models are then
-    built in dbt (fct_image_detections, fct_image_categories and their tests).
+    crash loses at most the batch in flight. ``device`` auto picks the GPU when there is one.
+    ``workers`` (inference), ``decoders`` and ``infer_batch`` (photos per model call) default to
+    one worker per core and one photo per call on CPU, one worker and ``batch`` photos per call on a
+    GPU, and a decoder per core. Only regular files inside ``lake_dir/images`` of at most
+    ``max_bytes`` are read; others are recorded unreadable and counted as refused, with the reason.
+    With ``build_models`` the detection models are then built in dbt (fct_image_detections,
+    fct_image_categories and their tests); ``"if_new"`` builds them only when photos were analysed
+    (for a job whose transform stage has just built them). ``progress`` (default: when stderr is
+    a terminal) prints a line per written batch.
     """
     t0 = time.perf_counter()
     params = db if isinstance(db, ConnParams) else conn_params(db)
     lake_dir = Path(lake_dir)
-    dev = _device(device)
-    n_workers = workers or (1 if dev != "cpu" else max(1, os.cpu_count() or 1))
     first = None
     if Path(model).expanduser().is_file():
         model_id = weights_id(Path(model).expanduser())
     else:  # a name Ultralytics resolves (and may download): load it to find the file
-        first = load_model(model, dev, offline, single_thread=n_workers > 1)
+        first = load_model(model, device, offline, imgsz=imgsz, conf=conf, iou=iou)
         weights = Path(getattr(first, "ckpt_path", None) or model)
         model_id = weights_id(weights) if weights.is_file() else Path(model).name
     conn = connect(params)
@@ -261,16 +475,23 @@ def run_yolo_enrichment(
         photos, already = _work_list(conn, model_id)
         summary = {"model": model_id, "photos_to_analyse": len(photos), "already_analysed": already,
                    "photos_analysed": 0, "objects_found": 0, "per_class": {}, "unreadable_photos": 0,
-                   "unreadable_reasons": {}, "duplicates_reused": 0, "workers": n_workers, "batches": 0}
-        if photos:
-            first = first or load_model(model, dev, offline, single_thread=n_workers > 1)
-            _detect(conn, photos, lake_dir, first, model, dev, n_workers, offline, model_id, summary,
-                    dict(conf=conf, iou=iou, imgsz=imgsz, device=dev), batch, max_pixels, on_batch)
+                   "unreadable_reasons": {}, "refused_photos": 0, "refused_reasons": {}, "duplicates_reused": 0,
+                   "device": None, "workers": 0, "decoders": 0, "infer_batch": 0, "fp16": False, "batches": 0}
+        if photos:  # the model is loaded only when there is something to analyse
+            dev = _device(device)
+            gpu = dev != "cpu"
+            n_workers = workers or (1 if gpu else _cores())
+            summary.update(device=dev, workers=n_workers, decoders=decoders or _cores(),
+                           infer_batch=infer_batch or (batch if gpu else 1))
+            show = _Progress(len(photos), on_batch, t0) if (sys.stderr.isatty() if progress is None else progress) \
+                else on_batch
+            _detect(conn, photos, lake_dir, first, model, dev, offline, model_id, summary, batch, show,
+                    dict(imgsz=imgsz, conf=conf, iou=iou), max_pixels, max_bytes)
     finally:
         conn.close()
     infer_s = time.perf_counter() - t0
     summary["photos_per_second"] = round(summary["photos_analysed"] / infer_s, 2) if summary["photos_analysed"] else 0.0
-    if build_models:
+    if build_models is True or (build_models == "if_new" and summary["photos_analysed"]):
         from .transform import run_dbt_transformations
 
         dbt = run_dbt_transformations(params, select=["+fct_image_detections+", "+fct_image_categories+"],
@@ -281,48 +502,49 @@ def run_yolo_enrichment(
     return summary
 
 
-def _detect(conn, photos, lake_dir, first_model, model, dev, n_workers, offline, model_id, summary, opts,
-            batch, max_pixels, on_batch) -> None:
-    models = [first_model] + [load_model(model, dev, offline, single_thread=True) for _ in range(n_workers - 1)]
-    if n_workers > 1 and dev == "cpu":
+class _Progress:
+    """A line per written batch on a terminal (stderr; stdout stays for the result)."""
+
+    def __init__(self, total: int, then: Callable[[dict], None] | None, t0: float):
+        self.total, self.then, self.t0 = total, then, t0
+
+    def __call__(self, s: dict) -> None:
+        done, secs = s["photos_analysed"], time.perf_counter() - self.t0
+        end = "\n" if done >= self.total else ""
+        sys.stderr.write(f"\renrich: {done:,}/{self.total:,} photos, {done / secs:.1f}/s, "
+                         f"{s['objects_found']:,} objects, {s['unreadable_photos']} unreadable{end}")
+        sys.stderr.flush()
+        if self.then:
+            self.then(s)
+
+
+def _detect(conn, photos, lake_dir, first_model, model, dev, offline, model_id, summary, batch, on_batch,
+            opts, max_pixels, max_bytes) -> None:
+    n_workers = summary["workers"]
+    single = n_workers > 1 and dev == "cpu"
+    if first_model is not None and single:
+        _limit_onnx_threads(first_model)
+    models = [first_model or load_model(model, dev, offline, single_thread=single, **opts)]
+    models += [load_model(model, dev, offline, single_thread=True, **opts) for _ in range(n_workers - 1)]
+    if single:
         import torch
 
-        torch.set_num_threads(1)  # torch models: one thread per worker, as for ONNX sessions
+        torch.set_num_threads(1)  # torch models and NMS: one thread per worker, as for ONNX sessions
+    detectors = [Detector(m) for m in models]
+    summary["fp16"] = detectors[0].fp16
     stored = _known_hashes(conn, model_id)
-    inq: queue.Queue = queue.Queue(maxsize=2 * n_workers)
-    outq: queue.Queue = queue.Queue(maxsize=4 * n_workers)
-    stop = threading.Event()
-    threads = [threading.Thread(target=_decoder, args=(photos, lake_dir, inq, n_workers, max_pixels, stop,
-                                                       set(stored)), name="yolo-decode", daemon=True)]
-    threads += [threading.Thread(target=_worker, args=(m, inq, outq, opts), name=f"yolo-infer-{i}", daemon=True)
-                for i, m in enumerate(models)]
-    for t in threads:
-        t.start()
+    pipe = _Pipeline(photos, lake_dir, detectors, decoders=summary["decoders"], infer_batch=summary["infer_batch"],
+                     max_pixels=max_pixels, max_bytes=max_bytes, seen=set(stored))
     writer = _Writer(conn, model_id, summary, batch, on_batch, stored)
-    finished = 0
     try:
-        while finished < n_workers:
-            item = outq.get()
-            if item is _DONE:
-                finished += 1
-            elif isinstance(item, BaseException):
-                raise item
-            else:
-                writer.add(item)
+        for outcome in pipe.results():
+            writer.add(outcome)
         writer.finish()
     finally:
-        stop.set()
-        while any(t.is_alive() for t in threads):  # unblock producers after an error
-            try:
-                inq.get_nowait()
-            except queue.Empty:
-                pass
-            try:
-                outq.get_nowait()
-            except queue.Empty:
-                time.sleep(0.01)
+        pipe.close()
     summary["per_class"] = dict(writer.per_class.most_common())
     summary["unreadable_reasons"] = dict(writer.reasons)
+    summary["refused_reasons"] = dict(writer.refused)
 
 
 class _Writer:
@@ -334,7 +556,7 @@ class _Writer:
         self.by_sha: dict[str, Outcome] = {}       # results of this run's originals
         self.waiting: list[Outcome] = []           # duplicates whose original is still in flight
         self.pending: list[Outcome] = []
-        self.per_class, self.reasons = Counter(), Counter()
+        self.per_class, self.reasons, self.refused = Counter(), Counter(), Counter()
 
     def add(self, o: Outcome) -> None:
         if o.status == "duplicate":
@@ -381,6 +603,9 @@ class _Writer:
             if o.status == "unreadable":
                 s["unreadable_photos"] += 1
                 self.reasons[o.reason.split(":")[0]] += 1
+                if o.refused:
+                    s["refused_photos"] += 1
+                    self.refused[o.reason] += 1
         self.pending = []
         if self.on_batch:
             self.on_batch(dict(s))
