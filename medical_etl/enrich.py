@@ -492,10 +492,12 @@ def run_yolo_enrichment(
     infer_s = time.perf_counter() - t0
     summary["photos_per_second"] = round(summary["photos_analysed"] / infer_s, 2) if summary["photos_analysed"] else 0.0
     if build_models is True or (build_models == "if_new" and summary["photos_analysed"]):
-        from .transform import run_dbt_transformations
+        from .transform import note_image_models_built, run_dbt_transformations
 
         dbt = run_dbt_transformations(params, select=["+fct_image_detections+", "+fct_image_categories+"],
                                       check_freshness=False)
+        if dbt["status"] == "success":
+            note_image_models_built(params)  # the next run with nothing new need not rebuild them
         summary["dbt"] = {k: dbt[k] for k in ("status", "models_built", "tests_passed", "tests_failed",
                                                "failing_nodes", "duration_s")}
     summary["duration_s"] = round(time.perf_counter() - t0, 3)
