@@ -350,7 +350,9 @@ def test_a_failing_decoder_ends_the_stage_with_an_error_not_a_hang(settings, con
         (lake / f"images/CheMed123/{i}.jpg").write_bytes(jpg.tobytes() + b"\0" * i)  # distinct bytes
         rows.append((i, f"images/CheMed123/{i}.jpg"))
     _messages(settings, rows)
-    real = enrich_mod.decode_bytes
+    from medical_etl import detection
+
+    real = detection.decode_bytes
     calls = {"n": 0}
 
     def decode_then_fail(data, max_pixels):
@@ -359,7 +361,7 @@ def test_a_failing_decoder_ends_the_stage_with_an_error_not_a_hang(settings, con
             raise MemoryError("cannot allocate the decoded image")
         return real(data, max_pixels)
 
-    monkeypatch.setattr(enrich_mod, "decode_bytes", decode_then_fail)
+    monkeypatch.setattr(detection, "decode_bytes", decode_then_fail)
     monkeypatch.setattr(enrich_mod, "_known_hashes", lambda conn, model_id: set())
     t0 = time.monotonic()
     with pytest.raises(EnrichError, match=r"photo decoder failed on images/CheMed123/\d+\.jpg: MemoryError: "
@@ -375,8 +377,8 @@ def test_parallel_stage_gives_the_same_detections_as_one_photo_at_a_time(setting
     scrape_telegram_data(StandInClient(posts), CHANNELS, settings.raw_data_path)
     load_raw_to_postgres(settings, settings.raw_data_path)
     s = run_yolo_enrichment(settings, settings.raw_data_path, model=str(SHARED_MODEL), build_models=False,
-                            workers=2, decoders=3, batch=7)
-    assert s["workers"] == 2 and s["decoders"] == 3 and s["device"] == "cpu"
+                            workers=2, decoders=3, batch=7, infer_batch=4)   # several photos per call, as on a GPU
+    assert s["workers"] == 2 and s["decoders"] == 3 and s["device"] == "cpu" and s["infer_batch"] == 4
     ours: dict = {}
     for path, cls, c, x1, y1, x2, y2 in query(conn, """SELECT image_path, class_id, confidence, x1, y1, x2, y2
                                                 FROM raw.image_detections ORDER BY image_path, object_index"""):
@@ -465,3 +467,14 @@ def test_nothing_new_loads_no_model_and_builds_nothing_when_asked(settings, monk
     assert s["photos_to_analyse"] == 0 and "dbt" not in s
     with pytest.raises(AssertionError, match="nothing new"):   # a plain enrich run still builds and tests
         run_yolo_enrichment(settings, settings.raw_data_path, model=str(SHARED_MODEL))
+
+
+def test_device_auto_and_the_plan_for_cpu_and_gpu():
+    import torch
+
+    from medical_etl.enrich import _device, plan
+
+    assert _device("auto") == ("0" if torch.cuda.is_available() else "cpu")
+    assert plan("cpu", 16, 2) == {"device": "cpu", "workers": 2, "decoders": 2, "infer_batch": 1}
+    assert plan("0", 16, 16) == {"device": "0", "workers": 1, "decoders": 16, "infer_batch": 16}
+    assert plan("cuda:1", 32, 8, workers=2) == {"device": "cuda:1", "workers": 2, "decoders": 8, "infer_batch": 32}
