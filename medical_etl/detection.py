@@ -142,19 +142,32 @@ def _cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _limit_onnx_threads(m) -> None:
-    """ONNX Runtime sessions default to one thread per core; with a worker per core, use one each."""
-    backend = getattr(getattr(m, "predictor", None), "model", None)
-    backend = getattr(backend, "backend", backend)
-    session = getattr(backend, "session", None)
-    if session is None or "CPUExecutionProvider" != session.get_providers()[0]:
-        return
+def _cpu_onnx_session(auto_backend):
+    """The ONNX Runtime CPU session behind an Ultralytics AutoBackend, or None for other formats/devices."""
+    inner = getattr(auto_backend, "backend", auto_backend)
+    session = getattr(inner, "session", None)
+    if session is None or getattr(inner, "use_io_binding", False) or \
+            session.get_providers()[0] != "CPUExecutionProvider":
+        return None
+    return session
+
+
+def _one_thread_session(session):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
-    backend.session = ort.InferenceSession(session._model_path, opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(session._model_path, opts, providers=["CPUExecutionProvider"])
+
+
+def _limit_onnx_threads(m) -> None:
+    """ONNX Runtime sessions default to one thread per core; with a worker per core, use one each."""
+    auto = getattr(getattr(m, "predictor", None), "model", None)
+    session = _cpu_onnx_session(auto)
+    if session is not None:
+        inner = getattr(auto, "backend", auto)
+        inner.session = _one_thread_session(session)
 
 
 class Detector:
@@ -170,6 +183,21 @@ class Detector:
         self.names = self.backend.names
         self.fp16 = bool(getattr(self.backend, "fp16", False))
         self.letterbox = LetterBox(tuple(pred.imgsz), auto=False, stride=self.backend.stride)
+
+    def clone_one_thread(self) -> Detector | None:
+        """Another detector on the same ONNX weights with its own one-thread CPU session (what a
+        worker per core needs, for a fraction of a model load); None where that does not apply."""
+        import copy
+
+        session = _cpu_onnx_session(self.backend)
+        if session is None or not hasattr(self.backend, "backend"):
+            return None
+        inner = copy.copy(self.backend.backend)
+        inner.session = _one_thread_session(session)
+        clone = copy.copy(self)
+        clone.backend = copy.copy(self.backend)   # a plain attribute of the module copy, not shared
+        clone.backend.backend = inner
+        return clone
 
     def prepare(self, photo: Photo, dec) -> Ready:
         return Ready(photo, dec.width, dec.height, dec.scale, dec.image.shape[:2], self.letterbox(image=dec.image),

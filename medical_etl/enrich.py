@@ -207,13 +207,14 @@ def _detect(conn, photos, lake_dir, first_model, model, dev, offline, model_id, 
     single = n_workers > 1 and dev == "cpu"
     if first_model is not None and single:
         _limit_onnx_threads(first_model)
-    models = [first_model or load_model(model, dev, offline, single_thread=single, **opts)]
-    models += [load_model(model, dev, offline, single_thread=True, **opts) for _ in range(n_workers - 1)]
+    detectors = [Detector(first_model or load_model(model, dev, offline, single_thread=single, **opts))]
+    for _ in range(n_workers - 1):  # ONNX on CPU: a new one-thread session each; else a model each
+        clone = detectors[0].clone_one_thread() if single else None
+        detectors.append(clone or Detector(load_model(model, dev, offline, single_thread=single, **opts)))
     if single:
         import torch
 
         torch.set_num_threads(1)  # torch models and NMS: one thread per worker, as for ONNX sessions
-    detectors = [Detector(m) for m in models]
     summary["fp16"] = detectors[0].fp16
     stored = _known_hashes(conn, model_id)
     pipe = Pipeline(photos, lake_dir, detectors, decoders=summary["decoders"], infer_batch=summary["infer_batch"],
