@@ -81,14 +81,14 @@ def main() -> int:
             same_times, same_rows, same_tf = nothing_new(None)
             print(f"\nsample export: {first['stages']['load']['rows_inserted']} messages, {photos} photos; "
                   f"{os.cpu_count()} cores")
-            print(f"{'run':<36} {'seconds':>8}   per stage (s)")
-            print(f"{'first run (everything new)':<36} {first_s:>8.2f}   "
+            print(f"{'run':<44} {'seconds':>8}   per stage (s)")
+            print(f"{'first run (everything new)':<44} {first_s:>8.2f}   "
                   f"{json.dumps(stage_seconds(settings.logs_path, first['run_id']))}")
             for label, times, rows in (("nothing new, whole build (before)", whole_times, whole_rows),
                                        ("nothing new, next day", day_times, day_rows),
                                        ("nothing new, same day", same_times, same_rows)):
                 for i, (t, r) in enumerate(zip(times, rows, strict=True)):
-                    print(f"{f'{label}, run {i + 1}':<36} {t:>8.2f}   {json.dumps(r)}")
+                    print(f"{f'{label}, run {i + 1}':<44} {t:>8.2f}   {json.dumps(r)}")
             print(f"\nnext day: dbt {day_tf['build_scope']!r}, {day_tf['models_built']} model built, "
                   f"{day_tf['tests_passed']} tests passed; same day: dbt {same_tf['build_scope']!r}; "
                   f"freshness judged: {same_tf['freshness']}")
