@@ -16,7 +16,6 @@ Any failure of a decoder or worker thread ends the stage with an error naming it
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -154,8 +153,7 @@ def run_yolo_enrichment(
         if photos:  # the model is loaded only when there is something to analyse
             dev = _device(device)
             summary.update(plan(dev, batch, _cores(), workers=workers, decoders=decoders, infer_batch=infer_batch))
-            show = _Progress(len(photos), on_batch, t0) if (sys.stderr.isatty() if progress is None else progress) \
-                else on_batch
+            show = _Progress(len(photos), on_batch, t0, progress)
             _detect(conn, photos, lake_dir, first, model, dev, offline, model_id, summary, batch, show,
                     dict(imgsz=imgsz, conf=conf, iou=iou), max_pixels, max_bytes)
     finally:
@@ -186,17 +184,20 @@ def plan(device: str, batch: int, cores: int, *, workers: int | None = None, dec
 
 
 class _Progress:
-    """A line per written batch on a terminal (stderr; stdout stays for the result)."""
+    """A line per written batch on a terminal (stderr; stdout stays for the result), in the
+    project's progress format (:mod:`medical_etl.progress`)."""
 
-    def __init__(self, total: int, then: Callable[[dict], None] | None, t0: float):
+    def __init__(self, total: int, then: Callable[[dict], None] | None, t0: float, enabled: bool | None):
+        from .progress import Progress
+
         self.total, self.then, self.t0 = total, then, t0
+        self.out = Progress("enrich", enabled=enabled)
+        self.out.t0 = t0
 
     def __call__(self, s: dict) -> None:
         done, secs = s["photos_analysed"], time.perf_counter() - self.t0
-        end = "\n" if done >= self.total else ""
-        sys.stderr.write(f"\renrich: {done:,}/{self.total:,} photos, {done / secs:.1f}/s, "
-                         f"{s['objects_found']:,} objects, {s['unreadable_photos']} unreadable{end}")
-        sys.stderr.flush()
+        self.out.say(f"{done:,}/{self.total:,} photos, {done / secs:.1f} photos/s, {s['objects_found']:,} objects, "
+                     f"{s['unreadable_photos']} unreadable")
         if self.then:
             self.then(s)
 

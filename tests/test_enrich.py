@@ -451,8 +451,9 @@ def test_progress_per_batch_on_a_terminal_only(settings, capfd):
     _messages(settings, rows[2:])
     run_yolo_enrichment(settings, lake, model=str(SHARED_MODEL), build_models=False, batch=1, progress=True)
     err = capfd.readouterr().err
-    assert [line.split(",")[0] for line in err.split("\r") if line] == [f"enrich: {i}/3 photos" for i in (1, 2, 3)]
-    assert err.endswith("unreadable\n")
+    lines = err.splitlines()
+    assert [line.split(",")[0] for line in lines] == [f"enrich: {i}/3 photos" for i in (1, 2, 3)]
+    assert all(line.endswith(" s)") and " photos/s, " in line for line in lines), lines
 
 
 def test_nothing_new_loads_no_model_and_builds_nothing_when_asked(settings, monkeypatch):
