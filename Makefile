@@ -19,7 +19,8 @@ DEMO_ENV := DB_HOST= TELEGRAM_SOURCE=sample YOLO_MODEL=$(DEMO_YOLO_MODEL) \
 
 .PHONY: help setup test lint doctor demo dbt pipeline weekly scrape-load transform enrich \
         stage-scrape stage-load stage-transform stage-enrich monitor report telegram-login \
-        install-cron uninstall-cron bench-load bench-transform bench-enrich bench-monitor clean system-deps
+        install-cron uninstall-cron bench-load bench-transform bench-enrich bench-idle bench-monitor clean \
+        system-deps
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -115,8 +116,11 @@ bench-load: $(STAMP) ## load stage on a 200,000-message synthetic lake vs execut
 bench-transform: $(STAMP) ## dbt: full build vs incremental build after 1% new messages
 	$(BIN)/python bench/bench_transform.py
 
-bench-enrich: $(STAMP) ## YOLO enrichment vs a per-image model(path) loop on the real sample photos
+bench-enrich: $(STAMP) ## enrich on 480 distinct photos vs the bare per-core work and a model(path) loop
 	$(BIN)/python bench/bench_enrich.py
+
+bench-idle: $(STAMP) ## the daily job on a day with nothing new (median of 5) vs its first run
+	$(BIN)/python bench/bench_idle.py
 
 bench-monitor: $(STAMP) ## the monitor on a 100,000-record run log vs 10,000 and vs a load-everything baseline
 	$(BIN)/python bench/bench_monitor.py

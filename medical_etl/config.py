@@ -52,7 +52,7 @@ class Settings:
     yolo_iou: float = 0.7
     yolo_imgsz: int = 640
     yolo_batch: int = 8
-    yolo_device: str = "cpu"
+    yolo_device: str = "auto"
     yolo_workers: int = 0
     yolo_offline: bool = True
     stage_timeout_s: int = 3600

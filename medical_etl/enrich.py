@@ -1,120 +1,46 @@
 """Stage 4, enrich: YOLO object detection on photos not yet analysed with the current model.
 
-Pipeline: one thread decodes photos (:mod:`medical_etl.images`) ahead of the model; one inference
-worker per core, each with its own model instance (Ultralytics models are not thread-safe) limited
-to one thread, so the cores work on different photos instead of contending for one; the calling
-thread writes results in a transaction per batch. Results stream to the database: memory stays flat.
+Pipeline (:mod:`medical_etl.detection`), each step in its own threads with bounded queues between
+them (memory stays flat however many photos wait):
+
+- a pool of decoders (one per core; OpenCV and hashlib release the GIL) reads each photo (only
+  regular files inside the lake's images folder, with a byte cap), hashes it (identical bytes are
+  analysed once), decodes it and letterboxes it to the model's input size, one photo at a time so
+  the results never depend on which photos share a batch;
+- inference workers run the model: on CPU one per core, each with its own one-thread model instance
+  (Ultralytics models are not thread-safe), one photo per call; on a GPU one worker that stacks up
+  to ``batch`` photos per call, in fp16 where the weights allow it;
+- the calling thread writes the results, ``batch`` photos per transaction.
+Any failure of a decoder or worker thread ends the stage with an error naming it (never a hang).
 """
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
-import queue
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from psycopg2.extras import execute_values
 
 from .db import ConnParams, conn_params, connect
-from .images import DEFAULT_MAX_PIXELS, Decoded, decode_bytes
-from .images import read as read_image
+from .detection import (  # noqa: F401 - EnrichError, Detector and load_model are this stage's API too
+    Detector,
+    EnrichError,
+    Outcome,
+    Photo,
+    Pipeline,
+    _cores,
+    _device,
+    _limit_onnx_threads,
+    load_model,
+    weights_id,
+)
+from .images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 from .migrate import migrate
 
 log = logging.getLogger(__name__)
-_DONE = object()
-_DUPLICATE = "duplicate of a photo already analysed"
-
-
-class EnrichError(RuntimeError):
-    pass
-
-
-@dataclass
-class Photo:
-    channel: str
-    message_id: int
-    image_path: str
-
-
-@dataclass
-class Outcome:
-    photo: Photo
-    status: str                      # ok, no_objects, unreadable; "duplicate" until resolved
-    width: int | None = None
-    height: int | None = None
-    reason: str | None = None
-    objects: list[tuple] = field(default_factory=list)  # (class_id, class_name, conf, x1, y1, x2, y2)
-    sha256: str | None = None
-
-    def copy_for(self, photo: Photo) -> Outcome:
-        return Outcome(photo, self.status, self.width, self.height, self.reason, list(self.objects), self.sha256)
-
-
-def weights_id(path: Path) -> str:
-    """Model identity: file name plus the start of the weights' sha256 (a new version re-analyses all)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return f"{path.name}@{h.hexdigest()[:12]}"
-
-
-def _import_yolo(offline: bool):
-    if offline:
-        os.environ["YOLO_OFFLINE"] = "1"  # must precede the import: no hub or pip access at run time
-    os.environ.setdefault("YOLO_VERBOSE", "False")  # Ultralytics' per-image chatter off; errors still shown
-    from ultralytics import YOLO
-
-    return YOLO
-
-
-def load_model(model: str, device: str, offline: bool = True, single_thread: bool = False):
-    """Load weights with Ultralytics; any failure names YOLO_MODEL and the path."""
-    path = Path(model).expanduser()
-    if path.suffix and not path.exists() and (path.parent != Path(".") or offline):
-        raise EnrichError(f"YOLO_MODEL={model}: no such weights file ({path.resolve()})")
-    if path.exists() and not os.access(path, os.R_OK):
-        raise EnrichError(f"YOLO_MODEL={model}: weights file is not readable ({path.resolve()})")
-    YOLO = _import_yolo(offline)
-    try:
-        m = YOLO(str(path), task="detect")
-        import numpy as np
-
-        m.predict(np.zeros((64, 64, 3), np.uint8), device=_device(device), verbose=False)  # builds the predictor
-    except Exception as exc:  # noqa: BLE001 - Ultralytics raises many types for bad weights
-        raise EnrichError(f"YOLO_MODEL={model}: cannot load weights from {path.resolve()}: "
-                          f"{type(exc).__name__}: {str(exc).strip()[:300]}") from None
-    if single_thread:
-        _limit_onnx_threads(m)
-    return m
-
-
-def _device(device: str) -> str:
-    if device == "auto":
-        import torch
-
-        return "0" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def _limit_onnx_threads(m) -> None:
-    """ONNX Runtime sessions default to one thread per core; with a worker per core, use one each."""
-    backend = getattr(getattr(m, "predictor", None), "model", None)
-    backend = getattr(backend, "backend", backend)
-    session = getattr(backend, "session", None)
-    if session is None or "CPUExecutionProvider" != session.get_providers()[0]:
-        return
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    backend.session = ort.InferenceSession(session._model_path, opts, providers=["CPUExecutionProvider"])
 
 
 def _known_hashes(conn, model_id: str) -> set[str]:
@@ -158,54 +84,6 @@ def _work_list(conn, model_id: str) -> tuple[list[Photo], int]:
     return todo, done
 
 
-def _decoder(photos: list[Photo], lake_dir: Path, out: queue.Queue, n_workers: int, max_pixels: int,
-             stop: threading.Event, seen: set[str]) -> None:
-    """Read, hash and decode ahead of the model; photos whose bytes were seen before are not decoded."""
-    for p in photos:
-        if stop.is_set():
-            break
-        data, sha, reason = read_image(lake_dir / p.image_path)
-        if sha is not None and sha in seen:
-            out.put((p, Decoded(None, sha256=sha, reason=_DUPLICATE)))
-            continue
-        if sha is not None:
-            seen.add(sha)
-        dec = decode_bytes(data, max_pixels) if data is not None else Decoded(None, reason=reason)
-        dec.sha256 = sha
-        out.put((p, dec))
-    for _ in range(n_workers):
-        out.put(_DONE)
-
-
-def _infer(m, item: tuple[Photo, Decoded], opts: dict) -> Outcome:
-    photo, dec = item
-    if dec.reason is _DUPLICATE:
-        return Outcome(photo, "duplicate", sha256=dec.sha256)
-    if dec.image is None:
-        return Outcome(photo, "unreadable", dec.width, dec.height, dec.reason, sha256=dec.sha256)
-    try:
-        (r,) = m.predict(dec.image, verbose=False, **opts)
-    except Exception as exc:  # noqa: BLE001 - one bad photo must not stop the others
-        return Outcome(photo, "unreadable", dec.width, dec.height, f"inference failed: {exc}"[:500])
-    boxes = r.boxes
-    objs = []
-    if boxes is not None and len(boxes):
-        s = dec.scale
-        for cls, conf, (x1, y1, x2, y2) in zip(boxes.cls.tolist(), boxes.conf.tolist(), boxes.xyxy.tolist(), strict=True):
-            objs.append((int(cls), r.names[int(cls)], float(conf), x1 * s, y1 * s, x2 * s, y2 * s))
-    return Outcome(photo, "ok" if objs else "no_objects", dec.width, dec.height, objects=objs, sha256=dec.sha256)
-
-
-def _worker(m, inq: queue.Queue, outq: queue.Queue, opts: dict) -> None:
-    try:
-        while (item := inq.get()) is not _DONE:
-            outq.put(_infer(m, item, opts))
-    except BaseException as exc:  # noqa: BLE001 - handed to the writer
-        outq.put(exc)
-    finally:
-        outq.put(_DONE)
-
-
 def _write(conn, outcomes: list[Outcome], model_id: str) -> None:
     """One transaction per batch: analyses first (detections reference them)."""
     with conn, conn.cursor() as cur:
@@ -230,29 +108,38 @@ def run_yolo_enrichment(
     iou: float = 0.7,
     imgsz: int = 640,
     batch: int = 16,
-    device: str = "cpu",
+    device: str = "auto",
     workers: int | None = None,
+    decoders: int | None = None,
+    infer_batch: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
     offline: bool = True,
-    build_models: bool = True,
+    build_models: bool | Literal["if_new"] = True,
     on_batch: Callable[[dict], None] | None = None,
+    progress: bool | None = None,
 ) -> dict:
     """Detect objects in every loaded photo not yet analysed with ``model``; return a summary.
 
     ``db`` is Settings or ConnParams. Results are written ``batch`` photos per transaction, so a
-    crash loses at most the batch in flight. With ``build_models`` the detection models are then
-    built in dbt (fct_image_detections, fct_image_categories and their tests).
+    crash loses at most the batch in flight. ``device`` auto picks the GPU when there is one.
+    ``workers`` (inference), ``decoders`` and ``infer_batch`` (photos per model call) default to
+    one worker per core and one photo per call on CPU, one worker and ``batch`` photos per call on a
+    GPU, and a decoder per core. Only regular files inside ``lake_dir/images`` of at most
+    ``max_bytes`` are read; others are recorded unreadable and counted as refused, with the reason.
+    With ``build_models`` the detection models are then built in dbt (fct_image_detections,
+    fct_image_categories and their tests); ``"if_new"`` builds them only when photos were analysed
+    (for a job whose transform stage has just built them). ``progress`` (default: when stderr is
+    a terminal) prints a line per written batch.
     """
     t0 = time.perf_counter()
     params = db if isinstance(db, ConnParams) else conn_params(db)
     lake_dir = Path(lake_dir)
-    dev = _device(device)
-    n_workers = workers or (1 if dev != "cpu" else max(1, os.cpu_count() or 1))
     first = None
     if Path(model).expanduser().is_file():
         model_id = weights_id(Path(model).expanduser())
     else:  # a name Ultralytics resolves (and may download): load it to find the file
-        first = load_model(model, dev, offline, single_thread=n_workers > 1)
+        first = load_model(model, device, offline, imgsz=imgsz, conf=conf, iou=iou)
         weights = Path(getattr(first, "ckpt_path", None) or model)
         model_id = weights_id(weights) if weights.is_file() else Path(model).name
     conn = connect(params)
@@ -261,68 +148,88 @@ def run_yolo_enrichment(
         photos, already = _work_list(conn, model_id)
         summary = {"model": model_id, "photos_to_analyse": len(photos), "already_analysed": already,
                    "photos_analysed": 0, "objects_found": 0, "per_class": {}, "unreadable_photos": 0,
-                   "unreadable_reasons": {}, "duplicates_reused": 0, "workers": n_workers, "batches": 0}
-        if photos:
-            first = first or load_model(model, dev, offline, single_thread=n_workers > 1)
-            _detect(conn, photos, lake_dir, first, model, dev, n_workers, offline, model_id, summary,
-                    dict(conf=conf, iou=iou, imgsz=imgsz, device=dev), batch, max_pixels, on_batch)
+                   "unreadable_reasons": {}, "refused_photos": 0, "refused_reasons": {}, "duplicates_reused": 0,
+                   "device": None, "workers": 0, "decoders": 0, "infer_batch": 0, "fp16": False, "batches": 0}
+        if photos:  # the model is loaded only when there is something to analyse
+            dev = _device(device)
+            summary.update(plan(dev, batch, _cores(), workers=workers, decoders=decoders, infer_batch=infer_batch))
+            show = _Progress(len(photos), on_batch, t0, progress)
+            _detect(conn, photos, lake_dir, first, model, dev, offline, model_id, summary, batch, show,
+                    dict(imgsz=imgsz, conf=conf, iou=iou), max_pixels, max_bytes)
     finally:
         conn.close()
     infer_s = time.perf_counter() - t0
     summary["photos_per_second"] = round(summary["photos_analysed"] / infer_s, 2) if summary["photos_analysed"] else 0.0
-    if build_models:
-        from .transform import run_dbt_transformations
+    if build_models is True or (build_models == "if_new" and summary["photos_analysed"]):
+        from .transform import note_image_models_built, run_dbt_transformations
 
         dbt = run_dbt_transformations(params, select=["+fct_image_detections+", "+fct_image_categories+"],
                                       check_freshness=False)
+        if dbt["status"] == "success":
+            note_image_models_built(params)  # the next run with nothing new need not rebuild them
         summary["dbt"] = {k: dbt[k] for k in ("status", "models_built", "tests_passed", "tests_failed",
                                                "failing_nodes", "duration_s")}
     summary["duration_s"] = round(time.perf_counter() - t0, 3)
     return summary
 
 
-def _detect(conn, photos, lake_dir, first_model, model, dev, n_workers, offline, model_id, summary, opts,
-            batch, max_pixels, on_batch) -> None:
-    models = [first_model] + [load_model(model, dev, offline, single_thread=True) for _ in range(n_workers - 1)]
-    if n_workers > 1 and dev == "cpu":
+def plan(device: str, batch: int, cores: int, *, workers: int | None = None, decoders: int | None = None,
+         infer_batch: int | None = None) -> dict:
+    """Threads and batch size for a device: on CPU a one-thread worker per core, one photo per call
+    (a core is busiest on one photo at a time); on a GPU one worker, ``batch`` photos per call, and
+    a decoder per core to keep it fed."""
+    gpu = device != "cpu"
+    return {"device": device, "workers": workers or (1 if gpu else cores), "decoders": decoders or cores,
+            "infer_batch": infer_batch or (batch if gpu else 1)}
+
+
+class _Progress:
+    """A line per written batch on a terminal (stderr; stdout stays for the result), in the
+    project's progress format (:mod:`medical_etl.progress`)."""
+
+    def __init__(self, total: int, then: Callable[[dict], None] | None, t0: float, enabled: bool | None):
+        from .progress import Progress
+
+        self.total, self.then, self.t0 = total, then, t0
+        self.out = Progress("enrich", enabled=enabled)
+        self.out.t0 = t0
+
+    def __call__(self, s: dict) -> None:
+        done, secs = s["photos_analysed"], time.perf_counter() - self.t0
+        self.out.say(f"{done:,}/{self.total:,} photos, {done / secs:.1f} photos/s, {s['objects_found']:,} objects, "
+                     f"{s['unreadable_photos']} unreadable")
+        if self.then:
+            self.then(s)
+
+
+def _detect(conn, photos, lake_dir, first_model, model, dev, offline, model_id, summary, batch, on_batch,
+            opts, max_pixels, max_bytes) -> None:
+    n_workers = summary["workers"]
+    single = n_workers > 1 and dev == "cpu"
+    if first_model is not None and single:
+        _limit_onnx_threads(first_model)
+    detectors = [Detector(first_model or load_model(model, dev, offline, single_thread=single, **opts))]
+    for _ in range(n_workers - 1):  # ONNX on CPU: a new one-thread session each; else a model each
+        clone = detectors[0].clone_one_thread() if single else None
+        detectors.append(clone or Detector(load_model(model, dev, offline, single_thread=single, **opts)))
+    if single:
         import torch
 
-        torch.set_num_threads(1)  # torch models: one thread per worker, as for ONNX sessions
+        torch.set_num_threads(1)  # torch models and NMS: one thread per worker, as for ONNX sessions
+    summary["fp16"] = detectors[0].fp16
     stored = _known_hashes(conn, model_id)
-    inq: queue.Queue = queue.Queue(maxsize=2 * n_workers)
-    outq: queue.Queue = queue.Queue(maxsize=4 * n_workers)
-    stop = threading.Event()
-    threads = [threading.Thread(target=_decoder, args=(photos, lake_dir, inq, n_workers, max_pixels, stop,
-                                                       set(stored)), name="yolo-decode", daemon=True)]
-    threads += [threading.Thread(target=_worker, args=(m, inq, outq, opts), name=f"yolo-infer-{i}", daemon=True)
-                for i, m in enumerate(models)]
-    for t in threads:
-        t.start()
+    pipe = Pipeline(photos, lake_dir, detectors, decoders=summary["decoders"], infer_batch=summary["infer_batch"],
+                     max_pixels=max_pixels, max_bytes=max_bytes, seen=set(stored))
     writer = _Writer(conn, model_id, summary, batch, on_batch, stored)
-    finished = 0
     try:
-        while finished < n_workers:
-            item = outq.get()
-            if item is _DONE:
-                finished += 1
-            elif isinstance(item, BaseException):
-                raise item
-            else:
-                writer.add(item)
+        for outcome in pipe.results():
+            writer.add(outcome)
         writer.finish()
     finally:
-        stop.set()
-        while any(t.is_alive() for t in threads):  # unblock producers after an error
-            try:
-                inq.get_nowait()
-            except queue.Empty:
-                pass
-            try:
-                outq.get_nowait()
-            except queue.Empty:
-                time.sleep(0.01)
+        pipe.close()
     summary["per_class"] = dict(writer.per_class.most_common())
     summary["unreadable_reasons"] = dict(writer.reasons)
+    summary["refused_reasons"] = dict(writer.refused)
 
 
 class _Writer:
@@ -334,7 +241,7 @@ class _Writer:
         self.by_sha: dict[str, Outcome] = {}       # results of this run's originals
         self.waiting: list[Outcome] = []           # duplicates whose original is still in flight
         self.pending: list[Outcome] = []
-        self.per_class, self.reasons = Counter(), Counter()
+        self.per_class, self.reasons, self.refused = Counter(), Counter(), Counter()
 
     def add(self, o: Outcome) -> None:
         if o.status == "duplicate":
@@ -381,6 +288,9 @@ class _Writer:
             if o.status == "unreadable":
                 s["unreadable_photos"] += 1
                 self.reasons[o.reason.split(":")[0]] += 1
+                if o.refused:
+                    s["refused_photos"] += 1
+                    self.refused[o.reason] += 1
         self.pending = []
         if self.on_batch:
             self.on_batch(dict(s))

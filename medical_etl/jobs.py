@@ -200,6 +200,9 @@ def stage_options(job: str, stage: str, *, client=None, full_refresh: bool = Fal
             opts["refresh_days"] = refresh_days
     if stage == "transform" and (full_refresh or job == "weekly"):
         opts["full_refresh"] = True
+    if stage == "enrich" and "transform" in JOBS[job]:
+        # the transform stage has just built and tested the detection models: rebuild only for new photos
+        opts["build_models"] = "if_new"
     return opts
 
 

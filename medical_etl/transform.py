@@ -3,15 +3,26 @@
 Models and their tests run in DAG order; the results (models built, tests
 passed, warned and failed, each node's time) become the stage summary. A
 failing model or test fails the stage and is named in the error.
+
+A day with nothing new costs next to nothing: after each successful full build the
+inputs it saw (the project's files, dbt's version, the raw tables' rows) and the
+relations it left are recorded in ``raw.transform_state``; when all are unchanged and
+it is still the same day (``dim_dates`` runs to today) the build is skipped, since
+it would rebuild the same tables and test the same rows. Source freshness, which
+changes with the clock, is still checked. dbt itself parses partially
+(``target/partial_parse.msgpack``).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+
+from psycopg2.extras import Json
 
 from .db import ConnParams, conn_params, connect
 from .migrate import migrate
@@ -70,12 +81,20 @@ def run_dbt_transformations(
     """
     t0 = time.perf_counter()
     params = db if isinstance(db, ConnParams) else conn_params(db)
+    project_dir = Path(project_dir).resolve()
+    whole = not select  # only a build of the whole project records (or may skip on) its inputs
     conn = connect(params)
     try:
         migrate(conn)  # the sources (raw tables) must exist, even before the first load
+        state = _state(conn, project_dir) if whole else None
     finally:
         conn.close()
-    project_dir = Path(project_dir).resolve()
+    scope = "all"
+    if state and not full_refresh and (state["freshness"] is not None or not check_freshness):
+        if state["unchanged"]:
+            return _skipped(state, check_freshness, t0)
+        if state["new_day"]:  # only the calendar moved: dim_dates runs to today, and its tests
+            select, scope = ["dim_dates+"], "dim_dates+: nothing changed but the day"
     common = ["--project-dir", str(project_dir), "--profiles-dir", str(project_dir),
               "--target-path", str(target_path or project_dir / "target")]
     # progress goes to dbt.log (and each node into the summary); the console gets warnings and errors
@@ -88,7 +107,10 @@ def run_dbt_transformations(
         args += ["--select", *select]
     with _dbt_env(params, threads):
         res = _invoke([*flags, *args])
-        freshness = _freshness(flags, common) if check_freshness and res.success else {}
+        if scope != "all":  # same rows: the freshness facts recorded are still the facts
+            freshness, facts = (_judge(state["freshness"], state["now"]) if check_freshness else {}), state["freshness"]
+        else:
+            freshness, facts = _freshness(flags, common) if check_freshness and res.success else ({}, None)
     if res.result is None or not hasattr(res.result, "results"):
         raise TransformError(f"dbt build could not run: {res.exception}")
 
@@ -105,8 +127,11 @@ def run_dbt_transformations(
                             "message": (r.message or "")[:500], "failures": r.failures})
     tests = {s: sum(v for k, v in counts.items() if k.split(":")[0] in ("test", "unit_test")
                     and k.split(":")[1] == s) for s in ("pass", "warn", "fail", "error", "skipped")}
+    ok = res.success and not failing
+    if ok and state:
+        _record_state(params, state, facts)
     summary = {
-        "status": "success" if res.success and not failing else "failed",
+        "status": "success" if ok else "failed",
         "full_refresh": full_refresh,
         "models_built": counts["model:success"],
         "models_failed": counts["model:error"],
@@ -120,15 +145,164 @@ def run_dbt_transformations(
         "freshness": freshness,
         "slowest_nodes": sorted(nodes, key=lambda n: -n["seconds"])[:5],
         "nodes": nodes,
+        "build_skipped": None,
+        "build_scope": scope if whole else "selected",
         "duration_s": round(time.perf_counter() - t0, 3),
     }
     return summary
 
 
-def _freshness(flags: list[str], common: list[str]) -> dict:
-    """Source freshness per table (pass, warn, error); reported, not fatal: staleness is the monitor's call."""
+def _project_hash(project_dir: Path) -> str:
+    """The dbt project as dbt reads it (models, tests, seeds, macros, settings) and dbt's version."""
+    from importlib.metadata import version
+
+    h = hashlib.sha256(version("dbt-core").encode())
+    for path in sorted(project_dir.rglob("*")):
+        rel = path.relative_to(project_dir)
+        if rel.parts[0] in ("target", "logs", "dbt_packages") or not path.is_file():
+            continue
+        h.update(str(rel).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+# Any insert, update or delete changes a table's row count or the sum of its rows' xmin.
+_RAW_STATE = """
+SELECT concat_ws('|',
+    (SELECT concat_ws('/', count(*), sum(xmin::text::bigint), max(updated_at)) FROM raw.telegram_messages),
+    (SELECT concat_ws('/', count(*), sum(xmin::text::bigint)) FROM raw.image_analyses),
+    (SELECT concat_ws('/', count(*), sum(xmin::text::bigint)) FROM raw.image_detections)), current_date, now()
+"""
+_RELATIONS = """
+SELECT coalesce(string_agg(n.nspname || '.' || c.relname || ':' || c.oid, ',' ORDER BY n.nspname, c.relname), '')
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'v', 'm', 'p') AND n.nspname NOT IN ('raw', 'information_schema')
+  AND n.nspname NOT LIKE 'pg\\_%'
+"""
+
+
+def _state(conn, project_dir: Path) -> dict:
+    with conn, conn.cursor() as cur:
+        cur.execute(_RAW_STATE)
+        raw, today, now = cur.fetchone()
+        cur.execute(_RELATIONS)
+        relations = cur.fetchone()[0]
+        cur.execute("SELECT inputs, relations, built_on, built_at, freshness FROM raw.transform_state")
+        prev = cur.fetchone()
+    inputs = f"{_project_hash(project_dir)}|{raw}"
+    same = prev is not None and prev[:2] == (inputs, relations)
+    return {"inputs": inputs, "today": today, "now": now, "unchanged": same and prev[2] == today,
+            "new_day": same and prev[2] != today, "built_at": prev[3] if prev else None,
+            "freshness": prev[4] if prev else None}
+
+
+def _record_state(params: ConnParams, state: dict, freshness_facts: dict | None) -> None:
+    """After a successful build: the inputs it started from, the relations it left."""
+    conn = connect(params)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(_RELATIONS)
+            relations = cur.fetchone()[0]
+            cur.execute("""INSERT INTO raw.transform_state (id, inputs, relations, built_on, freshness)
+                           VALUES (true, %s, %s, %s, %s)
+                           ON CONFLICT (id) DO UPDATE SET inputs = EXCLUDED.inputs, relations = EXCLUDED.relations,
+                           built_on = EXCLUDED.built_on, freshness = EXCLUDED.freshness, built_at = now()""",
+                        (state["inputs"], relations, state["today"], Json(freshness_facts) if freshness_facts
+                         is not None else None))
+    finally:
+        conn.close()
+
+
+def note_image_models_built(db, project_dir: str | Path = PROJECT_DIR) -> bool:
+    """After a successful build of the detection models and their ancestors (the enrich stage): if the
+    rest of the warehouse is as the last whole build left it (same project, same messages, same day,
+    same relations), record the new photo rows, so that the next run with nothing new skips its build.
+    Returns whether the state was updated."""
+    params = db if isinstance(db, ConnParams) else conn_params(db)
+    conn = connect(params)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("SELECT inputs, relations, built_on, freshness FROM raw.transform_state FOR UPDATE")
+            prev = cur.fetchone()
+            if prev is None:
+                return False
+            cur.execute(_RAW_STATE)
+            raw, today, _ = cur.fetchone()
+            cur.execute(_RELATIONS)
+            relations = cur.fetchone()[0]
+            inputs = f"{_project_hash(Path(project_dir).resolve())}|{raw}"
+
+            def names(rels: str) -> set[str]:
+                return {r.rsplit(":", 1)[0] for r in rels.split(",")}
+
+            # inputs: project hash | messages | image analyses | image detections
+            if inputs.split("|")[:2] != prev[0].split("|")[:2] or prev[2] != today or \
+                    names(relations) != names(prev[1]):
+                return False
+            facts = prev[3]
+            for f in (facts or {}).values():  # the photo sources' newest loads moved on
+                if f.get("relation") and f.get("loaded_at_field"):
+                    cur.execute(f"SELECT max({f['loaded_at_field']}) FROM {f['relation']}")
+                    newest = cur.fetchone()[0]
+                    f["max_loaded_at"] = newest.isoformat() if newest else None
+            cur.execute("UPDATE raw.transform_state SET inputs = %s, relations = %s, freshness = %s",
+                        (inputs, relations, Json(facts) if facts is not None else None))
+            return True
+    finally:
+        conn.close()
+
+
+def _skipped(state: dict, check_freshness: bool, t0: float) -> dict:
+    """The summary of a build skipped because nothing changed; freshness judged again at this run's time."""
+    return {"status": "success", "full_refresh": False, "models_built": 0, "models_failed": 0, "models_skipped": 0,
+            "seeds_loaded": 0, "tests_passed": 0, "tests_warned": 0, "tests_failed": 0, "unit_tests_passed": 0,
+            "failing_nodes": [], "freshness": _judge(state["freshness"], state["now"]) if check_freshness else {},
+            "slowest_nodes": [], "nodes": [],
+            "build_scope": "none",
+            "build_skipped": f"nothing changed since the last successful build at "
+                             f"{state['built_at'].isoformat(timespec='seconds')}: same project, same raw rows, "
+                             f"same day",
+            "duration_s": round(time.perf_counter() - t0, 3)}
+
+
+def _freshness(flags: list[str], common: list[str]) -> tuple[dict, dict]:
+    """Source freshness per table (pass, warn, error); reported, not fatal: staleness is the monitor's call.
+
+    Also returns the facts each status was judged from (newest load, thresholds in seconds), so a
+    later run over the same rows can judge them again at its own time without dbt.
+    """
     res = _invoke([*flags, "source", "freshness", *common])
-    out = {}
+    out, facts = {}, {}
     for r in getattr(res.result, "results", None) or []:
-        out[r.node.unique_id.removeprefix("source.medical_warehouse.")] = _status(r)
+        name = r.node.unique_id.removeprefix("source.medical_warehouse.")
+        out[name] = _status(r)
+        limits = getattr(r.node, "freshness", None)
+        loaded = getattr(r, "max_loaded_at", None)
+        facts[name] = {"status": out[name], "max_loaded_at": loaded.isoformat() if loaded else None,
+                       "relation": r.node.relation_name, "loaded_at_field": r.node.loaded_at_field,
+                       **{k: _seconds(getattr(limits, k, None)) for k in ("warn_after", "error_after")}}
+    return out, facts
+
+
+def _seconds(limit) -> float | None:
+    from datetime import timedelta
+
+    if not limit or limit.count is None or limit.period is None:
+        return None
+    return timedelta(**{limit.period.plural(): limit.count}).total_seconds()
+
+
+def _judge(facts: dict, now) -> dict:
+    """dbt's freshness rule (FreshnessThreshold.status) on recorded facts, at ``now``."""
+    from datetime import datetime, timezone
+
+    out = {}
+    for name, f in facts.items():
+        if f["max_loaded_at"] is None or f["status"] not in ("pass", "warn", "error"):
+            out[name] = f["status"]  # a runtime error on these rows stays one
+            continue
+        loaded = datetime.fromisoformat(f["max_loaded_at"])
+        loaded = loaded if loaded.tzinfo else loaded.replace(tzinfo=timezone.utc)
+        age = (now - loaded).total_seconds()
+        out[name] = ("error" if f["error_after"] is not None and age > f["error_after"] else
+                     "warn" if f["warn_after"] is not None and age > f["warn_after"] else "pass")
     return out

@@ -12,7 +12,7 @@ import pytest
 from conftest import SHARED_MODEL, query
 
 from medical_etl import enrich as enrich_mod
-from medical_etl.enrich import EnrichError, Photo, _infer, load_model, run_yolo_enrichment
+from medical_etl.enrich import Detector, EnrichError, Photo, load_model, run_yolo_enrichment
 from medical_etl.images import decode
 from medical_etl.load import load_raw_to_postgres
 from medical_etl.scrape import scrape_telegram_data
@@ -36,7 +36,8 @@ def assets():
 
 
 def classes(m, path: Path) -> list[str]:
-    out = _infer(m, (Photo("x", 1, str(path)), decode(path)), dict(conf=0.25, iou=0.7, imgsz=640, device="cpu"))
+    det = Detector(m)
+    (out,) = det.run([det.prepare(Photo("x", 1, str(path)), decode(path))])
     return [o[1] for o in out.objects]
 
 
@@ -81,7 +82,7 @@ def test_sample_agrees_with_reference_and_rerun_does_nothing(enriched_lake, conn
     def no_inference(*a, **k):
         raise AssertionError("inference on a re-run")
 
-    monkeypatch.setattr(enrich_mod, "_infer", no_inference)
+    monkeypatch.setattr(enrich_mod.Detector, "detect", no_inference)
     monkeypatch.setattr(enrich_mod, "load_model", no_inference)
     again = run_yolo_enrichment(enriched_lake, enriched_lake.raw_data_path, model=str(SHARED_MODEL),
                                 build_models=False)
@@ -149,13 +150,13 @@ def test_identical_photos_are_analysed_once(settings, conn, monkeypatch):
 
     messages([1, 2])
     calls = {"n": 0}
-    real = enrich_mod._infer
+    real = enrich_mod.Detector.detect
 
-    def counting(m, item, opts):
-        calls["n"] += item[1].image is not None
-        return real(m, item, opts)
+    def counting(self, items):
+        calls["n"] += len(items)
+        return real(self, items)
 
-    monkeypatch.setattr(enrich_mod, "_infer", counting)
+    monkeypatch.setattr(enrich_mod.Detector, "detect", counting)
     s = run_yolo_enrichment(settings, lake, model=str(SHARED_MODEL), build_models=False)
     assert s["photos_analysed"] == 2 and s["duplicates_reused"] == 1 and calls["n"] == 1
     messages([1, 2, 3])  # a later repost: its results come from the database
@@ -247,3 +248,234 @@ def test_decoded_image_is_bgr_like_opencv():
 
     d = decode(assets() / "zidane.jpg")
     assert np.array_equal(d.image, cv2.imread(str(assets() / "zidane.jpg")))
+
+
+def _messages(settings, rows: list[tuple[int, str]]) -> None:
+    """Lake records as raw rows (as a loader that let them through would leave them)."""
+    from medical_etl.db import connect
+    from medical_etl.migrate import migrate
+
+    c = connect(settings)
+    try:
+        migrate(c)
+        with c, c.cursor() as cur:
+            for mid, path in rows:
+                cur.execute("""INSERT INTO raw.telegram_messages (channel, message_id, message_date, image_path,
+                               media_type, source_file) VALUES ('CheMed123', %s, '2026-01-10T08:00:00Z', %s, 'photo',
+                               'telegram_messages/2026-01-10/CheMed123.json')""", (mid, path))
+    finally:
+        c.close()
+
+
+def test_enrich_reads_only_regular_files_inside_the_images_folder(settings, conn, tmp_path):
+    import os
+
+    import cv2
+
+    lake = settings.raw_data_path
+    imgs = lake / "images" / "CheMed123"
+    imgs.mkdir(parents=True)
+    ok, jpg = cv2.imencode(".jpg", cv2.imread(str(assets() / "bus.jpg")))
+    (imgs / "1.jpg").write_bytes(jpg.tobytes())
+    secret = tmp_path / "outside.jpg"              # a real photo, but outside the lake
+    secret.write_bytes(jpg.tobytes())
+    (imgs / "2.jpg").symlink_to("/etc/passwd")
+    (imgs / "3.jpg").symlink_to("/dev/zero")
+    (imgs / "4.jpg").symlink_to(secret)
+    os.mkfifo(imgs / "5.jpg")                      # nobody writes: opening it must not block
+    (lake / "images" / "linked").symlink_to(tmp_path)  # a folder link leading out of the lake
+    with open(imgs / "6.jpg", "wb") as fh:         # 3 GB, sparse: over the byte cap, never read
+        fh.truncate(3 << 30)
+    _messages(settings, [(1, "images/CheMed123/1.jpg"), (2, "images/CheMed123/2.jpg"),
+                         (3, "images/CheMed123/3.jpg"), (4, "images/CheMed123/4.jpg"),
+                         (5, "images/CheMed123/5.jpg"), (6, "images/CheMed123/6.jpg"),
+                         (7, "images/linked/outside.jpg"), (8, "/dev/zero"), (9, "../../etc/passwd"),
+                         (10, f"images/../../..{secret}"), (11, str(secret))])
+    s = run_yolo_enrichment(settings, lake, model=str(SHARED_MODEL), build_models=False)
+    assert s["photos_analysed"] == 11 and s["unreadable_photos"] == 10 and s["refused_photos"] == 10
+    rows = dict((mid, (st, reason)) for mid, st, reason in query(
+        conn, "SELECT message_id, status, reason FROM raw.image_analyses"))
+    assert rows[1][0] == "ok"
+    link = "refused: a symbolic link (links are not followed)"
+    outside = "refused: path outside the lake's images folder"
+    assert rows[2] == rows[3] == rows[4] == ("unreadable", link)
+    assert rows[5] == ("unreadable", "refused: a FIFO, not a regular file")
+    assert rows[6] == ("unreadable", f"refused: file too large ({3 << 30:,} bytes, limit 52,428,800)")
+    assert rows[7] == ("unreadable", "refused: 'linked' in the path is a symbolic link or not a folder")
+    assert rows[8] == rows[9] == rows[10] == rows[11] == ("unreadable", outside)
+    assert s["refused_reasons"][link] == 3 and s["refused_reasons"][outside] == 4
+    # nothing outside the lake reached the warehouse, and refusals are final (not retried)
+    assert query(conn, "SELECT count(*) FROM raw.image_detections WHERE message_id <> 1")[0][0] == 0
+    assert run_yolo_enrichment(settings, lake, model=str(SHARED_MODEL),
+                               build_models=False)["photos_to_analyse"] == 0
+
+
+CONFINED_RSS = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from medical_etl.images import read_confined
+    lake = Path(sys.argv[1])
+    for rel in sys.argv[2:]:
+        r = read_confined(lake, rel, max_bytes=int(1e9))
+        print(rel, r.refused, r.reason, None if r.data is None else len(r.data))
+    print(next(int(l.split()[1]) // 1024 for l in open("/proc/self/status") if l.startswith("VmHWM")))
+""")
+
+
+def test_dev_zero_and_growing_files_are_read_in_bounded_memory(tmp_path):
+    """/dev/zero behind a link, a device, and a file past the cap: refused before memory grows."""
+    imgs = tmp_path / "images" / "c"
+    imgs.mkdir(parents=True)
+    (imgs / "zero.jpg").symlink_to("/dev/zero")
+    with open(imgs / "big.jpg", "wb") as fh:   # sparse 2 GB: over a 1 GB cap
+        fh.truncate(2 << 30)
+    r = subprocess.run([sys.executable, "-c", CONFINED_RSS, str(tmp_path), "images/c/zero.jpg",
+                        "images/c/big.jpg", "/dev/zero", "images/../../../../dev/zero"],
+                       capture_output=True, text=True, timeout=120)
+    *lines, rss = r.stdout.splitlines()
+    assert all(" True refused: " in line and line.endswith(" None") for line in lines), lines
+    assert len(lines) == 4 and int(rss) < 150, rss   # reading any of them would take 1 GB or more
+
+
+def test_a_failing_decoder_ends_the_stage_with_an_error_not_a_hang(settings, conn, monkeypatch):
+    import time
+
+    import cv2
+
+    lake = settings.raw_data_path
+    (lake / "images" / "CheMed123").mkdir(parents=True)
+    ok, jpg = cv2.imencode(".jpg", cv2.imread(str(assets() / "zidane.jpg")))
+    rows = []
+    for i in range(1, 41):
+        (lake / f"images/CheMed123/{i}.jpg").write_bytes(jpg.tobytes() + b"\0" * i)  # distinct bytes
+        rows.append((i, f"images/CheMed123/{i}.jpg"))
+    _messages(settings, rows)
+    from medical_etl import detection
+
+    real = detection.decode_bytes
+    calls = {"n": 0}
+
+    def decode_then_fail(data, max_pixels):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise MemoryError("cannot allocate the decoded image")
+        return real(data, max_pixels)
+
+    monkeypatch.setattr(detection, "decode_bytes", decode_then_fail)
+    monkeypatch.setattr(enrich_mod, "_known_hashes", lambda conn, model_id: set())
+    t0 = time.monotonic()
+    with pytest.raises(EnrichError, match=r"photo decoder failed on images/CheMed123/\d+\.jpg: MemoryError: "
+                                          r"cannot allocate the decoded image"):
+        run_yolo_enrichment(settings, lake, model=str(SHARED_MODEL), build_models=False, decoders=2)
+    assert time.monotonic() - t0 < 60   # the model load included; a hang would wait for STAGE_TIMEOUT
+    assert [t.name for t in __import__("threading").enumerate() if t.name.startswith("enrich-")] == []
+
+
+def test_parallel_stage_gives_the_same_detections_as_one_photo_at_a_time(settings, conn, shared_sample):
+    """Decoder pool + a worker per core (one-thread sessions) vs Ultralytics' predict, photo by photo."""
+    posts = read_message_list(shared_sample / "messages", shared_sample / "images")
+    scrape_telegram_data(StandInClient(posts), CHANNELS, settings.raw_data_path)
+    load_raw_to_postgres(settings, settings.raw_data_path)
+    s = run_yolo_enrichment(settings, settings.raw_data_path, model=str(SHARED_MODEL), build_models=False,
+                            workers=2, decoders=3, batch=7, infer_batch=4)   # several photos per call, as on a GPU
+    assert s["workers"] == 2 and s["decoders"] == 3 and s["device"] == "cpu" and s["infer_batch"] == 4
+    ours: dict = {}
+    for path, cls, c, x1, y1, x2, y2 in query(conn, """SELECT image_path, class_id, confidence, x1, y1, x2, y2
+                                                FROM raw.image_detections ORDER BY image_path, object_index"""):
+        ours.setdefault(path, []).append((cls, c, (x1, y1, x2, y2)))
+    ref_model = load_model(str(SHARED_MODEL), "cpu")
+    compared = 0
+    for (path,) in query(conn, "SELECT image_path FROM raw.image_analyses WHERE status <> 'unreadable' "
+                               "AND (channel, message_id) IN (SELECT channel, min(message_id) FROM "
+                               "raw.image_analyses GROUP BY channel, content_sha256) ORDER BY 1")[:60]:
+        dec = decode(settings.raw_data_path / path)
+        (r,) = ref_model.predict(dec.image, verbose=False)
+        mine = ours.get(path, [])
+        assert [int(c) for c in r.boxes.cls.tolist()] == [m[0] for m in mine], path
+        np.testing.assert_allclose([m[1] for m in mine], r.boxes.conf.tolist(), atol=1e-4)
+        np.testing.assert_allclose(np.array([m[2] for m in mine]).reshape(-1, 4),
+                                   np.array(r.boxes.xyxy.tolist()).reshape(-1, 4), atol=0.05)
+        compared += 1
+    assert compared == 60 and sum(len(v) for v in ours.values()) > 100
+
+
+def test_batched_forward_matches_one_photo_per_call(tmp_path):
+    """The GPU path's batches (here on CPU, with a dynamic-batch torch model) do not change results."""
+    import shutil
+
+    import torch
+    import ultralytics
+
+    torch.manual_seed(0)
+    cfg = tmp_path / "yolov8n.yaml"   # Ultralytics' shipped architecture, random weights (no download)
+    shutil.copy(Path(ultralytics.__file__).parent / "cfg/models/v8/yolov8.yaml", cfg)
+    m = load_model(str(cfg), "cpu", conf=0.00015)   # untrained class scores are ~1e-4
+    det = Detector(m)
+    photos = sorted(Path(__file__).resolve().parents[1].glob("medical_etl/sample_export/*/photos/*.jpg"))[:3]
+    photos += [assets() / "bus.jpg", assets() / "zidane.jpg"]
+    ready = [det.prepare(Photo("c", i, str(p)), decode(p)) for i, p in enumerate(photos)]
+    x = torch.from_numpy(np.stack([r.pixels for r in ready])).permute(0, 3, 1, 2).flip(1).float() / 255
+    with torch.inference_mode():
+        def first(y):  # a torch model returns (predictions, feature maps)
+            return y[0] if isinstance(y, (list, tuple)) else y
+
+        raw_batched = first(det.backend(x))
+        raw_single = torch.cat([first(det.backend(x[i:i + 1])) for i in range(len(ready))])
+    assert raw_batched.shape == (5, 84, 8400)
+    torch.testing.assert_close(raw_batched, raw_single, atol=1e-3, rtol=1e-4)
+    batched = det.run(ready)
+    single = [det.run([r])[0] for r in ready]
+    total = 0
+    for b, one in zip(batched, single, strict=True):
+        assert [o[0] for o in b.objects] == [o[0] for o in one.objects]
+        np.testing.assert_allclose([o[2] for o in b.objects], [o[2] for o in one.objects], atol=1e-4)
+        np.testing.assert_allclose([o[3:] for o in b.objects], [o[3:] for o in one.objects], atol=0.05)
+        total += len(b.objects)
+    assert total > 0 and len(batched) == 5
+
+
+def test_progress_per_batch_on_a_terminal_only(settings, capfd):
+    import cv2
+
+    lake = settings.raw_data_path
+    (lake / "images" / "CheMed123").mkdir(parents=True)
+    img = cv2.imread(str(assets() / "bus.jpg"))
+    rows = []
+    for i in range(1, 6):
+        ok, jpg = cv2.imencode(".jpg", cv2.flip(img, 1) if i % 2 else img, [cv2.IMWRITE_JPEG_QUALITY, 80 + i])
+        (lake / f"images/CheMed123/{i}.jpg").write_bytes(jpg.tobytes())
+        rows.append((i, f"images/CheMed123/{i}.jpg"))
+    _messages(settings, rows[:2])
+    run_yolo_enrichment(settings, lake, model=str(SHARED_MODEL), build_models=False, batch=1)
+    assert capfd.readouterr().err == ""            # not a terminal (cron, a test): quiet
+    _messages(settings, rows[2:])
+    run_yolo_enrichment(settings, lake, model=str(SHARED_MODEL), build_models=False, batch=1, progress=True)
+    err = capfd.readouterr().err
+    lines = err.splitlines()
+    assert [line.split(",")[0] for line in lines] == [f"enrich: {i}/3 photos" for i in (1, 2, 3)]
+    assert all(line.endswith(" s)") and " photos/s, " in line for line in lines), lines
+
+
+def test_nothing_new_loads_no_model_and_builds_nothing_when_asked(settings, monkeypatch):
+    from medical_etl import transform
+
+    def forbidden(*a, **k):
+        raise AssertionError("not expected on a day with nothing new")
+
+    monkeypatch.setattr(enrich_mod, "load_model", forbidden)
+    monkeypatch.setattr(transform, "run_dbt_transformations", forbidden)
+    s = run_yolo_enrichment(settings, settings.raw_data_path, model=str(SHARED_MODEL), build_models="if_new")
+    assert s["photos_to_analyse"] == 0 and "dbt" not in s
+    with pytest.raises(AssertionError, match="nothing new"):   # a plain enrich run still builds and tests
+        run_yolo_enrichment(settings, settings.raw_data_path, model=str(SHARED_MODEL))
+
+
+def test_device_auto_and_the_plan_for_cpu_and_gpu():
+    import torch
+
+    from medical_etl.enrich import _device, plan
+
+    assert _device("auto") == ("0" if torch.cuda.is_available() else "cpu")
+    assert plan("cpu", 16, 2) == {"device": "cpu", "workers": 2, "decoders": 2, "infer_batch": 1}
+    assert plan("0", 16, 16) == {"device": "0", "workers": 1, "decoders": 16, "infer_batch": 16}
+    assert plan("cuda:1", 32, 8, workers=2) == {"device": "cuda:1", "workers": 2, "decoders": 8, "infer_batch": 32}
