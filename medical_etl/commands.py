@@ -209,6 +209,37 @@ def cmd_report(args, settings: Settings) -> int:
     return 0
 
 
+def cmd_status(args, settings: Settings) -> int:
+    """Exit 0; the database being unreachable is reported, not fatal (the lake and run log still print)."""
+    from .status import format_text, pipeline_status
+
+    def cursor():
+        from contextlib import contextmanager
+
+        from .db import connect
+
+        @contextmanager
+        def _cur():
+            conn = connect(settings, attempts=1, connect_timeout=min(settings.db_connect_timeout_s, 5))
+            try:
+                conn.set_session(readonly=True)
+                with conn.cursor() as cur:
+                    yield cur
+            finally:
+                conn.close()
+        return _cur()
+
+    status = pipeline_status(logs_path=settings.logs_path, lake_path=settings.raw_data_path, cursor=cursor)
+    print(json.dumps(status, indent=2, default=str, ensure_ascii=False) if args.json else format_text(status))
+    return 0
+
+
+def cmd_serve(args, settings: Settings) -> int:
+    from .api.serve import serve
+
+    return serve(settings, host=args.host, port=args.port, access_log=not args.no_access_log)
+
+
 def register(sub) -> None:
     from .jobs import JOBS
 
@@ -235,6 +266,16 @@ def register(sub) -> None:
 
     p = sub.add_parser("report", help="print what the warehouse holds: counts, image categories, top products")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("status", help="the pipeline's assets: last runs, counts, freshness, what is stale")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("serve", help="the analytical API and dashboard (API_HOST:API_PORT, default 127.0.0.1:8000)")
+    p.add_argument("--host", help="address to bind (API_HOST); non-loopback needs API_KEYS")
+    p.add_argument("--port", type=int, help="port (API_PORT)")
+    p.add_argument("--no-access-log", action="store_true", help="do not log each request")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("scrape", help="stage 1: Telegram channels to the data lake")
     p.add_argument("--channels", help="comma-separated channels (default: TELEGRAM_CHANNELS or the channels file)")

@@ -1,0 +1,246 @@
+"""The FastAPI application: JSON endpoints on the marts, the dashboard at ``/``, OpenAPI docs at ``/docs``.
+
+Build it with :func:`create_app` (explicit connection parameters, paths and access settings); the
+CLI's ``serve`` reads the settings and runs it under uvicorn.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Literal
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.middleware.gzip import GZipMiddleware
+from fastapi.responses import FileResponse, JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import __version__
+from ..db import ConnParams
+from ..secrets import mask
+from . import models, queries
+from .access import KeyRing, RateLimiter
+from .database import DatabaseUnavailable, ReadOnlyPool
+from .settings import ApiSettings
+
+log = logging.getLogger(__name__)
+STATIC = Path(__file__).resolve().parents[1] / "static"
+DASHBOARD = Path(__file__).with_name("dashboard.html")
+
+
+Channel = Annotated[str | None, Query(max_length=200, description="channel username, e.g. tikvahpharma")]
+Since = Annotated[date | None, Query(description="first day (UTC), inclusive, YYYY-MM-DD")]
+Until = Annotated[date | None, Query(description="last day (UTC), inclusive, YYYY-MM-DD")]
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, parameter: str | None = None, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.parameter, self.headers = status, message, parameter, headers
+
+
+def _error(status: int, message: str, parameter: str | None = None, detail=None, headers=None) -> JSONResponse:
+    body = {"error": message, "status": status}
+    if parameter:
+        body["parameter"] = parameter
+    if detail:
+        body["detail"] = detail
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+class _StatusCache:
+    """The asset view is read at most every ``ttl_s`` (it walks the lake and parses the run log)."""
+
+    def __init__(self, ttl_s: float):
+        self.ttl_s, self.value, self.at = ttl_s, None, 0.0
+        self.lock = threading.Lock()
+
+    def get(self, compute):
+        with self.lock:
+            if self.value is None or time.monotonic() - self.at > self.ttl_s:
+                self.value, self.at = compute(), time.monotonic()
+            return self.value
+
+
+def create_app(
+    db: ConnParams,
+    *,
+    logs_path: Path,
+    lake_path: Path,
+    api: ApiSettings | None = None,
+    status_ttl_s: float = 30.0,
+) -> FastAPI:
+    """The API over the warehouse at ``db`` (read-only connections), the run log and the lake."""
+    api = api or ApiSettings()
+    pool = ReadOnlyPool(db, size=api.pool_size)
+    keys = KeyRing(api.keys)
+    limiter = RateLimiter(api.rate_limit_per_min)
+    status_cache = _StatusCache(status_ttl_s)
+
+    app = FastAPI(title="medical_etl analytical API", version=__version__,
+                  description="Products, prices in birr (ETB), channels and images from Ethiopian medical, "
+                              "pharmacy and cosmetics Telegram channels. Read-only.",
+                  responses={401: {"model": models.Error}, 422: {"model": models.Error},
+                             429: {"model": models.Error}, 503: {"model": models.Error}})
+    app.state.pool = pool
+    app.add_middleware(GZipMiddleware, minimum_size=2048)
+    if api.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(api.cors_origins), allow_methods=["GET"],
+                           allow_headers=["Authorization"])
+
+    # --- errors: JSON with a message, never a stack trace ---------------------------------------------
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError):
+        return _error(exc.status, exc.message, exc.parameter, headers=exc.headers)
+
+    @app.exception_handler(queries.NotFound)
+    async def _not_found(request: Request, exc: queries.NotFound):
+        return _error(404, str(exc.args[0]))
+
+    @app.exception_handler(DatabaseUnavailable)
+    async def _unavailable(request: Request, exc: DatabaseUnavailable):
+        return _error(503, str(exc), headers={"Retry-After": "10"})
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        errs = exc.errors()
+        first = errs[0] if errs else {}
+        loc = [str(p) for p in first.get("loc", ()) if p not in ("query", "path", "header", "body")]
+        param = ".".join(loc) or None
+        detail = [{"parameter": ".".join(str(p) for p in e.get("loc", ())[1:]), "message": e.get("msg")}
+                  for e in errs]
+        return _error(422, f"invalid parameter {param!r}: {first.get('msg', 'invalid value')}", param, detail)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        msg = exc.detail if isinstance(exc.detail, str) else "error"
+        if exc.status_code == 404 and msg == "Not Found":
+            msg = f"no such endpoint: {request.url.path} (see /docs)"
+        return _error(exc.status_code, msg, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        log.error("unexpected error on %s: %s: %s", request.url.path, type(exc).__name__, mask(exc))
+        return _error(500, "internal error (logged on the server)")
+
+    # --- access --------------------------------------------------------------------------------------
+    def authorize(request: Request) -> None:
+        if not keys:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        key_id = keys.identify(token.strip()) if scheme.lower() == "bearer" else None
+        if key_id is None:
+            raise ApiError(401, "missing or invalid API key (send Authorization: Bearer <key>)",
+                           headers={"WWW-Authenticate": "Bearer"})
+        ok, wait = limiter.allow(key_id)
+        if not ok:
+            raise ApiError(429, f"rate limit of {api.rate_limit_per_min} requests per minute exceeded",
+                           headers={"Retry-After": str(max(1, round(wait)))})
+
+    guarded = [Depends(authorize)]
+
+    def _check_range(since, until):
+        if since and until and since > until:
+            raise ApiError(422, "invalid parameter 'until': it is before 'since'", "until")
+
+    # --- endpoints -----------------------------------------------------------------------------------
+    @app.get("/health", response_model=models.Health, tags=["ops"])
+    def health():
+        """Liveness and database reachability (503 when the database cannot be reached)."""
+        try:
+            with pool.cursor() as cur:
+                cur.execute("SELECT 1")
+            return {"status": "ok", "database": "ok", "version": __version__}
+        except DatabaseUnavailable:
+            return JSONResponse({"status": "degraded", "database": "unreachable", "version": __version__},
+                                status_code=503)
+
+    @app.get("/api/reports/top-products", response_model=models.TopProducts, dependencies=guarded,
+             tags=["reports"])
+    def top_products(limit: Annotated[int, Query(ge=1, le=200)] = 10,
+                     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+                     channel: Channel = None, since: Since = None, until: Until = None):
+        """Products by number of price mentions, with min / median / max price in birr and their channels."""
+        _check_range(since, until)
+        with pool.cursor() as cur:
+            return queries.top_products(cur, limit=limit, offset=offset, channel=channel, since=since, until=until)
+
+    @app.get("/api/products/{name}/prices", response_model=models.PriceHistory, dependencies=guarded,
+             tags=["reports"])
+    def product_prices(name: Annotated[str, PathParam(min_length=1, max_length=300)],
+                       channel: Channel = None, since: Since = None, until: Until = None):
+        """One product's price in birr per day and channel (min / median / max and mentions)."""
+        _check_range(since, until)
+        with pool.cursor() as cur:
+            return queries.price_history(cur, name, channel=channel, since=since, until=until)
+
+    @app.get("/api/channels", response_model=models.Channels, dependencies=guarded, tags=["channels"])
+    def channels(limit: Annotated[int, Query(ge=1, le=500)] = 100,
+                 offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0):
+        """The channels, most active first."""
+        with pool.cursor() as cur:
+            return queries.channels(cur, limit=limit, offset=offset)
+
+    @app.get("/api/channels/{channel}/activity", response_model=models.ChannelActivity, dependencies=guarded,
+             tags=["channels"])
+    def channel_activity(channel: Annotated[str, PathParam(max_length=200)],
+                         granularity: Literal["day", "week"] = "day", since: Since = None, until: Until = None):
+        """Posts, views, photo share and prices posted per day or ISO week (UTC)."""
+        _check_range(since, until)
+        with pool.cursor() as cur:
+            return queries.channel_activity(cur, channel, granularity=granularity, since=since, until=until)
+
+    @app.get("/api/search/messages", response_model=models.SearchResults, dependencies=guarded,
+             tags=["search"])
+    def search(query: Annotated[str, Query(min_length=1, max_length=500,
+                                           description='words (English or Amharic), "a phrase", -excluded')],
+               channel: Channel = None, limit: Annotated[int, Query(ge=1, le=100)] = 20,
+               cursor: Annotated[str | None, Query(max_length=500)] = None):
+        """Posts matching the words, best match first; page with the returned next_cursor."""
+        if not query.strip():
+            raise ApiError(422, "invalid parameter 'query': it is blank", "query")
+        if cursor:
+            try:
+                queries.decode_cursor(cursor)
+            except ValueError as exc:
+                raise ApiError(422, f"invalid parameter 'cursor': {exc}", "cursor") from None
+        with pool.cursor() as cur:
+            return queries.search_messages(cur, query, channel=channel, limit=limit, cursor=cursor)
+
+    @app.get("/api/reports/visual-content", response_model=models.VisualContent, dependencies=guarded,
+             tags=["reports"])
+    def visual_content(top_classes: Annotated[int, Query(ge=1, le=80)] = 10):
+        """Image categories per channel (most visual channels first) and the most detected object classes."""
+        with pool.cursor() as cur:
+            return queries.visual_content(cur, top_classes=top_classes)
+
+    @app.get("/api/pipeline/status", dependencies=guarded, tags=["ops"])
+    def pipeline_status() -> dict:
+        """Each asset's last successful run, counts and freshness (the same view as ``medical-etl status``)."""
+        from ..status import pipeline_status as compute
+
+        return status_cache.get(lambda: compute(logs_path=logs_path, lake_path=lake_path, cursor=pool.cursor,
+                                                exact_counts=False))
+
+    # --- the dashboard -----------------------------------------------------------------------------
+    @app.get("/", include_in_schema=False)
+    def dashboard():
+        return FileResponse(DASHBOARD, media_type="text/html; charset=utf-8",
+                            headers={"Cache-Control": "no-cache"})
+
+    @app.get("/static/{name}", include_in_schema=False)
+    def static(name: str):
+        files = {"echarts.min.js": "text/javascript", "dashboard.js": "text/javascript",
+                 "echarts.LICENSE": "text/plain", "echarts.NOTICE": "text/plain"}
+        if name not in files:
+            raise ApiError(404, f"no such file: {name}")
+        path = Path(__file__).with_name(name) if name == "dashboard.js" else STATIC / name
+        return FileResponse(path, media_type=files[name], headers={"Cache-Control": "public, max-age=3600"})
+
+    return app

@@ -1,0 +1,208 @@
+"""The API's SQL, on the marts and their rollups (medical_warehouse/models/marts/agg_*, search_messages).
+
+Every function takes a cursor (dict rows) and plain values and returns plain dicts; reports read the
+rollups through their indexes, so their cost does not grow with the number of posts.
+"""
+from __future__ import annotations
+
+import base64
+import json
+from datetime import date, timedelta
+
+CATEGORIES = ["promotional", "product_display", "lifestyle", "other"]
+
+
+class NotFound(LookupError):
+    pass
+
+
+def _day_range(since: date | None, until: date | None) -> tuple[date | None, date | None]:
+    """[since, until] inclusive days as a half-open [lo, hi) range."""
+    return since, (until + timedelta(days=1)) if until else None
+
+
+def channel_exists(cur, channel: str) -> bool:
+    cur.execute("SELECT 1 FROM marts.dim_channels WHERE channel_username = %s", (channel,))
+    return cur.fetchone() is not None
+
+
+def require_channel(cur, channel: str | None) -> None:
+    if channel is not None and not channel_exists(cur, channel):
+        raise NotFound(f"unknown channel {channel!r}")
+
+
+def top_products(cur, *, limit: int, offset: int, channel: str | None, since: date | None,
+                 until: date | None) -> dict:
+    require_channel(cur, channel)
+    if since is None and until is None:
+        where = "channel_username = %(channel)s" if channel else "channel_username IS NULL"
+        cur.execute(f"""
+            SELECT count(*) OVER () AS total, product_name_normalized AS product, product_name AS display_name,
+                   mentions, posts, min_price_birr, median_price_birr, max_price_birr, channels,
+                   first_seen_at, last_seen_at
+            FROM marts.agg_product_prices WHERE {where}
+            ORDER BY mentions DESC, product_name_normalized
+            LIMIT %(limit)s OFFSET %(offset)s""", dict(channel=channel, limit=limit, offset=offset))
+    else:
+        lo, hi = _day_range(since, until)
+        # A date window: only its rows are read, through fct_product_prices' date index.
+        cur.execute("""
+            SELECT count(*) OVER () AS total, product_name_normalized AS product,
+                   mode() WITHIN GROUP (ORDER BY product_name) AS display_name,
+                   count(*) AS mentions, count(DISTINCT message_key) AS posts,
+                   min(price_birr) AS min_price_birr,
+                   percentile_cont(0.5) WITHIN GROUP (ORDER BY price_birr)::numeric(14, 2) AS median_price_birr,
+                   max(price_birr) AS max_price_birr,
+                   array_agg(DISTINCT channel_username ORDER BY channel_username) AS channels,
+                   min(message_date) AS first_seen_at, max(message_date) AS last_seen_at
+            FROM marts.fct_product_prices
+            WHERE (%(channel)s::text IS NULL OR channel_username = %(channel)s)
+              AND (%(lo)s::date IS NULL OR message_date >= %(lo)s::date)
+              AND (%(hi)s::date IS NULL OR message_date < %(hi)s::date)
+            GROUP BY product_name_normalized
+            ORDER BY mentions DESC, product_name_normalized
+            LIMIT %(limit)s OFFSET %(offset)s""", dict(channel=channel, lo=lo, hi=hi, limit=limit, offset=offset))
+    rows = cur.fetchall()
+    total = rows[0]["total"] if rows else _count_products(cur, channel, since, until) if offset else 0
+    items = [{k: v for k, v in r.items() if k != "total"} for r in rows]
+    return {"channel": channel, "since": since, "until": until, "items": items,
+            "page": {"limit": limit, "offset": offset, "total": total,
+                     "next_offset": offset + limit if offset + limit < total else None}}
+
+
+def _count_products(cur, channel, since, until) -> int:
+    lo, hi = _day_range(since, until)
+    cur.execute("""SELECT count(DISTINCT product_name_normalized) AS n FROM marts.fct_product_prices
+                   WHERE (%(channel)s::text IS NULL OR channel_username = %(channel)s)
+                     AND (%(lo)s::date IS NULL OR message_date >= %(lo)s::date)
+                     AND (%(hi)s::date IS NULL OR message_date < %(hi)s::date)""",
+                dict(channel=channel, lo=lo, hi=hi))
+    return cur.fetchone()["n"]
+
+
+def price_history(cur, name: str, *, channel: str | None, since: date | None, until: date | None) -> dict:
+    product = name.strip().lower()
+    cur.execute("""SELECT product_name, channels FROM marts.agg_product_prices
+                   WHERE product_name_normalized = %s AND channel_username IS NULL""", (product,))
+    head = cur.fetchone()
+    if head is None:
+        raise NotFound(f"unknown product {name!r} (use a name from /api/reports/top-products)")
+    require_channel(cur, channel)
+    cur.execute("""
+        SELECT date_day AS date, channel_username AS channel, mentions, min_price_birr, median_price_birr,
+               max_price_birr
+        FROM marts.agg_product_daily
+        WHERE product_name_normalized = %(p)s
+          AND (%(channel)s::text IS NULL OR channel_username = %(channel)s)
+          AND (%(since)s::date IS NULL OR date_day >= %(since)s::date)
+          AND (%(until)s::date IS NULL OR date_day <= %(until)s::date)
+        ORDER BY date_day, channel_username""", dict(p=product, channel=channel, since=since, until=until))
+    return {"product": product, "display_name": head["product_name"], "channel": channel, "since": since,
+            "until": until, "channels": head["channels"], "points": cur.fetchall()}
+
+
+def channels(cur, *, limit: int, offset: int) -> dict:
+    cur.execute("""
+        SELECT count(*) OVER () AS total, channel_username AS channel, channel_title AS title,
+               post_count AS posts, image_post_count AS photo_posts, image_post_share AS photo_share,
+               avg_views, first_post_at, last_post_at
+        FROM marts.dim_channels ORDER BY post_count DESC, channel_username
+        LIMIT %s OFFSET %s""", (limit, offset))
+    rows = cur.fetchall()
+    total = rows[0]["total"] if rows else 0
+    if not rows and offset:
+        cur.execute("SELECT count(*) AS n FROM marts.dim_channels")
+        total = cur.fetchone()["n"]
+    return {"items": [{k: v for k, v in r.items() if k != "total"} for r in rows],
+            "page": {"limit": limit, "offset": offset, "total": total,
+                     "next_offset": offset + limit if offset + limit < total else None}}
+
+
+def channel_activity(cur, channel: str, *, granularity: str, since: date | None, until: date | None) -> dict:
+    require_channel(cur, channel)
+    period = "date_day" if granularity == "day" else "date_trunc('week', date_day)::date"
+    cur.execute(f"""
+        SELECT {period} AS period_start, sum(posts)::bigint AS posts, sum(views)::bigint AS views,
+               round(sum(views)::numeric / sum(posts), 1) AS avg_views,
+               sum(photo_posts)::bigint AS photo_posts,
+               round(sum(photo_posts)::numeric / sum(posts), 4) AS photo_share,
+               sum(posts_with_prices)::bigint AS posts_with_prices, sum(prices_posted)::bigint AS prices_posted
+        FROM marts.agg_channel_daily
+        WHERE channel_username = %(c)s
+          AND (%(since)s::date IS NULL OR date_day >= %(since)s::date)
+          AND (%(until)s::date IS NULL OR date_day <= %(until)s::date)
+        GROUP BY 1 ORDER BY 1""", dict(c=channel, since=since, until=until))
+    return {"channel": channel, "granularity": granularity, "since": since, "until": until,
+            "periods": cur.fetchall()}
+
+
+def encode_cursor(rank: float, key: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps([rank, key]).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        rank, key = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        return float(rank), str(key)
+    except (ValueError, TypeError) as exc:
+        raise ValueError("cursor is not one this API returned") from exc
+
+
+def search_messages(cur, query: str, *, channel: str | None, limit: int, cursor: str | None) -> dict:
+    """Ranked full-text search (websearch syntax: words, "phrases", -not, or) through the GIN index."""
+    require_channel(cur, channel)
+    after = decode_cursor(cursor) if cursor else None
+    params = dict(q=query, channel=channel, limit=limit + 1,
+                  rank=after[0] if after else None, key=after[1] if after else None)
+    cur.execute("""
+        WITH q AS (SELECT websearch_to_tsquery('simple', %(q)s) AS tsq),
+        hits AS (
+            SELECT s.message_key, ts_rank(s.search_vector, q.tsq) AS rank
+            FROM marts.search_messages AS s, q
+            WHERE s.search_vector @@ q.tsq
+              AND (%(channel)s::text IS NULL OR s.channel_username = %(channel)s)
+        )
+        SELECT (SELECT count(*) FROM hits) AS total, h.rank, h.message_key, m.channel_username AS channel,
+               m.message_id, m.message_date, m.views, m.message_text AS text,
+               ts_headline('simple', m.message_text, q.tsq,
+                           'StartSel=«, StopSel=», MaxWords=30, MinWords=10, MaxFragments=2') AS snippet
+        FROM (SELECT * FROM hits
+              WHERE %(rank)s::real IS NULL OR rank < %(rank)s::real
+                 OR (rank = %(rank)s::real AND message_key > %(key)s)
+              ORDER BY rank DESC, message_key LIMIT %(limit)s) AS h
+        JOIN marts.fct_messages AS m ON m.message_key = h.message_key, q
+        ORDER BY h.rank DESC, h.message_key""", params)
+    rows = cur.fetchall()
+    total = rows[0]["total"] if rows else 0
+    if not rows:
+        cur.execute("""SELECT count(*) AS n FROM marts.search_messages
+                       WHERE search_vector @@ websearch_to_tsquery('simple', %(q)s)
+                         AND (%(channel)s::text IS NULL OR channel_username = %(channel)s)""", params)
+        total = cur.fetchone()["n"]
+    more = len(rows) > limit
+    rows = rows[:limit]
+    items = [{k: v for k, v in r.items() if k not in ("total", "message_key")} for r in rows]
+    nxt = encode_cursor(rows[-1]["rank"], rows[-1]["message_key"]) if more and rows else None
+    return {"query": query, "total": total, "next_cursor": nxt, "items": items}
+
+
+def visual_content(cur, *, top_classes: int) -> dict:
+    cur.execute("""
+        SELECT c.channel_username AS channel, c.post_count AS posts, c.image_post_count AS photo_posts,
+               c.image_post_share AS photo_share,
+               coalesce(jsonb_object_agg(v.image_category, v.photos) FILTER (WHERE v.image_category IS NOT NULL),
+                        '{}'::jsonb) AS categories
+        FROM marts.dim_channels AS c
+        LEFT JOIN marts.agg_visual_content AS v ON v.channel_username = c.channel_username
+        GROUP BY 1, 2, 3, 4
+        ORDER BY c.image_post_share DESC, c.channel_username""")
+    out = []
+    for r in cur.fetchall():
+        cats = {k: int(r["categories"].get(k, 0)) for k in CATEGORIES}
+        n = sum(cats.values())
+        out.append({"channel": r["channel"], "posts": r["posts"], "photo_posts": r["photo_posts"],
+                    "photo_share": float(r["photo_share"]), "photos_analysed": n, "categories": cats,
+                    "category_share": {k: round(v / n, 4) if n else 0.0 for k, v in cats.items()}})
+    cur.execute("""SELECT class_name, sum(objects)::bigint AS objects, sum(photos)::bigint AS photos
+                   FROM marts.agg_detected_classes GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT %s""", (top_classes,))
+    return {"categories": CATEGORIES, "channels": out, "top_classes": cur.fetchall()}

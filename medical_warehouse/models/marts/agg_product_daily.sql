@@ -1,0 +1,19 @@
+{#- A product's price per day and channel (the API's price history): bounded by days x channels
+    per product, however many posts mention it. -#}
+
+with prices as (
+
+    select * from {{ ref('fct_product_prices') }}
+
+)
+
+select
+    product_name_normalized,
+    channel_username,
+    (message_date at time zone 'UTC')::date                            as date_day,
+    count(*)                                                           as mentions,
+    min(price_birr)                                                    as min_price_birr,
+    percentile_cont(0.5) within group (order by price_birr)::numeric(14, 2) as median_price_birr,
+    max(price_birr)                                                    as max_price_birr
+from prices
+group by 1, 2, 3
