@@ -110,7 +110,7 @@ def create_app(
     async def _invalid(request: Request, exc: RequestValidationError):
         errs = exc.errors()
         first = errs[0] if errs else {}
-        loc = [str(p) for p in first.get("loc", ()) if p not in ("query", "path", "header", "body")]
+        loc = [str(p) for p in first.get("loc", ())[1:]]  # loc[0] says where: query, path, header
         param = ".".join(loc) or None
         detail = [{"parameter": ".".join(str(p) for p in e.get("loc", ())[1:]), "message": e.get("msg")}
                   for e in errs]

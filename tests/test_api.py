@@ -1,0 +1,343 @@
+"""The analytical API against a real warehouse built from the shared sample; every answer is checked
+against SQL written here, independently of the API's queries and rollups."""
+from __future__ import annotations
+
+import logging
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from decimal import Decimal
+
+import psycopg2
+import pytest
+from api_warehouse import build_sample_warehouse
+from conftest import REPO, query, settings_env
+from fastapi.testclient import TestClient
+
+from medical_etl.api.app import create_app
+from medical_etl.api.settings import ApiSettings
+from medical_etl.db import ConnParams
+
+KEY = "k-0123456789abcdef-api-test"
+
+
+@pytest.fixture(scope="module")
+def wh(pg_admin, tmp_path_factory):
+    with build_sample_warehouse(pg_admin, tmp_path_factory.mktemp("apiwh")) as built:
+        yield built
+
+
+@pytest.fixture(scope="module")
+def db(wh):
+    c = psycopg2.connect(**wh.params.kwargs())
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def client(wh):
+    app = create_app(wh.params, logs_path=wh.settings.logs_path, lake_path=wh.settings.raw_data_path)
+    with TestClient(app) as c:
+        yield c
+
+
+def ok(client, url, **kw):
+    r = client.get(url, **kw)
+    assert r.status_code == 200, (url, r.status_code, r.text[:500])
+    return r.json()
+
+
+def num(v):
+    return float(v) if isinstance(v, Decimal) else v
+
+
+# --- reports -------------------------------------------------------------------------------------
+
+TOP_SQL = """
+    SELECT product_name_normalized, count(*), min(price_birr),
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY price_birr), max(price_birr),
+           array_agg(DISTINCT channel_username ORDER BY channel_username)
+    FROM marts.fct_product_prices
+    WHERE channel_username = coalesce(%(c)s, channel_username)
+      AND message_date >= coalesce(%(lo)s::timestamptz, '-infinity')
+      AND message_date < coalesce(%(hi)s::timestamptz, 'infinity')
+    GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT %(n)s OFFSET %(off)s"""
+
+
+def _top(r):
+    return [(p["product"], p["mentions"], p["min_price_birr"], p["median_price_birr"], p["max_price_birr"],
+             p["channels"]) for p in r["items"]]
+
+
+def _top_sql(db, c=None, lo=None, hi=None, n=10, off=0):
+    return [(p, n_, num(lo_), round(float(med), 2), num(hi_), chans)
+            for p, n_, lo_, med, hi_, chans in query(db, TOP_SQL, dict(c=c, lo=lo, hi=hi, n=n, off=off))]
+
+
+def test_top_products_match_sql(client, db):
+    r = ok(client, "/api/reports/top-products?limit=10")
+    assert r["currency"] == "ETB" and len(r["items"]) == 10
+    assert _top(r) == _top_sql(db)
+    assert r["page"]["total"] == query(db, "SELECT count(DISTINCT product_name_normalized) FROM marts.fct_product_prices")[0][0]
+    page2 = ok(client, "/api/reports/top-products?limit=10&offset=10")
+    assert _top(page2) == _top_sql(db, off=10) and page2["page"]["next_offset"] == 20
+
+    r = ok(client, "/api/reports/top-products?limit=5&channel=lobelia4cosmetics")
+    assert _top(r) == _top_sql(db, c="lobelia4cosmetics", n=5)
+    assert all(p["channels"] == ["lobelia4cosmetics"] for p in r["items"])
+
+    r = ok(client, "/api/reports/top-products?limit=8&since=2026-01-13&until=2026-01-14")
+    assert _top(r) == _top_sql(db, lo="2026-01-13", hi="2026-01-15", n=8)
+    assert all("2026-01-13" <= p["first_seen_at"][:10] <= p["last_seen_at"][:10] <= "2026-01-14" for p in r["items"])
+
+
+def test_price_history_matches_sql(client, db):
+    (name,) = query(db, """SELECT product_name_normalized FROM marts.fct_product_prices GROUP BY 1
+                           HAVING count(DISTINCT message_date::date) > 2 ORDER BY count(*) DESC, 1 LIMIT 1""")[0]
+    r = ok(client, f"/api/products/{urllib.request.quote(name.upper())}/prices")  # any case finds it
+    expected = query(db, """
+        SELECT (message_date AT TIME ZONE 'UTC')::date, channel_username, count(*), min(price_birr),
+               percentile_cont(0.5) WITHIN GROUP (ORDER BY price_birr), max(price_birr)
+        FROM marts.fct_product_prices WHERE product_name_normalized = %s GROUP BY 1, 2 ORDER BY 1, 2""", (name,))
+    got = [(p["date"], p["channel"], p["mentions"], p["min_price_birr"], p["median_price_birr"], p["max_price_birr"])
+           for p in r["points"]]
+    assert got == [(d.isoformat(), c, n, num(lo), round(float(m), 2), num(hi)) for d, c, n, lo, m, hi in expected]
+    assert r["product"] == name and r["currency"] == "ETB" and len(got) > 2
+    first_day = expected[1][0].isoformat()
+    later = ok(client, f"/api/products/{urllib.request.quote(name)}/prices?since={first_day}")
+    assert [p["date"] for p in later["points"]] == [d.isoformat() for d, *_ in expected if d.isoformat() >= first_day]
+
+
+def test_channels_and_activity_match_sql(client, db):
+    r = ok(client, "/api/channels")
+    expected = query(db, """SELECT channel_username, count(*), count(*) FILTER (WHERE has_image) FROM marts.fct_messages
+                            GROUP BY 1 ORDER BY 2 DESC, 1""")
+    assert [(c["channel"], c["posts"], c["photo_posts"]) for c in r["items"]] == expected
+    assert r["page"]["total"] == 3
+    assert [c["channel"] for c in ok(client, "/api/channels?limit=1&offset=1")["items"]] == [expected[1][0]]
+
+    for granularity, bucket in (("day", "(message_date AT TIME ZONE 'UTC')::date"),
+                                ("week", "date_trunc('week', (message_date AT TIME ZONE 'UTC')::date)::date")):
+        r = ok(client, f"/api/channels/CheMed123/activity?granularity={granularity}")
+        rows = query(db, f"""SELECT {bucket}, count(*), sum(views), count(*) FILTER (WHERE has_image),
+                                    sum(price_count), count(*) FILTER (WHERE price_count > 0)
+                             FROM marts.fct_messages WHERE channel_username = 'CheMed123' GROUP BY 1 ORDER BY 1""")
+        got = [(p["period_start"], p["posts"], p["views"], p["photo_posts"], p["prices_posted"], p["posts_with_prices"])
+               for p in r["periods"]]
+        assert got == [(d.isoformat(), n, int(v), ph, int(pr), pp) for d, n, v, ph, pr, pp in rows]
+        assert all(abs(p["photo_share"] - p["photo_posts"] / p["posts"]) < 1e-3 for p in r["periods"])
+    assert sum(p["posts"] for p in r["periods"]) == 76
+    days = ok(client, "/api/channels/tikvahpharma/activity?since=2026-01-12&until=2026-01-13")["periods"]
+    assert [p["period_start"] for p in days] == ["2026-01-12", "2026-01-13"]
+
+
+def test_visual_content_matches_sql(client, db):
+    r = ok(client, "/api/reports/visual-content?top_classes=5")
+    cats = query(db, "SELECT channel_username, image_category, count(*) FROM marts.fct_image_categories GROUP BY 1, 2")
+    expected = {}
+    for ch, cat, n in cats:
+        expected.setdefault(ch, {}).update({cat: n})
+    for c in r["channels"]:
+        assert {k: v for k, v in c["categories"].items() if v} == expected[c["channel"]]
+        assert c["photos_analysed"] == sum(expected[c["channel"]].values())
+        assert abs(sum(c["category_share"].values()) - 1) < 1e-3
+    shares = [c["photo_share"] for c in r["channels"]]
+    assert shares == sorted(shares, reverse=True) and len(shares) == 3
+    classes = query(db, """SELECT class_name, count(*), count(DISTINCT message_key) FROM marts.fct_image_detections
+                           GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 5""")
+    assert [(c["class_name"], c["objects"], c["photos"]) for c in r["top_classes"]] == classes
+
+
+# --- search ------------------------------------------------------------------------------------------
+
+def _all_pages(client, q, limit=3, **params):
+    items, cursor, pages = [], None, 0
+    while True:
+        url = f"/api/search/messages?query={urllib.request.quote(q)}&limit={limit}" + \
+              "".join(f"&{k}={v}" for k, v in params.items()) + (f"&cursor={cursor}" if cursor else "")
+        r = ok(client, url)
+        items += r["items"]
+        pages += 1
+        cursor = r["next_cursor"]
+        if not cursor:
+            return r["total"], items, pages
+
+
+@pytest.mark.parametrize("word", ["vitamin", "መድሀኒት", "ዋጋ"])
+def test_search_english_and_amharic(client, db, word):
+    expected = {(c, m) for c, m in query(db, """
+        SELECT channel_username, message_id FROM marts.fct_messages
+        WHERE message_text ~* ('(^|[^[:alnum:]])' || %s || '($|[^[:alnum:]])')""", (word,))}
+    assert len(expected) >= 2
+    total, items, pages = _all_pages(client, word)
+    assert total == len(expected) and pages > 1
+    assert {(h["channel"], h["message_id"]) for h in items} == expected  # every match, each once, over the pages
+    assert len(items) == len(expected)
+    ranks = [h["rank"] for h in items]
+    assert ranks == sorted(ranks, reverse=True)
+    assert all(f"«{word}»" in h["snippet"].lower() or f"«{word.capitalize()}»" in h["snippet"] for h in items)
+
+
+def test_search_filters_phrases_and_uses_the_index(client, db, wh):
+    r = ok(client, "/api/search/messages?query=vitamin&channel=CheMed123&limit=100")
+    assert r["items"] and all(h["channel"] == "CheMed123" for h in r["items"])
+    r = ok(client, '/api/search/messages?query=' + urllib.request.quote('"nature made" -xyzzy') + "&limit=100")
+    assert r["items"] and all("nature made" in h["text"].lower() for h in r["items"])
+    assert ok(client, "/api/search/messages?query=zzqqxxnotaword")["total"] == 0
+    with psycopg2.connect(**wh.params.kwargs()) as c, c.cursor() as cur:
+        cur.execute("SET enable_seqscan = off")
+        cur.execute("""EXPLAIN SELECT message_key FROM marts.search_messages
+                       WHERE search_vector @@ websearch_to_tsquery('simple', 'vitamin')""")
+        plan = "\n".join(r[0] for r in cur.fetchall())
+    assert "search_messages_vector_idx" in plan
+
+
+# --- errors ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("url,status,param", [
+    ("/api/channels/no_such_channel/activity", 404, None),
+    ("/api/reports/top-products?channel=no_such_channel", 404, None),
+    ("/api/products/no%20such%20product/prices", 404, None),
+    ("/api/search/messages?query=vitamin&channel=nope", 404, None),
+    ("/api/nothing/here", 404, None),
+    ("/api/reports/top-products?limit=0", 422, "limit"),
+    ("/api/reports/top-products?limit=abc", 422, "limit"),
+    ("/api/reports/top-products?since=2026-13-01", 422, "since"),
+    ("/api/reports/top-products?since=2026-01-10&until=2026-01-01", 422, "until"),
+    ("/api/channels/CheMed123/activity?granularity=month", 422, "granularity"),
+    ("/api/search/messages", 422, "query"),
+    ("/api/search/messages?query=%20", 422, "query"),
+    ("/api/search/messages?query=a&cursor=notacursor", 422, "cursor"),
+])
+def test_errors_are_json_with_a_message(client, url, status, param):
+    r = client.get(url)
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert body["status"] == status and body["error"] and "Traceback" not in r.text
+    if param:
+        assert body["parameter"] == param and param in body["error"]
+    if status == 404 and "no_such_channel" in url:
+        assert "no_such_channel" in body["error"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_database_unreachable_is_503(wh):
+    dead = ConnParams("127.0.0.1", _free_port(), "nowhere", "postgres")
+    app = create_app(dead, logs_path=wh.settings.logs_path, lake_path=wh.settings.raw_data_path)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        for url in ("/api/reports/top-products", "/api/channels", "/api/search/messages?query=x",
+                    "/api/reports/visual-content", "/health"):
+            r = c.get(url)
+            assert r.status_code == 503, (url, r.text)
+            assert "Traceback" not in r.text and "psycopg2" not in r.text
+        assert "unreachable" in c.get("/api/channels").json()["error"]
+        status = c.get("/api/pipeline/status")  # the lake and run-log parts still answer
+        assert status.status_code == 200
+        s = status.json()
+        assert s["database"]["reachable"] is False and s["assets"][0]["metadata"]["messages"] == 276
+
+
+def test_warehouse_not_built_is_503(pg_admin, tmp_path):
+    from conftest import scratch_database
+
+    with scratch_database(pg_admin) as empty:
+        app = create_app(empty, logs_path=tmp_path, lake_path=tmp_path)
+        with TestClient(app) as c:
+            r = c.get("/api/channels")
+            assert r.status_code == 503 and "not been built" in r.json()["error"]
+            assert c.get("/health").status_code == 200
+
+
+# --- access ------------------------------------------------------------------------------------------
+
+def test_keys_rate_limit_and_keys_never_logged(wh, caplog):
+    api = ApiSettings(keys=(KEY, "another-key-of-16-chars"), rate_limit_per_min=5)
+    app = create_app(wh.params, logs_path=wh.settings.logs_path, lake_path=wh.settings.raw_data_path, api=api)
+    caplog.set_level(logging.DEBUG)
+    with TestClient(app) as c:
+        assert c.get("/api/channels").status_code == 401
+        assert c.get("/api/channels", headers={"Authorization": f"Bearer {KEY}x"}).status_code == 401
+        assert c.get("/api/channels", headers={"Authorization": f"Basic {KEY}"}).status_code == 401
+        r = c.get("/api/channels", headers={"Authorization": "Bearer wrong"})
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer" and KEY not in r.text
+        good = {"Authorization": f"Bearer {KEY}"}
+        codes = [c.get("/api/channels", headers=good).status_code for _ in range(7)]
+        assert codes == [200] * 5 + [429] * 2
+        r = c.get("/api/channels", headers=good)
+        assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1 and "rate limit" in r.json()["error"]
+        # the limit is per key: the other key still gets through
+        assert c.get("/api/channels", headers={"Authorization": "Bearer another-key-of-16-chars"}).status_code == 200
+        assert c.get("/health").status_code == 200  # probes need no key
+        assert c.get("/").status_code == 200
+    assert KEY not in caplog.text
+
+
+def test_cors_off_unless_configured(wh):
+    origin = {"Origin": "http://analyst.example"}
+    app = create_app(wh.params, logs_path=wh.settings.logs_path, lake_path=wh.settings.raw_data_path)
+    with TestClient(app) as c:
+        assert "access-control-allow-origin" not in c.get("/api/channels", headers=origin).headers
+    app = create_app(wh.params, logs_path=wh.settings.logs_path, lake_path=wh.settings.raw_data_path,
+                     api=ApiSettings(cors_origins=("http://analyst.example",)))
+    with TestClient(app) as c:
+        r = c.get("/api/channels", headers=origin)
+        assert r.headers["access-control-allow-origin"] == "http://analyst.example"
+
+
+def test_the_api_connection_is_read_only(client, db):
+    before = query(db, "SELECT count(*) FROM marts.fct_messages")[0][0]
+    pool = client.app.state.pool
+    for statement in ("DELETE FROM marts.fct_messages", "CREATE TABLE marts.api_probe (i int)",
+                      "UPDATE raw.telegram_messages SET views = 0"):
+        with pytest.raises(psycopg2.errors.ReadOnlySqlTransaction):
+            with pool.cursor() as cur:
+                cur.execute(statement)
+    assert query(db, "SELECT count(*) FROM marts.fct_messages")[0][0] == before
+    assert ok(client, "/api/channels")["page"]["total"] == 3  # the pool still serves
+
+
+# --- serve -------------------------------------------------------------------------------------------
+
+def test_serve_refuses_a_public_address_without_keys(wh):
+    env = settings_env(wh.settings)
+    env.update(API_HOST="0.0.0.0", API_PORT=str(_free_port()))
+    env.pop("API_KEYS", None)
+    r = subprocess.run([sys.executable, "-m", "medical_etl", "serve"], env=env, cwd=REPO, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2 and "API_KEYS" in r.stderr
+
+
+def test_serve_on_loopback_with_keys_from_the_environment(wh):
+    port = _free_port()
+    env = settings_env(wh.settings)
+    env.update(API_PORT=str(port), API_KEYS=KEY)
+    proc = subprocess.Popen([sys.executable, "-m", "medical_etl", "serve"], env=env, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(150):
+            try:
+                urllib.request.urlopen(f"{base}/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.2)
+        req = urllib.request.Request(f"{base}/api/channels", headers={"Authorization": f"Bearer {KEY}"})
+        assert b'"lobelia4cosmetics"' in urllib.request.urlopen(req, timeout=10).read()
+        with pytest.raises(urllib.error.HTTPError) as denied:
+            urllib.request.urlopen(f"{base}/api/channels", timeout=10)
+        assert denied.value.code == 401
+        page = urllib.request.urlopen(f"{base}/", timeout=10).read().decode()
+        assert "/static/echarts.min.js" in page and "cdn" not in page.lower()
+        assert urllib.request.urlopen(f"{base}/openapi.json", timeout=10).status == 200
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=30)[0]
+    assert "Application startup complete" in out
+    assert KEY not in out
