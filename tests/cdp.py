@@ -90,6 +90,8 @@ class Browser:
         t0 = time.monotonic()
         self.call("Page.navigate", url=url)
         while time.monotonic() - t0 < timeout:
+            if self.exceptions:
+                raise RuntimeError(f"{url}: JavaScript error: {self.exceptions[0]}")
             try:
                 if self.evaluate(ready):
                     return time.monotonic() - t0

@@ -59,8 +59,9 @@ _SCRIPT = """
       tooltip: {trigger: "item", formatter: function (p) { var r = p.data.run;
         return "<b>" + p.data.stage + "</b> " + r.duration_s.toFixed(1) + " s (" + r.status + ")<br>run " + r.run_id +
                "<br>" + fmtTime(r.finished_at); }},
-      xAxis: {type: "time", name: "Run finished (UTC)", nameLocation: "middle", nameGap: 28},
-      yAxis: {type: "value", name: "Duration (s)", min: 0},
+      xAxis: {type: "time", name: "Run finished (UTC)", nameLocation: "middle", nameGap: 30,
+              axisLabel: {formatter: "{yyyy}-{MM}-{dd} {HH}:{mm}", hideOverlap: true}},
+      yAxis: {type: "value", name: "Duration (s)", min: 0, nameTextStyle: {align: "left"}},
       series: series
     });
   }
@@ -70,7 +71,7 @@ _SCRIPT = """
       tooltip: {trigger: "axis", axisPointer: {type: "shadow"}},
       xAxis: {type: "category", name: "Scrape run (UTC)", nameLocation: "middle", nameGap: 28,
               data: data.volume.map(function (r) { return r.finished_at.slice(0, 16).replace("T", " "); })},
-      yAxis: {type: "value", name: "Count per run", minInterval: 1},
+      yAxis: {type: "value", name: "Count per run", minInterval: 1, nameTextStyle: {align: "left"}},
       series: [
         {name: "new messages", type: "bar", color: "#1f77b4", data: data.volume.map(function (r) { return r.messages; })},
         {name: "photos analysed", type: "bar", color: "#ff7f0e", data: data.volume.map(function (r) { return r.photos; })}

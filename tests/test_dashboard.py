@@ -1,0 +1,238 @@
+"""The dashboard (served by the API) and the monitor's report.html in Debian's headless Chromium, with
+no network beyond loopback: no console errors, every chart drawn with its axes and the API's data.
+Screenshots are kept under TEST_ARTIFACTS_DIR (default test-artifacts/)."""
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from api_warehouse import build_sample_warehouse
+from cdp import Browser
+from conftest import REPO
+
+from medical_etl.api.app import create_app
+from medical_etl.api.settings import ApiSettings
+
+ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS_DIR") or REPO / "test-artifacts")
+KEY = "dashboard-test-key-0123456789"
+
+
+def artifact(name: str) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS / name
+
+
+class Server:
+    """uvicorn in a thread on a free loopback port."""
+
+    def __init__(self, app):
+        import uvicorn
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                                    access_log=False))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.05)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self):
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def wh(pg_admin, tmp_path_factory):
+    with build_sample_warehouse(pg_admin, tmp_path_factory.mktemp("dashwh")) as built:
+        yield built
+
+
+@pytest.fixture
+def browser(tmp_path):
+    b = Browser(tmp_path / "profile", offline=True)
+    yield b
+    b.close()
+
+
+CHART_INFO = """(function () {
+  var out = {};
+  Object.keys(window.__dashboard.charts).forEach(function (id) {
+    var c = window.__dashboard.charts[id], o = c.getOption(), el = document.getElementById(id);
+    out[id] = {
+      xAxis: o.xAxis.map(function (a) { return {type: a.type, name: a.name, data: a.data || null}; }),
+      yAxis: o.yAxis.map(function (a) { return {type: a.type, name: a.name, data: a.data || null}; }),
+      legend: (o.legend && o.legend[0] && c.getModel().getComponent('legend')) ?
+              c.getModel().getComponent('legend').getData().map(function (d) { return d.get('name'); }) : [],
+      series: o.series.map(function (s) { return {name: s.name, n: s.data.length, data: s.data}; }),
+      svgTexts: Array.prototype.map.call(el.querySelectorAll('svg text'), function (t) { return t.textContent; }),
+      marks: el.querySelectorAll('svg path, svg rect').length,
+      tooltip: !!(o.tooltip && o.tooltip.length && o.tooltip[0].show !== false)
+    };
+  });
+  return out;
+})()"""
+
+
+def test_dashboard_draws_every_chart_offline(wh, browser):
+    app = create_app(wh.params, logs_path=wh.settings.logs_path, lake_path=wh.settings.raw_data_path)
+    server = Server(app)
+    try:
+        from fastapi.testclient import TestClient
+
+        api = TestClient(app)
+        top = api.get("/api/reports/top-products?limit=15").json()["items"]
+        visual = api.get("/api/reports/visual-content").json()
+        seconds = browser.open(server.url + "/", "document.body.dataset.state !== 'loading'")
+        state = browser.evaluate("document.body.dataset.state")
+        shot = browser.screenshot(artifact("dashboard.png"))
+        info = browser.evaluate(CHART_INFO)
+        health = browser.evaluate("document.getElementById('health-table').innerText")
+    finally:
+        server.stop()
+    assert state == "ready", browser.evaluate("JSON.stringify(window.__dashboard.errors)")
+    assert browser.errors() == []
+    # everything came from the app itself (the browser had no route elsewhere)
+    assert browser.requests and all(u.startswith(server.url + "/") for u in browser.requests), browser.requests
+    assert any(u.endswith("/static/echarts.min.js") for u in browser.requests)
+    assert seconds < 20 and shot.stat().st_size > 50_000
+
+    assert set(info) == {"chart-top", "chart-prices", "chart-activity", "chart-visual"}
+    for chart_id, c in info.items():
+        assert c["xAxis"][0]["name"] and c["yAxis"][0]["name"] or c["yAxis"][0]["data"], chart_id
+        assert c["tooltip"] and c["legend"], chart_id
+        assert all(s["n"] > 0 for s in c["series"]), chart_id
+        assert c["marks"] > 10, chart_id
+
+    t = info["chart-top"]
+    assert t["xAxis"][0]["name"] == "Price (ETB)"
+    assert t["yAxis"][0]["data"] == [p["display_name"] for p in reversed(top)]
+    medians = next(s for s in t["series"] if s["name"] == "median price")["data"]
+    assert medians == [p["median_price_birr"] for p in reversed(top)]
+    assert "Price (ETB)" in t["svgTexts"] and "median price" in t["svgTexts"]
+
+    p = info["chart-prices"]
+    assert p["xAxis"][0]["type"] == "time" and p["yAxis"][0]["name"] == "Median price (ETB)"
+    history = api.get(f"/api/products/{top[0]['product']}/prices").json()["points"]
+    assert sum(s["n"] for s in p["series"]) == len(history)
+    assert any(x.startswith("2026-01-") for x in p["svgTexts"])  # dated axis labels
+
+    a = info["chart-activity"]
+    assert a["xAxis"][0]["type"] == "time" and [y["name"] for y in a["yAxis"]] == \
+        ["Posts / prices (count)", "Photo share (%)"]
+    assert set(a["legend"]) == {"posts", "prices posted", "photo share (%)"}
+
+    v = info["chart-visual"]
+    assert v["yAxis"][0]["data"] == [c["channel"] for c in reversed(visual["channels"])]
+    assert set(v["legend"]) == {"promotional", "product_display", "lifestyle", "other"}
+    assert "Share of analysed photos (%)" in v["svgTexts"]
+
+    for asset in ("telegram_data", "raw_database", "data_warehouse", "image_enrichment"):
+        assert asset in health
+    assert "276 messages" in health and "fresh" in health
+
+
+def test_dashboard_asks_for_a_key_when_the_api_needs_one(wh, browser):
+    app = create_app(wh.params, logs_path=wh.settings.logs_path, lake_path=wh.settings.raw_data_path,
+                     api=ApiSettings(keys=(KEY,)))
+    server = Server(app)
+    try:
+        browser.open(server.url + "/", "document.body.dataset.state !== 'loading'")
+        assert browser.evaluate("getComputedStyle(document.getElementById('auth')).display") == "flex"
+        assert browser.evaluate("document.body.dataset.state") == "error"
+        browser.evaluate(f"sessionStorage.setItem('medical_etl_api_key', '{KEY}')")
+        browser.open(server.url + "/", "document.body.dataset.state !== 'loading'")
+        assert browser.evaluate("document.body.dataset.state") == "ready"
+        assert browser.evaluate("getComputedStyle(document.getElementById('auth')).display") == "none"
+    finally:
+        server.stop()
+
+
+# --- the monitor's report.html ---------------------------------------------------------------------
+
+REPORT_INFO = """(function () {
+  var out = {};
+  Object.keys(window.__reportCharts).forEach(function (id) {
+    var c = window.__reportCharts[id], o = c.getOption(), el = document.getElementById(id);
+    out[id] = {
+      xAxis: o.xAxis.map(function (a) { return {type: a.type, name: a.name, data: a.data || null}; }),
+      yAxis: o.yAxis.map(function (a) { return {type: a.type, name: a.name, data: a.data || null}; }),
+      series: o.series.map(function (s) { return {name: s.name, data: s.data.map(function (d) {
+        return d && d.value !== undefined ? d.value : d; })}; }),
+      svgTexts: Array.prototype.map.call(el.querySelectorAll('svg text'), function (t) { return t.textContent; }),
+      tooltip: !!(o.tooltip && o.tooltip.length)
+    };
+  });
+  return out;
+})()"""
+
+
+def test_monitor_report_renders_offline_with_axes_units_and_the_logs_numbers(tmp_path, browser):
+    from test_monitor import NOW, rec, rule, rules_file, run
+
+    records = []
+    for i in range(6):
+        at = NOW - timedelta(days=6 - i)
+        rid = f"run{i}"
+        status = "failed" if i == 5 else "success"
+        records += [rec(stage="scrape", at=at, duration=10 + i, run_id=rid, metrics={"new_messages": 100 + i}),
+                    rec(stage="load", at=at, duration=5 + i, run_id=rid, status=status),
+                    rec(stage="enrich", at=at, duration=30.5 + i, run_id=rid, metrics={"photos_analysed": 20 + i}),
+                    rec(at=at, duration=50 + i, run_id=rid, status=status)]
+    html_path = tmp_path / "report.html"
+    run(tmp_path, records, rules_file(tmp_path, rule()), html_path=html_path)
+    text = html_path.read_text()
+    assert "<script src" not in text and "<link" not in text  # self-contained: ECharts is inlined
+    browser.open(html_path.as_uri(), "document.body.dataset.state === 'ready'")
+    info = browser.evaluate(REPORT_INFO)
+    browser.screenshot(artifact("monitor-report.png"))
+    assert browser.errors() == []
+    assert all(u.startswith("file://") for u in browser.requests), browser.requests
+
+    d = info["durations"]
+    assert d["xAxis"][0] == {"type": "time", "name": "Run finished (UTC)", "data": None}
+    assert d["yAxis"][0]["name"] == "Duration (s)"
+    series = {s["name"]: s["data"] for s in d["series"]}
+    assert [v[1] for v in series["load"]] == [5, 6, 7, 8, 9, 10]
+    assert [v[1] for v in series["enrich"]] == [30.5, 31.5, 32.5, 33.5, 34.5, 35.5]
+    assert [v[1] for v in series["failed run"]] == [10]  # load's failed run5
+    assert "Duration (s)" in d["svgTexts"] and any(t in d["svgTexts"] for t in ("10", "20", "30"))
+
+    v = info["volume"]
+    assert v["yAxis"][0]["name"] == "Count per run" and len(v["xAxis"][0]["data"]) == 6
+    vol = {s["name"]: s["data"] for s in v["series"]}
+    assert vol["new messages"] == [100, 101, 102, 103, 104, 105] and vol["photos analysed"] == [20, 21, 22, 23, 24, 25]
+    assert "Count per run" in v["svgTexts"] and "new messages" in v["svgTexts"]
+    assert 'class="alert critical"' in browser.evaluate("document.body.innerHTML")
+
+
+def test_monitor_report_freshness_chart_has_its_unit(tmp_path, browser):
+    from datetime import datetime, timezone
+
+    from medical_etl.monitoring.html import render
+    from medical_etl.monitoring.stats import read_log, summarize
+
+    log = tmp_path / "runs.jsonl"
+    log.write_text("")
+    stats = read_log(log)
+    now = datetime(2026, 11, 26, tzinfo=timezone.utc)
+    html_path = tmp_path / "report.html"
+    html_path.write_text(render(stats, summarize(stats), [], {"CheMed123": 12.5, "tikvahpharma": 130.25}, now))
+    browser.open(html_path.as_uri(), "document.body.dataset.state === 'ready'")
+    info = browser.evaluate(REPORT_INFO)
+    browser.screenshot(artifact("monitor-report-freshness.png"))
+    assert browser.errors() == []
+    f = info["freshness"]
+    assert f["xAxis"][0]["name"] == "Hours since the channel's last post (h)"
+    assert f["yAxis"][0]["data"] == ["CheMed123", "tikvahpharma"] and f["series"][0]["data"] == [12.5, 130.25]
+    assert "12.5 h" in f["svgTexts"] and "130.3 h" in f["svgTexts"]
+    assert set(info) == {"freshness"}  # no runs: the other two say so in words
