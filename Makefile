@@ -20,7 +20,7 @@ DEMO_ENV := DB_HOST= TELEGRAM_SOURCE=sample YOLO_MODEL=$(DEMO_YOLO_MODEL) \
 .PHONY: help setup test lint doctor demo dbt pipeline weekly scrape-load transform enrich \
         stage-scrape stage-load stage-transform stage-enrich monitor report telegram-login \
         install-cron uninstall-cron bench-load bench-transform bench-enrich bench-idle bench-monitor clean \
-        system-deps
+        system-deps serve status bench-api
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -99,6 +99,12 @@ monitor: $(STAMP) ## alert rules over the run log; writes monitor/report.html; e
 report: $(STAMP) ## print row counts, image categories and top products
 	$(ETL) report
 
+status: $(STAMP) ## the pipeline's assets: last runs, counts, freshness, what is stale (--json: ETL_ARGS=--json)
+	$(ETL) status $(ETL_ARGS)
+
+serve: $(STAMP) ## the analytical API and dashboard on API_HOST:API_PORT (default http://127.0.0.1:8000)
+	$(ETL) serve
+
 telegram-login: $(STAMP) ## one interactive Telegram login; writes the session file (0600)
 	$(ETL) telegram-login
 
@@ -124,6 +130,9 @@ bench-idle: $(STAMP) ## the daily job on a day with nothing new (median of 5) vs
 
 bench-monitor: $(STAMP) ## the monitor on a 100,000-record run log vs 10,000 and vs a load-everything baseline
 	$(BIN)/python bench/bench_monitor.py
+
+bench-api: $(STAMP) ## API latency on 100,000 and 1,000,000-post warehouses, 20 clients; dashboard first load
+	$(BIN)/python bench/bench_api.py
 
 clean: ## remove dbt target and logs folders
 	rm -rf medical_warehouse/target medical_warehouse/logs
