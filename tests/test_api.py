@@ -110,6 +110,13 @@ def test_price_history_matches_sql(client, db):
     assert [p["date"] for p in later["points"]] == [d.isoformat() for d, *_ in expected if d.isoformat() >= first_day]
 
 
+def test_price_history_of_a_name_with_a_slash(client, db):
+    (name, n) = query(db, """SELECT product_name_normalized, count(*) FROM marts.fct_product_prices
+                             WHERE product_name_normalized LIKE '%%/%%' GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 1""")[0]
+    r = ok(client, f"/api/products/{urllib.request.quote(name, safe='')}/prices")
+    assert r["product"] == name and sum(p["mentions"] for p in r["points"]) == n
+
+
 def test_channels_and_activity_match_sql(client, db):
     r = ok(client, "/api/channels")
     expected = query(db, """SELECT channel_username, count(*), count(*) FILTER (WHERE has_image) FROM marts.fct_messages

@@ -171,7 +171,7 @@ def create_app(
         with pool.cursor() as cur:
             return queries.top_products(cur, limit=limit, offset=offset, channel=channel, since=since, until=until)
 
-    @app.get("/api/products/{name}/prices", response_model=models.PriceHistory, dependencies=guarded,
+    @app.get("/api/products/{name:path}/prices", response_model=models.PriceHistory, dependencies=guarded,
              tags=["reports"])
     def product_prices(name: Annotated[str, PathParam(min_length=1, max_length=300)],
                        channel: Channel = None, since: Since = None, until: Until = None):

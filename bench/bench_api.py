@@ -1,0 +1,329 @@
+"""Benchmark of the analytical API: 100,000 and 1,000,000 posts, 20 concurrent clients.
+
+For each size a scratch warehouse is made: the real shared sample goes through the pipeline (load and
+dbt) once, then its marts are multiplied in SQL to the size (same texts and prices, new channels, ids
+and dates over one year; image categories and detected objects drawn per photo). Building a million
+posts through dbt's text parsing would take most of an hour on 2 cores, so the marts are generated at
+marts level; the API's own rollups (agg_*) and the search model are then built by dbt on top of them.
+
+The API runs as ``medical-etl serve`` (one uvicorn process); 20 client threads with keep-alive
+connections send each endpoint's requests; median and p95 per endpoint and size, the ratio
+p95(1M) / p95(100k) (target < 2), and the dashboard's first load (its page, scripts and every API
+request it makes, in the order and concurrency a browser uses) at 1M (target < 1 s).
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import http.client
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from synthetic import REPO, SAMPLE, scratch_database  # noqa: E402
+
+CLIENTS = 20
+WORDS = ["vitamin", "cream", "tablet", "መድሀኒት", "ዋጋ", "glove", "syrup", "አድራሻ"]
+SAMPLE_CHANNELS = ["CheMed123", "lobelia4cosmetics", "tikvahpharma"]
+
+
+# --- the warehouse ---------------------------------------------------------------------------------
+
+def build_sample_marts(params, workdir: Path) -> None:
+    """The real sample through load and dbt: the templates the synthetic marts are made from."""
+    from medical_etl.load import load_raw_to_postgres
+    from medical_etl.scrape import scrape_telegram_data
+    from medical_etl.standin import StandInClient, read_message_list
+    from medical_etl.transform import run_dbt_transformations
+
+    posts = read_message_list(SAMPLE / "messages", SAMPLE / "images")
+    lake = workdir / "lake"
+    scrape_telegram_data(StandInClient(posts), SAMPLE_CHANNELS, lake, download_photos=False)
+    from medical_etl.config import Settings
+
+    s = Settings(db_host=params.host, db_port=params.port, db_name=params.dbname, db_user=params.user,
+                 db_password=params.password, raw_data_path=lake, logs_path=workdir / "logs")
+    load_raw_to_postgres(s, lake)
+    r = run_dbt_transformations(params, check_freshness=False, target_path=workdir / "target",
+                                log_path=workdir / "dbtlogs")
+    assert r["status"] == "success", r["failing_nodes"]
+
+
+SYNTH_SQL = """
+SET synchronous_commit = off;
+SET maintenance_work_mem = '512MB';
+SET work_mem = '256MB';
+CREATE TEMP TABLE tpl AS
+    SELECT row_number() OVER (ORDER BY message_key) - 1 AS t, * FROM marts.fct_messages;
+CREATE TEMP TABLE tpl_prices AS
+    SELECT m.t, p.product_name, p.product_name_normalized, p.price_birr, p.currency_text, p.line_no, p.source_line
+    FROM marts.fct_product_prices AS p JOIN tpl AS m USING (message_key);
+CREATE TEMP TABLE gen AS
+    SELECT g AS n, g %% %(tpl)s AS t, 'pharma_channel_' || lpad((g %% 12)::text, 2, '0') AS channel_username,
+           g / 12 + 1 AS message_id,
+           timestamptz '2025-01-01 00:00+00' + make_interval(secs => (g::float8 / %(n)s) * 365 * 86400)
+               + make_interval(secs => (g * 7919) %% 60) AS message_date
+    FROM generate_series(0, %(n)s - 1) AS g;
+TRUNCATE marts.fct_messages, marts.fct_product_prices, marts.fct_image_categories, marts.fct_image_detections,
+         marts.dim_channels, marts.search_messages;
+DROP INDEX IF EXISTS marts.search_messages_vector_idx;
+INSERT INTO marts.fct_messages (message_key, channel_key, date_key, channel_username, message_id, message_date,
+        hour_of_day, message_text, text_length, views, forwards, replies, media_type, has_image, image_path,
+        price_count, min_price_birr, max_price_birr, source_updated_at)
+SELECT md5(g.channel_username || '|' || g.message_id), md5(g.channel_username),
+       to_char(g.message_date AT TIME ZONE 'UTC', 'YYYYMMDD')::int, g.channel_username, g.message_id,
+       g.message_date, extract(hour FROM g.message_date AT TIME ZONE 'UTC')::int, t.message_text, t.text_length,
+       t.views + (g.n %% 50), t.forwards, t.replies, t.media_type, t.has_image,
+       CASE WHEN t.has_image THEN 'images/' || g.channel_username || '/' || g.message_id || '.jpg' END,
+       t.price_count, t.min_price_birr, t.max_price_birr, g.message_date
+FROM gen AS g JOIN tpl AS t USING (t);
+INSERT INTO marts.fct_product_prices (price_key, message_key, channel_key, date_key, channel_username, message_id,
+        message_date, product_name, product_name_normalized, price_birr, currency_text, line_no, source_line,
+        source_updated_at)
+SELECT md5(g.channel_username || '|' || g.message_id || '|' || p.line_no || '|' || p.product_name_normalized || p.price_birr),
+       md5(g.channel_username || '|' || g.message_id), md5(g.channel_username),
+       to_char(g.message_date AT TIME ZONE 'UTC', 'YYYYMMDD')::int, g.channel_username, g.message_id, g.message_date,
+       p.product_name, p.product_name_normalized, p.price_birr, p.currency_text, p.line_no, p.source_line, g.message_date
+FROM gen AS g JOIN tpl_prices AS p USING (t);
+INSERT INTO marts.fct_image_categories (message_key, channel_key, date_key, channel_username, message_id, model,
+        n_objects, has_person, has_product, detected_classes, max_confidence, image_category, analysed_at)
+SELECT md5(g.channel_username || '|' || g.message_id), md5(g.channel_username),
+       to_char(g.message_date AT TIME ZONE 'UTC', 'YYYYMMDD')::int, g.channel_username, g.message_id, 'bench@0',
+       1 + g.n %% 3, g.n %% 4 IN (0, 2), g.n %% 4 IN (0, 1), 'bottle', 0.8,
+       (ARRAY['promotional', 'product_display', 'lifestyle', 'other'])[1 + (g.n * 31 + (g.n %% 12) * 7) %% 4],
+       g.message_date
+FROM gen AS g JOIN tpl AS t USING (t) WHERE t.has_image;
+INSERT INTO marts.fct_image_detections (detection_key, message_key, channel_key, date_key, channel_username,
+        message_id, model, object_index, class_id, class_name, confidence, x1, y1, x2, y2, box_area_share,
+        image_width, image_height, detected_at)
+SELECT md5(c.message_key || k), c.message_key, c.channel_key, c.date_key, c.channel_username, c.message_id,
+       c.model, k, 0, (ARRAY['bottle', 'person', 'cell phone', 'cup', 'book', 'scissors'])[1 + (c.message_id + k) %% 6],
+       0.5, 0, 0, 10, 10, 0.1, 640, 640, c.analysed_at
+FROM marts.fct_image_categories AS c CROSS JOIN generate_series(0, 1) AS k;
+INSERT INTO marts.dim_channels (channel_key, channel_username, channel_title, first_post_at, last_post_at,
+        post_count, image_post_count, avg_views, image_post_share)
+SELECT md5(channel_username), channel_username, initcap(replace(channel_username, '_', ' ')), min(message_date),
+       max(message_date), count(*), count(*) FILTER (WHERE has_image), round(avg(views), 1),
+       round(count(*) FILTER (WHERE has_image)::numeric / count(*), 4)
+FROM marts.fct_messages GROUP BY channel_username;
+INSERT INTO marts.search_messages (message_key, channel_username, message_id, message_date, views,
+        search_vector, source_updated_at)
+SELECT message_key, channel_username, message_id, message_date, views, to_tsvector('simple', message_text),
+       source_updated_at
+FROM marts.fct_messages;
+CREATE INDEX search_messages_vector_idx ON marts.search_messages USING gin (search_vector);
+"""
+
+ROLLUPS = ["agg_product_prices", "agg_product_daily", "agg_channel_daily", "agg_visual_content",
+           "agg_detected_classes"]
+
+
+def synthesize(params, n_posts: int, workdir: Path) -> dict:
+    import psycopg2
+
+    from medical_etl.transform import run_dbt_transformations
+
+    t0 = time.perf_counter()
+    conn = psycopg2.connect(**params.kwargs())
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM marts.fct_messages")
+        n_tpl = cur.fetchone()[0]
+        cur.execute(SYNTH_SQL, {"n": n_posts, "tpl": n_tpl})
+        for t in ("fct_messages", "fct_product_prices", "fct_image_categories", "fct_image_detections",
+                  "dim_channels", "search_messages"):
+            cur.execute(f"VACUUM ANALYZE marts.{t}")
+    t_sql = time.perf_counter() - t0
+    r = run_dbt_transformations(params, select=ROLLUPS, check_freshness=False, target_path=workdir / "target",
+                                log_path=workdir / "dbtlogs")
+    assert r["status"] == "success", r["failing_nodes"]
+    with conn.cursor() as cur:
+        cur.execute("SELECT (SELECT count(*) FROM marts.fct_messages), (SELECT count(*) FROM marts.fct_product_prices)")
+        posts, prices = cur.fetchone()
+    conn.close()
+    return {"posts": posts, "prices": prices, "generate_s": round(t_sql, 1),
+            "rollups_s": round(time.perf_counter() - t0 - t_sql, 1)}
+
+
+# --- the load --------------------------------------------------------------------------------------
+
+def start_server(params, workdir: Path, port: int) -> subprocess.Popen:
+    env = dict(os.environ, DB_HOST=params.host, DB_PORT=str(params.port), DB_NAME=params.dbname,
+               DB_USER=params.user, DB_PASSWORD=params.password or "", API_HOST="127.0.0.1", API_PORT=str(port),
+               RAW_DATA_PATH=str(workdir / "lake"), LOGS_PATH=str(workdir / "logs"), API_RATE_LIMIT="1000000",
+               PYTHONPATH=str(REPO))
+    env.pop("API_KEYS", None)
+    proc = subprocess.Popen([sys.executable, "-m", "medical_etl", "serve", "--no-access-log"], env=env,
+                            cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    for _ in range(300):
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            c.request("GET", "/health")
+            if c.getresponse().status == 200:
+                return proc
+        except OSError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise SystemExit("the API did not start: " + (proc.stderr.read() or "")[-2000:])
+
+
+def get(conn: http.client.HTTPConnection, path: str) -> tuple[int, bytes]:
+    conn.request("GET", path, headers={"Accept-Encoding": "gzip"})
+    r = conn.getresponse()
+    body = r.read()
+    return r.status, gzip.decompress(body) if r.getheader("Content-Encoding") == "gzip" else body
+
+
+def run_load(port: int, paths: list[str], requests_per_client: int) -> list[float]:
+    """20 clients, each with its own keep-alive connection, cycling through ``paths``; latencies in ms."""
+    lat: list[float] = []
+    lock = threading.Lock()
+    start = threading.Barrier(CLIENTS)
+
+    def client(i: int):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        mine = []
+        start.wait()
+        for k in range(requests_per_client):
+            path = paths[(i * requests_per_client + k) % len(paths)]
+            t0 = time.perf_counter()
+            status, _ = get(conn, path)
+            mine.append((time.perf_counter() - t0) * 1000)
+            if status != 200:
+                raise RuntimeError(f"{path}: HTTP {status}")
+        conn.close()
+        with lock:
+            lat.extend(mine)
+
+    with ThreadPoolExecutor(CLIENTS) as ex:
+        list(ex.map(client, range(CLIENTS)))
+    return lat
+
+
+def endpoints(port: int) -> dict[str, list[str]]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    top = json.loads(get(conn, "/api/reports/top-products?limit=20")[1])["items"]
+    chans = [c["channel"] for c in json.loads(get(conn, "/api/channels")[1])["items"]]
+    q = urllib.parse.quote
+    return {
+        "top-products": ["/api/reports/top-products?limit=10"],
+        "top-products?channel": [f"/api/reports/top-products?limit=10&channel={c}" for c in chans],
+        "top-products?since&until (7 days)": [f"/api/reports/top-products?limit=10&since=2025-{m:02d}-01&until=2025-{m:02d}-07"
+                                              for m in range(1, 13)],
+        "products/{name}/prices": [f"/api/products/{q(p['product'])}/prices" for p in top],
+        "channels": ["/api/channels"],
+        "channels/{c}/activity?day": [f"/api/channels/{c}/activity?granularity=day" for c in chans],
+        "channels/{c}/activity?week": [f"/api/channels/{c}/activity?granularity=week" for c in chans],
+        "search/messages": [f"/api/search/messages?query={q(w)}&limit=20" for w in WORDS],
+        "reports/visual-content": ["/api/reports/visual-content"],
+        "pipeline/status": ["/api/pipeline/status"],
+        "health": ["/health"],
+    }
+
+
+def dashboard_first_load(port: int) -> float:
+    """The page, its two scripts, then the dashboard's API requests as it makes them (parallel waves)."""
+    conns = [http.client.HTTPConnection("127.0.0.1", port, timeout=60) for _ in range(6)]  # a browser's 6 per host
+
+    def fetch(args):
+        i, path = args
+        status, body = get(conns[i], path)
+        assert status == 200, (path, status)
+        return body
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(6) as ex:
+        fetch((0, "/"))
+        list(ex.map(fetch, [(0, "/static/echarts.min.js"), (1, "/static/dashboard.js")]))
+        waves = list(ex.map(fetch, [(0, "/api/pipeline/status"), (1, "/api/reports/visual-content"),
+                                    (2, "/api/channels?limit=500"), (3, "/api/reports/top-products?limit=50")]))
+        chans = json.loads(waves[2])["items"]
+        top = json.loads(waves[3])["items"]
+        list(ex.map(fetch, [(0, f"/api/channels/{chans[0]['channel']}/activity?granularity=week"),
+                            (1, "/api/reports/top-products?limit=15"),
+                            (2, f"/api/products/{urllib.parse.quote(top[0]['product'])}/prices")]))
+    return time.perf_counter() - t0
+
+
+def pct(values: list[float], p: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+
+
+def measure(params, workdir: Path, port: int, requests_per_client: int) -> dict:
+    proc = start_server(params, workdir, port)
+    try:
+        eps = endpoints(port)
+        out = {}
+        for name, paths in eps.items():
+            run_load(port, paths, 3)  # warm the caches of this endpoint's pages
+            lat = run_load(port, paths, requests_per_client)
+            out[name] = {"median_ms": round(statistics.median(lat), 1), "p95_ms": round(pct(lat, 95), 1),
+                         "requests": len(lat)}
+            print(f"    {name:<36} median {out[name]['median_ms']:>8.1f} ms   p95 {out[name]['p95_ms']:>8.1f} ms",
+                  flush=True)
+        loads = [dashboard_first_load(port) for _ in range(5)]
+        out["dashboard first load"] = {"median_ms": round(statistics.median(loads) * 1000, 1),
+                                       "p95_ms": round(max(loads) * 1000, 1), "requests": 5}
+        print(f"    dashboard first load (5 loads)       median {out['dashboard first load']['median_ms']:.1f} ms   "
+              f"max {out['dashboard first load']['p95_ms']:.1f} ms", flush=True)
+        return out
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="100000,1000000")
+    ap.add_argument("--requests", type=int, default=20, help="requests per client per endpoint (default 20)")
+    ap.add_argument("--port", type=int, default=8765)
+    ap.add_argument("--json", help="also write the results here")
+    args = ap.parse_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    results: dict[int, dict] = {}
+    for n in sizes:
+        with tempfile.TemporaryDirectory(prefix="bench_api_") as tmp, scratch_database() as params:
+            work = Path(tmp)
+            (work / "logs").mkdir()
+            t0 = time.perf_counter()
+            build_sample_marts(params, work)
+            info = synthesize(params, n, work)
+            print(f"\n{n:,} posts: {info['posts']:,} posts, {info['prices']:,} price rows; generated in "
+                  f"{info['generate_s']} s, rollups built by dbt in {info['rollups_s']} s "
+                  f"(total {time.perf_counter() - t0:.0f} s)", flush=True)
+            results[n] = measure(params, work, args.port, args.requests)
+    if len(sizes) == 2:
+        small, large = sizes
+        print(f"\n| endpoint | median {small // 1000}k (ms) | p95 {small // 1000}k (ms) | median {large // 1000}k (ms) "
+              f"| p95 {large // 1000}k (ms) | p95 ratio |")
+        print("|---|---:|---:|---:|---:|---:|")
+        failed = []
+        for name in results[small]:
+            a, b = results[small][name], results[large][name]
+            ratio = b["p95_ms"] / a["p95_ms"] if a["p95_ms"] else float("inf")
+            flag = "" if ratio < 2 or name == "dashboard first load" else " (over 2x)"
+            if flag:
+                failed.append(name)
+            print(f"| {name} | {a['median_ms']} | {a['p95_ms']} | {b['median_ms']} | {b['p95_ms']} | {ratio:.2f}{flag} |")
+        first = results[large]["dashboard first load"]["p95_ms"]
+        print(f"\nDashboard first load at {large:,} posts: worst of 5 {first:.0f} ms (target < 1000 ms): "
+              f"{'ok' if first < 1000 else 'OVER'}")
+        print(f"Endpoints with p95({large:,}) >= 2x p95({small:,}): {', '.join(failed) or 'none'}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
