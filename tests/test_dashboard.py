@@ -236,3 +236,17 @@ def test_monitor_report_freshness_chart_has_its_unit(tmp_path, browser):
     assert f["yAxis"][0]["data"] == ["CheMed123", "tikvahpharma"] and f["series"][0]["data"] == [12.5, 130.25]
     assert "12.5 h" in f["svgTexts"] and "130.3 h" in f["svgTexts"]
     assert set(info) == {"freshness"}  # no runs: the other two say so in words
+
+
+def test_openapi_docs_render_offline(wh, browser):
+    app = create_app(wh.params, logs_path=wh.settings.logs_path, lake_path=wh.settings.raw_data_path)
+    server = Server(app)
+    try:
+        browser.open(server.url + "/docs", "document.querySelectorAll('.opblock').length >= 8")
+        paths = browser.evaluate("Array.from(document.querySelectorAll('.opblock-summary-path')).map(e => e.textContent)")
+        browser.screenshot(artifact("openapi-docs.png"))
+    finally:
+        server.stop()
+    assert browser.errors() == []
+    assert all(u.startswith(server.url + "/") or u.startswith("data:") for u in browser.requests), browser.requests
+    assert "/api/search/messages" in "".join(paths) and "/api/reports/top-products" in "".join(paths)

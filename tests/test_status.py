@@ -115,7 +115,7 @@ def test_the_api_serves_the_same_view(settings, built):
     with TestClient(app) as c:
         api = c.get("/api/pipeline/status").json()
     assert [a["asset"] for a in api["assets"]] == [a["asset"] for a in cli["assets"]]
-    for a, b in zip(api["assets"], cli["assets"]):
+    for a, b in zip(api["assets"], cli["assets"], strict=True):
         assert a["last_success"] == b["last_success"] and a["stale"] == b["stale"]
     assert api["assets"][0]["metadata"] == cli["assets"][0]["metadata"]
     assert api["assets"][2]["metadata"]["rows_per_mart"]["fct_messages"] == 276

@@ -31,6 +31,11 @@ from .settings import ApiSettings
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parents[1] / "static"
 DASHBOARD = Path(__file__).with_name("dashboard.html")
+STATIC_FILES = {  # everything the pages load, served by the package itself (no CDN)
+    "dashboard.js": "text/javascript", "echarts.min.js": "text/javascript", "echarts.LICENSE": "text/plain",
+    "echarts.NOTICE": "text/plain", "swagger-ui/swagger-ui-bundle.js": "text/javascript",
+    "swagger-ui/swagger-ui.css": "text/css", "swagger-ui/LICENSE": "text/plain", "swagger-ui/NOTICE": "text/plain",
+}
 
 
 Channel = Annotated[str | None, Query(max_length=200, description="channel username, e.g. tikvahpharma")]
@@ -85,6 +90,7 @@ def create_app(
     app = FastAPI(title="medical_etl analytical API", version=__version__,
                   description="Products, prices in birr (ETB), channels and images from Ethiopian medical, "
                               "pharmacy and cosmetics Telegram channels. Read-only.",
+                  docs_url=None, redoc_url=None,  # /docs is served below from the package, not a CDN
                   responses={401: {"model": models.Error}, 422: {"model": models.Error},
                              429: {"model": models.Error}, 503: {"model": models.Error}})
     app.state.pool = pool
@@ -234,13 +240,19 @@ def create_app(
         return FileResponse(DASHBOARD, media_type="text/html; charset=utf-8",
                             headers={"Cache-Control": "no-cache"})
 
-    @app.get("/static/{name}", include_in_schema=False)
+    @app.get("/docs", include_in_schema=False)
+    def docs():
+        from fastapi.openapi.docs import get_swagger_ui_html
+
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - docs",
+                                   swagger_js_url="/static/swagger-ui/swagger-ui-bundle.js",
+                                   swagger_css_url="/static/swagger-ui/swagger-ui.css", swagger_favicon_url="data:,")
+
+    @app.get("/static/{name:path}", include_in_schema=False)
     def static(name: str):
-        files = {"echarts.min.js": "text/javascript", "dashboard.js": "text/javascript",
-                 "echarts.LICENSE": "text/plain", "echarts.NOTICE": "text/plain"}
-        if name not in files:
+        if name not in STATIC_FILES:
             raise ApiError(404, f"no such file: {name}")
         path = Path(__file__).with_name(name) if name == "dashboard.js" else STATIC / name
-        return FileResponse(path, media_type=files[name], headers={"Cache-Control": "public, max-age=3600"})
+        return FileResponse(path, media_type=STATIC_FILES[name], headers={"Cache-Control": "public, max-age=3600"})
 
     return app

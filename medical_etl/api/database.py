@@ -1,8 +1,8 @@
 """Read-only connections for the API: a small pool, every session read-only on the server side.
 
 Each connection starts with ``default_transaction_read_only=on`` (a connection option, so it holds for
-every transaction) and psycopg2's read-only session, and a statement timeout; the API never holds the
-loader's write access even if its role has it.
+every transaction) and a statement timeout; the API never holds the loader's write access even if its
+role has it.
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ class ReadOnlyPool:
 
     @contextmanager
     def cursor(self) -> Iterator[psycopg2.extensions.cursor]:
-        """A dict cursor in a read-only transaction, rolled back afterwards."""
+        """A dict cursor on a read-only connection (autocommit: one read-only transaction per statement)."""
         with self._slots:  # wait for a free connection instead of failing with "pool exhausted"
             pool = self._get_pool()
             try:
@@ -53,7 +53,10 @@ class ReadOnlyPool:
                 raise DatabaseUnavailable(f"database unreachable: {mask(exc).strip()}") from None
             broken = False
             try:
-                conn.set_session(readonly=True, autocommit=False)
+                # Each statement is its own read-only transaction (default_transaction_read_only on the
+                # connection): no BEGIN / ROLLBACK round trips per request.
+                if not conn.autocommit:
+                    conn.autocommit = True
                 with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
                     yield cur
             except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
@@ -62,11 +65,6 @@ class ReadOnlyPool:
             except psycopg2.errors.UndefinedTable:
                 raise DatabaseUnavailable("the warehouse has not been built yet (run the pipeline)") from None
             finally:
-                if not broken and not conn.closed:
-                    try:
-                        conn.rollback()
-                    except psycopg2.Error:
-                        broken = True
                 pool.putconn(conn, close=broken or bool(conn.closed))
 
     def close(self) -> None:

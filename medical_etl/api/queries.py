@@ -148,42 +148,53 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
         raise ValueError("cursor is not one this API returned") from exc
 
 
+SEARCH_CANDIDATES = 1000  # the newest matches that are ranked (and paged through)
+COUNT_CAP = 10000  # matches counted exactly up to this many
+
+
 def search_messages(cur, query: str, *, channel: str | None, limit: int, cursor: str | None) -> dict:
-    """Ranked full-text search (websearch syntax: words, "phrases", -not, or) through the GIN index."""
+    """Full-text search (websearch syntax: words, "phrases", -not, or) through the GIN index.
+
+    The newest ``SEARCH_CANDIDATES`` matches are ranked by ts_rank and paged with a cursor; matches are
+    counted exactly up to ``COUNT_CAP``. Both bounds keep a query's cost independent of the table's
+    size: the planner reads either the GIN index (rare words) or the date index until it has enough
+    matches (common words).
+    """
     require_channel(cur, channel)
     after = decode_cursor(cursor) if cursor else None
-    params = dict(q=query, channel=channel, limit=limit + 1,
+    params = dict(q=query, channel=channel, limit=limit + 1, cand=SEARCH_CANDIDATES, cap=COUNT_CAP + 1,
                   rank=after[0] if after else None, key=after[1] if after else None)
     cur.execute("""
-        WITH q AS (SELECT websearch_to_tsquery('simple', %(q)s) AS tsq),
-        hits AS (
-            SELECT s.message_key, ts_rank(s.search_vector, q.tsq) AS rank
-            FROM marts.search_messages AS s, q
-            WHERE s.search_vector @@ q.tsq
-              AND (%(channel)s::text IS NULL OR s.channel_username = %(channel)s)
+        WITH candidates AS MATERIALIZED (
+            SELECT s.message_key, ts_rank(s.search_vector, websearch_to_tsquery('simple', %(q)s)) AS rank
+            FROM (SELECT message_key, search_vector FROM marts.search_messages
+                  WHERE search_vector @@ websearch_to_tsquery('simple', %(q)s)
+                    AND (%(channel)s::text IS NULL OR channel_username = %(channel)s)
+                  ORDER BY message_date DESC LIMIT %(cand)s) AS s
         )
-        SELECT (SELECT count(*) FROM hits) AS total, h.rank, h.message_key, m.channel_username AS channel,
-               m.message_id, m.message_date, m.views, m.message_text AS text,
-               ts_headline('simple', m.message_text, q.tsq,
+        SELECT h.rank, h.message_key, m.channel_username AS channel, m.message_id, m.message_date, m.views,
+               m.message_text AS text,
+               ts_headline('simple', m.message_text, websearch_to_tsquery('simple', %(q)s),
                            'StartSel=«, StopSel=», MaxWords=30, MinWords=10, MaxFragments=2') AS snippet
-        FROM (SELECT * FROM hits
+        FROM (SELECT * FROM candidates
               WHERE %(rank)s::real IS NULL OR rank < %(rank)s::real
                  OR (rank = %(rank)s::real AND message_key > %(key)s)
               ORDER BY rank DESC, message_key LIMIT %(limit)s) AS h
-        JOIN marts.fct_messages AS m ON m.message_key = h.message_key, q
+        JOIN marts.fct_messages AS m ON m.message_key = h.message_key
         ORDER BY h.rank DESC, h.message_key""", params)
     rows = cur.fetchall()
-    total = rows[0]["total"] if rows else 0
-    if not rows:
-        cur.execute("""SELECT count(*) AS n FROM marts.search_messages
+    cur.execute("""SELECT count(*) AS n FROM (
+                       SELECT 1 FROM marts.search_messages
                        WHERE search_vector @@ websearch_to_tsquery('simple', %(q)s)
-                         AND (%(channel)s::text IS NULL OR channel_username = %(channel)s)""", params)
-        total = cur.fetchone()["n"]
+                         AND (%(channel)s::text IS NULL OR channel_username = %(channel)s)
+                       LIMIT %(cap)s) AS capped""", params)
+    total = cur.fetchone()["n"]
     more = len(rows) > limit
     rows = rows[:limit]
-    items = [{k: v for k, v in r.items() if k not in ("total", "message_key")} for r in rows]
+    items = [{k: v for k, v in r.items() if k != "message_key"} for r in rows]
     nxt = encode_cursor(rows[-1]["rank"], rows[-1]["message_key"]) if more and rows else None
-    return {"query": query, "total": total, "next_cursor": nxt, "items": items}
+    return {"query": query, "total": min(total, COUNT_CAP), "total_exact": total <= COUNT_CAP,
+            "ranked": min(total, SEARCH_CANDIDATES), "next_cursor": nxt, "items": items}
 
 
 def visual_content(cur, *, top_classes: int) -> dict:
