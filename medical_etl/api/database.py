@@ -28,7 +28,8 @@ class ReadOnlyPool:
         self.params = params
         self.size = size
         self._kw = dict(params.kwargs(), connect_timeout=connect_timeout_s, application_name="medical_etl_api",
-                        options=f"-c default_transaction_read_only=on -c statement_timeout={statement_timeout_ms}")
+                        options=f"-c default_transaction_read_only=on -c statement_timeout={statement_timeout_ms} "
+                                "-c timezone=UTC")
         self._pool: psycopg2.pool.ThreadedConnectionPool | None = None
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(size)
@@ -37,7 +38,8 @@ class ReadOnlyPool:
         with self._lock:
             if self._pool is None:
                 try:
-                    self._pool = psycopg2.pool.ThreadedConnectionPool(0, self.size, **self._kw)
+                    # minconn = maxconn: psycopg2's pool closes any connection returned beyond minconn
+                    self._pool = psycopg2.pool.ThreadedConnectionPool(self.size, self.size, **self._kw)
                 except psycopg2.Error as exc:
                     raise DatabaseUnavailable(f"database unreachable: {mask(exc).strip()}") from None
             return self._pool

@@ -45,23 +45,38 @@ def top_products(cur, *, limit: int, offset: int, channel: str | None, since: da
             LIMIT %(limit)s OFFSET %(offset)s""", dict(channel=channel, limit=limit, offset=offset))
     else:
         lo, hi = _day_range(since, until)
-        # A date window: only its rows are read, through fct_product_prices' date index.
-        cur.execute("""
-            SELECT count(*) OVER () AS total, product_name_normalized AS product,
-                   mode() WITHIN GROUP (ORDER BY product_name) AS display_name,
-                   count(*) AS mentions, count(DISTINCT message_key) AS posts,
-                   min(price_birr) AS min_price_birr,
-                   percentile_cont(0.5) WITHIN GROUP (ORDER BY price_birr)::numeric(14, 2) AS median_price_birr,
-                   max(price_birr) AS max_price_birr,
-                   array_agg(DISTINCT channel_username ORDER BY channel_username) AS channels,
-                   min(message_date) AS first_seen_at, max(message_date) AS last_seen_at
-            FROM marts.fct_product_prices
-            WHERE (%(channel)s::text IS NULL OR channel_username = %(channel)s)
-              AND (%(lo)s::date IS NULL OR message_date >= %(lo)s::date)
-              AND (%(hi)s::date IS NULL OR message_date < %(hi)s::date)
-            GROUP BY product_name_normalized
-            ORDER BY mentions DESC, product_name_normalized
-            LIMIT %(limit)s OFFSET %(offset)s""", dict(channel=channel, lo=lo, hi=hi, limit=limit, offset=offset))
+        # A date window: rank from the per-day rollup (all-channel rows, or the channel's), then read the
+        # prices of this page's products only, through fct_product_prices' (product, date) index.
+        where = "channel_username = %(channel)s" if channel else "channel_username IS NULL"
+        cur.execute(f"""
+            WITH ranked AS (
+                SELECT product_name_normalized AS product, sum(mentions)::bigint AS mentions,
+                       count(*) OVER () AS total
+                FROM marts.agg_product_daily
+                WHERE {where}
+                  AND (%(since)s::date IS NULL OR date_day >= %(since)s::date)
+                  AND (%(until)s::date IS NULL OR date_day <= %(until)s::date)
+                GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT %(limit)s OFFSET %(offset)s
+            )
+            SELECT r.total, r.product, a.product_name AS display_name, r.mentions, d.posts, d.min_price_birr,
+                   d.median_price_birr, d.max_price_birr, d.channels, d.first_seen_at, d.last_seen_at
+            FROM ranked AS r
+            JOIN marts.agg_product_prices AS a
+              ON a.product_name_normalized = r.product AND a.channel_username IS NULL
+            CROSS JOIN LATERAL (
+                SELECT count(DISTINCT p.message_key) AS posts, min(p.price_birr) AS min_price_birr,
+                       percentile_cont(0.5) WITHIN GROUP (ORDER BY p.price_birr)::numeric(14, 2) AS median_price_birr,
+                       max(p.price_birr) AS max_price_birr,
+                       array_agg(DISTINCT p.channel_username ORDER BY p.channel_username) AS channels,
+                       min(p.message_date) AS first_seen_at, max(p.message_date) AS last_seen_at
+                FROM marts.fct_product_prices AS p
+                WHERE p.product_name_normalized = r.product
+                  AND (%(channel)s::text IS NULL OR p.channel_username = %(channel)s)
+                  AND (%(lo)s::date IS NULL OR p.message_date >= %(lo)s::date)
+                  AND (%(hi)s::date IS NULL OR p.message_date < %(hi)s::date)
+            ) AS d
+            ORDER BY r.mentions DESC, r.product""",
+                    dict(channel=channel, since=since, until=until, lo=lo, hi=hi, limit=limit, offset=offset))
     rows = cur.fetchall()
     total = rows[0]["total"] if rows else _count_products(cur, channel, since, until) if offset else 0
     items = [{k: v for k, v in r.items() if k != "total"} for r in rows]
@@ -71,12 +86,12 @@ def top_products(cur, *, limit: int, offset: int, channel: str | None, since: da
 
 
 def _count_products(cur, channel, since, until) -> int:
-    lo, hi = _day_range(since, until)
-    cur.execute("""SELECT count(DISTINCT product_name_normalized) AS n FROM marts.fct_product_prices
-                   WHERE (%(channel)s::text IS NULL OR channel_username = %(channel)s)
-                     AND (%(lo)s::date IS NULL OR message_date >= %(lo)s::date)
-                     AND (%(hi)s::date IS NULL OR message_date < %(hi)s::date)""",
-                dict(channel=channel, lo=lo, hi=hi))
+    """Products in the filters (for a page past the end, which has no row to carry the total)."""
+    where = "channel_username = %(channel)s" if channel else "channel_username IS NULL"
+    cur.execute(f"""SELECT count(DISTINCT product_name_normalized) AS n FROM marts.agg_product_daily
+                    WHERE {where} AND (%(since)s::date IS NULL OR date_day >= %(since)s::date)
+                      AND (%(until)s::date IS NULL OR date_day <= %(until)s::date)""",
+                dict(channel=channel, since=since, until=until))
     return cur.fetchone()["n"]
 
 
@@ -92,7 +107,7 @@ def price_history(cur, name: str, *, channel: str | None, since: date | None, un
         SELECT date_day AS date, channel_username AS channel, mentions, min_price_birr, median_price_birr,
                max_price_birr
         FROM marts.agg_product_daily
-        WHERE product_name_normalized = %(p)s
+        WHERE product_name_normalized = %(p)s AND channel_username IS NOT NULL
           AND (%(channel)s::text IS NULL OR channel_username = %(channel)s)
           AND (%(since)s::date IS NULL OR date_day >= %(since)s::date)
           AND (%(until)s::date IS NULL OR date_day <= %(until)s::date)

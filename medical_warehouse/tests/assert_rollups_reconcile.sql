@@ -5,7 +5,12 @@ from (select coalesce(sum(mentions), 0) as n from {{ ref('agg_product_prices') }
 where r.n <> f.n
 union all
 select 'agg_product_daily', r.n, f.n
-from (select coalesce(sum(mentions), 0) as n from {{ ref('agg_product_daily') }}) as r,
+from (select coalesce(sum(mentions), 0) as n from {{ ref('agg_product_daily') }} where channel_username is not null) as r,
+     (select count(*) as n from {{ ref('fct_product_prices') }}) as f
+where r.n <> f.n
+union all
+select 'agg_product_daily (all channels)', r.n, f.n
+from (select coalesce(sum(mentions), 0) as n from {{ ref('agg_product_daily') }} where channel_username is null) as r,
      (select count(*) as n from {{ ref('fct_product_prices') }}) as f
 where r.n <> f.n
 union all

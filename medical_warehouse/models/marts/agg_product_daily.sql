@@ -1,19 +1,26 @@
-{#- A product's price per day and channel (the API's price history): bounded by days x channels
-    per product, however many posts mention it. -#}
+{#- A product's mentions and min / median / max price in birr per UTC day and channel (the API's price
+    history), and per day over all channels (channel_username null: the top-products report over a date
+    window ranks products from these rows). Bounded by days x channels per product, however many
+    posts mention it. -#}
 
 with prices as (
 
-    select * from {{ ref('fct_product_prices') }}
+    select
+        product_name_normalized,
+        channel_username,
+        (message_date at time zone 'UTC')::date as date_day,
+        price_birr
+    from {{ ref('fct_product_prices') }}
 
 )
 
 select
     product_name_normalized,
     channel_username,
-    (message_date at time zone 'UTC')::date                            as date_day,
+    date_day,
     count(*)                                                           as mentions,
     min(price_birr)                                                    as min_price_birr,
     percentile_cont(0.5) within group (order by price_birr)::numeric(14, 2) as median_price_birr,
     max(price_birr)                                                    as max_price_birr
 from prices
-group by 1, 2, 3
+group by grouping sets ((product_name_normalized, channel_username, date_day), (product_name_normalized, date_day))
