@@ -72,7 +72,7 @@ CREATE TEMP TABLE gen AS
            g / 12 + 1 AS message_id,
            timestamptz '2025-01-01 00:00+00' + make_interval(secs => (g::float8 / %(n)s) * 365 * 86400)
                + make_interval(secs => (g * 7919) %% 60) AS message_date
-    FROM generate_series(0, %(n)s - 1) AS g;
+    FROM generate_series(0::bigint, %(n)s - 1) AS g;
 TRUNCATE marts.fct_messages, marts.fct_product_prices, marts.fct_image_categories, marts.fct_image_detections,
          marts.dim_channels, marts.search_messages;
 DROP INDEX IF EXISTS marts.search_messages_vector_idx;
@@ -165,6 +165,8 @@ def start_server(params, workdir: Path, port: int) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-m", "medical_etl", "serve", "--no-access-log"], env=env,
                             cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     for _ in range(300):
+        if proc.poll() is not None:
+            raise SystemExit("the API exited: " + (proc.stderr.read() or "")[-2000:])
         try:
             c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
             c.request("GET", "/health")
@@ -260,49 +262,84 @@ def pct(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
 
-def measure(params, workdir: Path, port: int, requests_per_client: int) -> dict:
-    proc = start_server(params, workdir, port)
-    try:
-        eps = endpoints(port)
-        out = {}
-        for name, paths in eps.items():
-            run_load(port, paths, 3)  # warm the caches of this endpoint's pages
-            lat = run_load(port, paths, requests_per_client)
-            out[name] = {"median_ms": round(statistics.median(lat), 1), "p95_ms": round(pct(lat, 95), 1),
-                         "requests": len(lat)}
-            print(f"    {name:<36} median {out[name]['median_ms']:>8.1f} ms   p95 {out[name]['p95_ms']:>8.1f} ms",
-                  flush=True)
-        loads = [dashboard_first_load(port) for _ in range(5)]
-        out["dashboard first load"] = {"median_ms": round(statistics.median(loads) * 1000, 1),
-                                       "p95_ms": round(max(loads) * 1000, 1), "requests": 5}
-        print(f"    dashboard first load (5 loads)       median {out['dashboard first load']['median_ms']:.1f} ms   "
-              f"max {out['dashboard first load']['p95_ms']:.1f} ms", flush=True)
-        return out
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+def measure(servers: dict[int, int], requests_per_client: int) -> dict[int, dict]:
+    """Each endpoint on every size, rounds interleaved (small, large, small, large) so that the
+    machine's background load falls on both sizes alike."""
+    sizes = list(servers)
+    eps = {n: endpoints(port) for n, port in servers.items()}
+    out: dict[int, dict] = {n: {} for n in sizes}
+    for name in eps[sizes[0]]:
+        lat: dict[int, list[float]] = {n: [] for n in sizes}
+        for n in sizes:
+            run_load(servers[n], eps[n][name], 2)  # warm-up
+        for _ in range(2):
+            for n in sizes:
+                lat[n] += run_load(servers[n], eps[n][name], max(1, requests_per_client // 2))
+        for n in sizes:
+            out[n][name] = {"median_ms": round(statistics.median(lat[n]), 1), "p95_ms": round(pct(lat[n], 95), 1),
+                            "requests": len(lat[n])}
+        print(f"  {name:<36} " + "   ".join(
+            f"{n // 1000}k: median {out[n][name]['median_ms']:>7.1f} p95 {out[n][name]['p95_ms']:>7.1f} ms"
+            for n in sizes), flush=True)
+    loads: dict[int, list[float]] = {n: [] for n in sizes}
+    for _ in range(5):
+        for n in sizes:
+            loads[n].append(dashboard_first_load(servers[n]))
+    for n in sizes:
+        out[n]["dashboard first load"] = {"median_ms": round(statistics.median(loads[n]) * 1000, 1),
+                                          "p95_ms": round(max(loads[n]) * 1000, 1), "requests": 5}
+    print("  dashboard first load (5 loads, no other clients) " + "   ".join(
+        f"{n // 1000}k: median {out[n]['dashboard first load']['median_ms']:.0f} max "
+        f"{out[n]['dashboard first load']['p95_ms']:.0f} ms" for n in sizes), flush=True)
+    return out
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="100000,1000000")
     ap.add_argument("--requests", type=int, default=20, help="requests per client per endpoint (default 20)")
-    ap.add_argument("--port", type=int, default=8765)
+    ap.add_argument("--port", type=int, default=0, help="default: a free port")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--databases", help="comma-separated databases already built by this bench for --sizes "
+                                        "(on the configured server), to measure again without rebuilding")
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
-    results: dict[int, dict] = {}
-    for n in sizes:
-        with tempfile.TemporaryDirectory(prefix="bench_api_") as tmp, scratch_database() as params:
-            work = Path(tmp)
+    if not args.port:
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            args.port = sock.getsockname()[1]
+    import contextlib
+
+    with contextlib.ExitStack() as stack:
+        servers: dict[int, int] = {}
+        reuse = args.databases.split(",") if args.databases else None
+        for i, n in enumerate(sizes):
+            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench_api_")))
             (work / "logs").mkdir()
-            t0 = time.perf_counter()
-            build_sample_marts(params, work)
-            info = synthesize(params, n, work)
-            print(f"\n{n:,} posts: {info['posts']:,} posts, {info['prices']:,} price rows; generated in "
-                  f"{info['generate_s']} s, rollups built by dbt in {info['rollups_s']} s "
-                  f"(total {time.perf_counter() - t0:.0f} s)", flush=True)
-            results[n] = measure(params, work, args.port, args.requests)
+            if reuse:
+                from medical_etl.config import load_settings
+                from medical_etl.db import ConnParams, conn_params
+
+                admin = conn_params(load_settings())
+                params = ConnParams(admin.host, admin.port, reuse[i], admin.user, admin.password)
+                print(f"{n:,} posts: reusing database {reuse[i]}", flush=True)
+            else:
+                params = stack.enter_context(scratch_database())
+                t0 = time.perf_counter()
+                build_sample_marts(params, work)
+                info = synthesize(params, n, work)
+                print(f"{n:,} posts: {info['posts']:,} posts, {info['prices']:,} price rows; generated in "
+                      f"{info['generate_s']} s, rollups built by dbt in {info['rollups_s']} s "
+                      f"(total {time.perf_counter() - t0:.0f} s)", flush=True)
+            port = args.port + len(servers)
+            proc = start_server(params, work, port)
+            stack.callback(proc.wait, 30)
+            stack.callback(proc.terminate)
+            servers[n] = port
+        print(f"\n{CLIENTS} concurrent clients, {args.requests} requests per client per endpoint and size", flush=True)
+        results = measure(servers, args.requests)
     if len(sizes) == 2:
         small, large = sizes
         print(f"\n| endpoint | median {small // 1000}k (ms) | p95 {small // 1000}k (ms) | median {large // 1000}k (ms) "

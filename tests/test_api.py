@@ -2,6 +2,7 @@
 against SQL written here, independently of the API's queries and rollups."""
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import subprocess
@@ -348,3 +349,42 @@ def test_serve_on_loopback_with_keys_from_the_environment(wh):
         out = proc.communicate(timeout=30)[0]
     assert "Application startup complete" in out
     assert KEY not in out
+
+
+def test_serve_against_the_embedded_postgresql(tmp_path):
+    """DB_HOST empty: serve starts (or reuses) the embedded server, like every other command."""
+    port = _free_port()
+    env = {k: v for k, v in settings_env_base().items() if not k.startswith(("DB_", "API_"))}
+    env.update(DB_HOST="", EMBEDDED_PG_PATH=str(tmp_path / "pg"), DB_NAME="medical_warehouse",
+               RAW_DATA_PATH=str(tmp_path / "raw"), LOGS_PATH=str(tmp_path / "logs"), API_PORT=str(port))
+    proc = subprocess.Popen([sys.executable, "-m", "medical_etl", "serve"], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        health = None
+        for _ in range(300):
+            try:
+                health = json.loads(urllib.request.urlopen(f"{base}/health", timeout=2).read())
+                break
+            except OSError:
+                time.sleep(0.2)
+        assert health == {"status": "ok", "database": "ok", "version": health["version"]}
+        with pytest.raises(urllib.error.HTTPError) as not_built:
+            urllib.request.urlopen(f"{base}/api/channels", timeout=10)
+        assert not_built.value.code == 503 and b"not been built" in not_built.value.read()
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=30)[0]
+        from medical_etl.config import Settings
+        from medical_etl.db import start_embedded
+
+        server = start_embedded(Settings(embedded_pg_path=tmp_path / "pg"))
+        server.cleanup_mode = "stop"  # stop the test's private server, as tests/test_db.py does
+        server._cleanup()
+    assert "embedded database" in out
+
+
+def settings_env_base() -> dict:
+    import os
+
+    return dict(os.environ, PYTHONPATH=str(REPO))

@@ -7,18 +7,13 @@ from __future__ import annotations
 
 import base64
 import json
-from datetime import date, timedelta
+from datetime import date
 
 CATEGORIES = ["promotional", "product_display", "lifestyle", "other"]
 
 
 class NotFound(LookupError):
     pass
-
-
-def _day_range(since: date | None, until: date | None) -> tuple[date | None, date | None]:
-    """[since, until] inclusive days as a half-open [lo, hi) range."""
-    return since, (until + timedelta(days=1)) if until else None
 
 
 def channel_exists(cur, channel: str) -> bool:
@@ -44,39 +39,45 @@ def top_products(cur, *, limit: int, offset: int, channel: str | None, since: da
             ORDER BY mentions DESC, product_name_normalized
             LIMIT %(limit)s OFFSET %(offset)s""", dict(channel=channel, limit=limit, offset=offset))
     else:
-        lo, hi = _day_range(since, until)
-        # A date window: rank from the per-day rollup (all-channel rows, or the channel's), then read the
-        # prices of this page's products only, through fct_product_prices' (product, date) index.
+        # A date window, answered from the per-day rollup alone (the all-channel rows, or the channel's):
+        # rank the products, then sum this page's days; the median comes from the days' sorted prices.
         where = "channel_username = %(channel)s" if channel else "channel_username IS NULL"
+        days = f"""{where}
+                  AND (%(since)s::date IS NULL OR date_day >= %(since)s::date)
+                  AND (%(until)s::date IS NULL OR date_day <= %(until)s::date)"""
         cur.execute(f"""
             WITH ranked AS (
                 SELECT product_name_normalized AS product, sum(mentions)::bigint AS mentions,
                        count(*) OVER () AS total
-                FROM marts.agg_product_daily
-                WHERE {where}
-                  AND (%(since)s::date IS NULL OR date_day >= %(since)s::date)
-                  AND (%(until)s::date IS NULL OR date_day <= %(until)s::date)
+                FROM marts.agg_product_daily WHERE {days}
                 GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT %(limit)s OFFSET %(offset)s
             )
             SELECT r.total, r.product, a.product_name AS display_name, r.mentions, d.posts, d.min_price_birr,
-                   d.median_price_birr, d.max_price_birr, d.channels, d.first_seen_at, d.last_seen_at
+                   m.median_price_birr, d.max_price_birr, c.channels, d.first_seen_at, d.last_seen_at
             FROM ranked AS r
             JOIN marts.agg_product_prices AS a
               ON a.product_name_normalized = r.product AND a.channel_username IS NULL
             CROSS JOIN LATERAL (
-                SELECT count(DISTINCT p.message_key) AS posts, min(p.price_birr) AS min_price_birr,
-                       percentile_cont(0.5) WITHIN GROUP (ORDER BY p.price_birr)::numeric(14, 2) AS median_price_birr,
-                       max(p.price_birr) AS max_price_birr,
-                       array_agg(DISTINCT p.channel_username ORDER BY p.channel_username) AS channels,
-                       min(p.message_date) AS first_seen_at, max(p.message_date) AS last_seen_at
-                FROM marts.fct_product_prices AS p
-                WHERE p.product_name_normalized = r.product
-                  AND (%(channel)s::text IS NULL OR p.channel_username = %(channel)s)
-                  AND (%(lo)s::date IS NULL OR p.message_date >= %(lo)s::date)
-                  AND (%(hi)s::date IS NULL OR p.message_date < %(hi)s::date)
+                SELECT sum(posts)::bigint AS posts, min(min_price_birr) AS min_price_birr,
+                       max(max_price_birr) AS max_price_birr, min(first_seen_at) AS first_seen_at,
+                       max(last_seen_at) AS last_seen_at
+                FROM marts.agg_product_daily WHERE product_name_normalized = r.product AND {days}
             ) AS d
+            CROSS JOIN LATERAL (
+                SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY x.price)::numeric(14, 2) AS median_price_birr
+                FROM marts.agg_product_daily AS p, unnest(p.prices) AS x (price)
+                WHERE p.product_name_normalized = r.product AND {days.replace("channel_username", "p.channel_username")}
+            ) AS m
+            CROSS JOIN LATERAL (
+                SELECT array_agg(DISTINCT channel_username ORDER BY channel_username) AS channels
+                FROM marts.agg_product_daily
+                WHERE product_name_normalized = r.product AND channel_username IS NOT NULL
+                  AND (%(channel)s::text IS NULL OR channel_username = %(channel)s)
+                  AND (%(since)s::date IS NULL OR date_day >= %(since)s::date)
+                  AND (%(until)s::date IS NULL OR date_day <= %(until)s::date)
+            ) AS c
             ORDER BY r.mentions DESC, r.product""",
-                    dict(channel=channel, since=since, until=until, lo=lo, hi=hi, limit=limit, offset=offset))
+                    dict(channel=channel, since=since, until=until, limit=limit, offset=offset))
     rows = cur.fetchall()
     total = rows[0]["total"] if rows else _count_products(cur, channel, since, until) if offset else 0
     items = [{k: v for k, v in r.items() if k != "total"} for r in rows]
@@ -164,7 +165,7 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
 
 
 SEARCH_CANDIDATES = 1000  # the newest matches that are ranked (and paged through)
-COUNT_CAP = 10000  # matches counted exactly up to this many
+COUNT_CAP = 1000  # matches counted exactly up to this many
 
 
 def search_messages(cur, query: str, *, channel: str | None, limit: int, cursor: str | None) -> dict:

@@ -1,6 +1,6 @@
 {#- A product's mentions and min / median / max price in birr per UTC day and channel (the API's price
     history), and per day over all channels (channel_username null: the top-products report over a date
-    window ranks products from these rows). Bounded by days x channels per product, however many
+    window is answered from these rows alone). Bounded by days x channels per product, however many
     posts mention it. -#}
 
 with prices as (
@@ -9,6 +9,8 @@ with prices as (
         product_name_normalized,
         channel_username,
         (message_date at time zone 'UTC')::date as date_day,
+        message_key,
+        message_date,
         price_birr
     from {{ ref('fct_product_prices') }}
 
@@ -21,6 +23,12 @@ select
     count(*)                                                           as mentions,
     min(price_birr)                                                    as min_price_birr,
     percentile_cont(0.5) within group (order by price_birr)::numeric(14, 2) as median_price_birr,
-    max(price_birr)                                                    as max_price_birr
+    max(price_birr)                                                    as max_price_birr,
+    -- a post has one day and one channel, so posts add up over days and channels
+    count(distinct message_key)                                        as posts,
+    min(message_date)                                                  as first_seen_at,
+    max(message_date)                                                  as last_seen_at,
+    -- every price, sorted: exact medians over any window of days without reading the facts
+    array_agg(price_birr order by price_birr)                          as prices
 from prices
 group by grouping sets ((product_name_normalized, channel_username, date_day), (product_name_normalized, date_day))
