@@ -164,7 +164,7 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
         raise ValueError("cursor is not one this API returned") from exc
 
 
-SEARCH_CANDIDATES = 1000  # the newest matches that are ranked (and paged through)
+SEARCH_CANDIDATES = 500  # the newest matches that are ranked (and paged through)
 COUNT_CAP = 1000  # matches counted exactly up to this many
 
 
