@@ -297,7 +297,7 @@ def measure(servers: dict[int, int], requests_per_client: int) -> dict[int, dict
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="100000,1000000")
-    ap.add_argument("--requests", type=int, default=20, help="requests per client per endpoint (default 20)")
+    ap.add_argument("--requests", type=int, default=30, help="requests per client per endpoint and size (default 30)")
     ap.add_argument("--port", type=int, default=0, help="default: a free port")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--databases", help="comma-separated databases already built by this bench for --sizes "
