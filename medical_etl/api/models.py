@@ -112,7 +112,7 @@ class SearchResults(BaseModel):
     query: str
     total: int = Field(description="posts matching the query and filters (counted up to 1,000)")
     total_exact: bool = Field(description="false when more than 1,000 posts match")
-    ranked: int = Field(description="matches ranked and paged: the newest 500 at most")
+    ranked: int = Field(description="matches ranked and paged: all of them, or the newest 500 when over 1,000 match")
     next_cursor: str | None = Field(None, description="pass as cursor= for the next page; null on the last")
     items: list[SearchHit]
 

@@ -171,22 +171,34 @@ COUNT_CAP = 1000  # matches counted exactly up to this many
 def search_messages(cur, query: str, *, channel: str | None, limit: int, cursor: str | None) -> dict:
     """Full-text search (websearch syntax: words, "phrases", -not, or) through the GIN index.
 
-    The newest ``SEARCH_CANDIDATES`` matches are ranked by ts_rank and paged with a cursor; matches are
-    counted exactly up to ``COUNT_CAP``. Both bounds keep a query's cost independent of the table's
-    size: the planner reads either the GIN index (rare words) or the date index until it has enough
-    matches (common words).
+    Matches are first counted through the GIN index, up to ``COUNT_CAP``. When there are no more than
+    that, all of them are ranked (read through the GIN index); for a more common query the newest
+    ``SEARCH_CANDIDATES`` matches are ranked (read from the date index until there are enough). Either
+    way a query's cost does not grow with the table. Pages continue with the returned cursor.
     """
     require_channel(cur, channel)
     after = decode_cursor(cursor) if cursor else None
-    params = dict(q=query, channel=channel, limit=limit + 1, cand=SEARCH_CANDIDATES, cap=COUNT_CAP + 1,
+    params = dict(q=query, channel=channel, limit=limit + 1, cap=COUNT_CAP + 1,
                   rank=after[0] if after else None, key=after[1] if after else None)
-    cur.execute("""
+    cur.execute("""SELECT count(*) AS n FROM (
+                       SELECT 1 FROM marts.search_messages
+                       WHERE search_vector @@ websearch_to_tsquery('simple', %(q)s)
+                         AND (%(channel)s::text IS NULL OR channel_username = %(channel)s)
+                       LIMIT %(cap)s) AS capped""", params)
+    total = cur.fetchone()["n"]
+    if total == 0:
+        return {"query": query, "total": 0, "total_exact": True, "ranked": 0, "next_cursor": None, "items": []}
+    common = total > COUNT_CAP
+    matches = """SELECT message_key, search_vector FROM marts.search_messages
+                 WHERE search_vector @@ websearch_to_tsquery('simple', %(q)s)
+                   AND (%(channel)s::text IS NULL OR channel_username = %(channel)s)"""
+    if common:  # the newest matches only: the date index, read until there are enough
+        matches += " ORDER BY message_date DESC LIMIT %(cand)s"
+        params["cand"] = SEARCH_CANDIDATES
+    cur.execute(f"""
         WITH candidates AS MATERIALIZED (
             SELECT s.message_key, ts_rank(s.search_vector, websearch_to_tsquery('simple', %(q)s)) AS rank
-            FROM (SELECT message_key, search_vector FROM marts.search_messages
-                  WHERE search_vector @@ websearch_to_tsquery('simple', %(q)s)
-                    AND (%(channel)s::text IS NULL OR channel_username = %(channel)s)
-                  ORDER BY message_date DESC LIMIT %(cand)s) AS s
+            FROM ({matches}) AS s
         )
         SELECT h.rank, h.message_key, m.channel_username AS channel, m.message_id, m.message_date, m.views,
                m.message_text AS text,
@@ -199,18 +211,12 @@ def search_messages(cur, query: str, *, channel: str | None, limit: int, cursor:
         JOIN marts.fct_messages AS m ON m.message_key = h.message_key
         ORDER BY h.rank DESC, h.message_key""", params)
     rows = cur.fetchall()
-    cur.execute("""SELECT count(*) AS n FROM (
-                       SELECT 1 FROM marts.search_messages
-                       WHERE search_vector @@ websearch_to_tsquery('simple', %(q)s)
-                         AND (%(channel)s::text IS NULL OR channel_username = %(channel)s)
-                       LIMIT %(cap)s) AS capped""", params)
-    total = cur.fetchone()["n"]
     more = len(rows) > limit
     rows = rows[:limit]
     items = [{k: v for k, v in r.items() if k != "message_key"} for r in rows]
     nxt = encode_cursor(rows[-1]["rank"], rows[-1]["message_key"]) if more and rows else None
-    return {"query": query, "total": min(total, COUNT_CAP), "total_exact": total <= COUNT_CAP,
-            "ranked": min(total, SEARCH_CANDIDATES), "next_cursor": nxt, "items": items}
+    return {"query": query, "total": min(total, COUNT_CAP), "total_exact": not common,
+            "ranked": SEARCH_CANDIDATES if common else total, "next_cursor": nxt, "items": items}
 
 
 def visual_content(cur, *, top_classes: int) -> dict:
