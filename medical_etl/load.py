@@ -670,7 +670,9 @@ def _load_files(loader: _Loader, lake_dir: Path, paths: list[Path], known: dict,
         totals.files_read += 1
         part = _read_file(rel, data, totals, run_id, prev is None, latest)
         status = "rejected" if part.rejects and part.rejects[0][1] == -1 else "loaded"
-        part.file_row = (rel, st.st_size, st.st_mtime_ns, sha, len(part.lines), len(part.rejects),
+        # A post refused as dated in the future becomes valid with time: read the file again next run.
+        size = -1 if any("is in the future" in r[2] for r in part.rejects) else st.st_size
+        part.file_row = (rel, size, st.st_mtime_ns, sha, len(part.lines), len(part.rejects),
                          status, run_id)
         batch.parts.append(part)
         batch.rows += len(part.lines)

@@ -33,9 +33,12 @@ renamed as (
         image_path is not null                                as has_image,
         loaded_at,
         updated_at,
-        -- Deduplicate case variants of a username; the latest update wins.
+        -- Deduplicate case variants of a username (Telegram's usernames ignore case).
         row_number() over (
-            partition by lower(trim(channel)), message_id order by updated_at desc
+            -- the loader's precedence (newest scrape, then file path, then position): the same
+            -- winner whatever order the lake was loaded in
+            partition by lower(trim(channel)), message_id
+            order by scraped_at desc nulls last, source_file desc, source_position desc nulls last
         )                                                     as _row_rank
     from source
 
