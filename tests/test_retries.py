@@ -1,7 +1,10 @@
 """Stage retries: only transient failures are retried, each attempt is recorded, the result equals a clean run."""
+import asyncio
+import logging
 import threading
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import psycopg2
 import pytest
@@ -16,6 +19,10 @@ from medical_etl.monitoring.alerts import METRICS, evaluate
 from medical_etl.monitoring.rules import load_rules
 from medical_etl.monitoring.run import DEFAULT_RULES
 from medical_etl.monitoring.stats import read_log, summarize
+from medical_etl.stages import SAMPLE_EXPORT
+from medical_etl.standin import StandInClient, read_desktop_export
+
+SAMPLE_CHANNELS = ("CheMed123", "lobelia4cosmetics", "tikvahpharma")
 
 
 def _error_of(fn):
@@ -98,19 +105,50 @@ def _allow_connections(admin, dbname: str, allow: bool) -> None:
         sql.Identifier(dbname), sql.SQL("true" if allow else "false")))
 
 
+class GatedClient(StandInClient):
+    """The sample's posts; the first page request waits for the file ``go`` (after touching ``entered``),
+    so a test can act while the job is past its preflight checks and inside the scrape stage."""
+
+    def __init__(self, posts, gate: Path):
+        super().__init__(posts)
+        self.gate = gate
+
+    async def on_page(self, entity, request_no):
+        (self.gate / "entered").touch()
+        while not (self.gate / "go").exists():
+            await asyncio.sleep(0.05)
+
+
+def _sample_client(gate: Path) -> GatedClient:
+    dirs = sorted(p for p in SAMPLE_EXPORT.iterdir() if (p / "result.json").is_file())
+    return GatedClient([post for d in dirs for post in read_desktop_export(d)], gate)
+
+
+def _wait_file(path: Path, job: threading.Thread, timeout: float = 300) -> None:
+    t0 = time.time()
+    while not path.exists():
+        assert job.is_alive() and time.time() - t0 < timeout, f"{path.name} never appeared"
+        time.sleep(0.05)
+
+
 def test_stage_retried_after_database_unreachable_gives_the_clean_runs_warehouse(settings, pg_admin, tmp_path):
-    s = replace(settings, telegram_source="sample", stage_timeout_s=900, stage_retries=2,
+    s = replace(settings, telegram_channels=SAMPLE_CHANNELS, stage_timeout_s=900, stage_retries=2,
                 stage_retry_backoff_s=5.0, stage_retry_backoff_max_s=5.0)
-    _allow_connections(pg_admin, s.db_name, False)  # as if the server were down when the load starts
+    gate = tmp_path / "gate"
+    gate.mkdir()
     outcome = {}
-    job = threading.Thread(target=lambda: outcome.update(summary=run_job("pipeline", s)))
+    job = threading.Thread(target=lambda: outcome.update(summary=run_job("pipeline", s, client=_sample_client(gate))))
+    job.start()
     try:
-        job.start()
+        _wait_file(gate / "entered", job)  # past the preflight checks, inside the scrape stage
+        _allow_connections(pg_admin, s.db_name, False)  # the server goes away before the load
+        (gate / "go").touch()
         t0 = time.time()
         while not [r for r in records(s) if r["stage"] == "load"]:
             assert job.is_alive() and time.time() - t0 < 300, "the load never failed"
             time.sleep(0.05)
     finally:
+        (gate / "go").touch()
         _allow_connections(pg_admin, s.db_name, True)  # the server is back before the retry
     job.join(900)
     summary = outcome["summary"]
@@ -141,24 +179,75 @@ def test_stage_retried_after_database_unreachable_gives_the_clean_runs_warehouse
     c.close()
     with scratch_database(pg_admin) as db:
         clean = replace(s, db_name=db.dbname, raw_data_path=tmp_path / "clean_raw", logs_path=tmp_path / "clean_logs")
-        assert run_job("pipeline", clean)["status"] == "success"
+        (gate / "go").touch()
+        assert run_job("pipeline", clean, client=_sample_client(gate))["status"] == "success"
         c2 = psycopg2.connect(**db.kwargs())
         assert warehouse_fingerprint(c2) == retried
         c2.close()
     assert retried["marts.fct_messages"][0] > 0
 
 
-def test_fatal_failure_is_not_retried(settings, tmp_path):
-    s = replace(settings, yolo_model=str(tmp_path / "missing.onnx"), stage_retries=2,
-                stage_retry_backoff_s=600.0)
+def test_preflight_waits_for_a_database_that_is_restarting(settings, pg_admin):
+    s = replace(settings, telegram_source="sample", stage_retries=2, stage_retry_backoff_s=3.0,
+                stage_retry_backoff_max_s=3.0)
+    waiting = threading.Event()
+
+    class Seen(logging.Handler):
+        def emit(self, record):
+            if "checking again" in record.getMessage():
+                waiting.set()
+
+    handler = Seen()
+    logging.getLogger("medical_etl.jobs").addHandler(handler)
+    _allow_connections(pg_admin, s.db_name, False)  # down when the job starts
+    outcome = {}
+    job = threading.Thread(target=lambda: outcome.update(summary=run_job("scrape-load", s)))
+    try:
+        job.start()
+        assert waiting.wait(120), "the job did not wait for the database"
+    finally:
+        _allow_connections(pg_admin, s.db_name, True)
+        logging.getLogger("medical_etl.jobs").removeHandler(handler)
+    job.join(600)
+    assert outcome["summary"]["status"] == "success" and outcome["summary"]["retries"] == {"preflight": 1}
+    (jobrec,) = [r for r in records(s) if r["stage"] is None]
+    assert jobrec["metrics"]["retry_reasons"] == {"preflight": "database unreachable"}
+    assert [r["attempt"] for r in records(s) if r["stage"]] == [1, 1]
+
+    # a database that stays down fails the job after STAGE_RETRIES checks, naming the setting
+    _allow_connections(pg_admin, s.db_name, False)
+    try:
+        t0 = time.time()
+        with pytest.raises(JobError, match="not started: load: DB_"):
+            run_job("scrape-load", replace(s, stage_retries=1, stage_retry_backoff_s=0.5))
+        assert time.time() - t0 < 60
+    finally:
+        _allow_connections(pg_admin, s.db_name, True)
+
+
+def test_fatal_failures_are_not_retried(settings, conn, tmp_path):
+    # missing weights: refused before any stage, at once
+    s = replace(settings, telegram_source="sample", stage_retries=2, stage_retry_backoff_s=600.0)
     t0 = time.time()
-    with pytest.raises(JobError):
-        run_job("enrich", s)
-    assert time.time() - t0 < 300  # no 600 s backoff: failed at once
-    (rec,) = [r for r in records(s) if r["stage"] == "enrich"]
-    assert rec["attempt"] == 1 and rec["status"] == "failed" and rec["reason"] is None
+    with pytest.raises(JobError, match="not started: enrich: YOLO_MODEL"):
+        run_job("enrich", replace(s, yolo_model=str(tmp_path / "missing.onnx")))
+    assert time.time() - t0 < 120  # no 600 s backoff
     (jobrec,) = [r for r in records(s) if r["stage"] is None]
     assert jobrec["status"] == "failed" and "retries" not in jobrec["metrics"]
+
+    # a failing dbt test: one attempt, no retry
+    run_job("scrape-load", s)
+    with conn.cursor() as cur:
+        cur.execute("UPDATE raw.telegram_messages SET message_date = now() + interval '30 days', "
+                    "updated_at = now() WHERE message_id = (SELECT min(message_id) FROM raw.telegram_messages)")
+    conn.commit()
+    t0 = time.time()
+    with pytest.raises(JobError, match="assert_no_future_posts"):
+        run_job("transform", s)
+    assert time.time() - t0 < 300
+    (rec,) = [r for r in records(s) if r["stage"] == "transform"]
+    assert rec["attempt"] == 1 and rec["status"] == "failed" and rec["reason"] is None
+    assert "retries" not in [r for r in records(s) if r["stage"] is None][-1]["metrics"]
 
 
 def test_operations_settings_parse_and_are_documented(tmp_path):
