@@ -19,7 +19,7 @@ DEMO_ENV := DB_HOST= TELEGRAM_SOURCE=sample YOLO_MODEL=$(DEMO_YOLO_MODEL) \
 
 .PHONY: help setup test lint doctor demo dbt pipeline weekly scrape-load transform enrich \
         stage-scrape stage-load stage-transform stage-enrich monitor report telegram-login \
-        install-cron uninstall-cron bench-load bench-transform bench-enrich bench-idle bench-monitor clean \
+        install-cron uninstall-cron backup restore bench-load bench-transform bench-enrich bench-idle bench-monitor clean \
         system-deps serve status bench-api
 
 help: ## list the targets
@@ -35,8 +35,9 @@ setup: $(STAMP) ## build .venv from setup.cfg (rebuilt only when setup.cfg chang
 test: $(STAMP) system-deps ## run the test suite (uses 127.0.0.1:5432 when it answers, else the embedded server)
 	$(BIN)/python -m pytest -q
 
-# Debian's Chromium renders monitor/report.html in the monitor's browser test; installed with apt when missing.
-system-deps: ## install Debian's chromium (the report's browser test) when missing; needs root or sudo
+# Debian's Chromium renders monitor/report.html in the monitor's browser test, and Debian's systemd provides
+# systemd-analyze, which checks deploy/systemd's units (verify) and timers (calendar): installed with apt when missing.
+system-deps: ## install Debian's chromium and systemd (browser and unit tests) when missing; needs root or sudo
 	@command -v chromium >/dev/null 2>&1 && exit 0; \
 	echo "system-deps: installing Debian's chromium with apt-get: the monitor's test renders monitor/report.html in a real browser"; \
 	if [ "$$(id -u)" = 0 ]; then SUDO=; \
@@ -49,6 +50,18 @@ system-deps: ## install Debian's chromium (the report's browser test) when missi
 	  || { $$SUDO apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends chromium >/dev/null; } \
 	  || { echo "system-deps: apt-get could not install chromium (see the messages above)" >&2; exit 1; }; \
 	echo "system-deps: chromium installed ($$(command -v chromium))"
+	@command -v systemd-analyze >/dev/null 2>&1 && exit 0; \
+	echo "system-deps: installing Debian's systemd with apt-get: the tests check deploy/systemd's units with systemd-analyze"; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; \
+	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
+	else echo "system-deps: cannot install systemd: not root and no password-less sudo." >&2; \
+	     echo "  Install it yourself (sudo apt-get install systemd), or run the other tests: .venv/bin/python -m pytest -q -k 'not systemd'" >&2; \
+	     exit 1; fi; \
+	command -v apt-get >/dev/null 2>&1 || { echo "system-deps: no apt-get here: install systemd with your system's package manager" >&2; exit 1; }; \
+	DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends systemd >/dev/null \
+	  || { $$SUDO apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends systemd >/dev/null; } \
+	  || { echo "system-deps: apt-get could not install systemd (see the messages above)" >&2; exit 1; }; \
+	echo "system-deps: systemd installed ($$(command -v systemd-analyze))"
 
 lint: $(STAMP) ## ruff over the code
 	$(BIN)/ruff check medical_etl scripts monitor tests bench
@@ -114,6 +127,13 @@ install-cron: $(STAMP) ## install the crontab entries for this user (idempotent)
 
 uninstall-cron: $(STAMP) ## remove exactly the entries install-cron added
 	$(ETL) cron uninstall
+
+# --- backups -------------------------------------------------------------------------
+backup: $(STAMP) ## back up the database (pg_dump), the lake and the run log to BACKUP_PATH; keeps BACKUP_KEEP
+	$(ETL) backup
+
+restore: $(STAMP) ## restore BACKUP=<folder of BACKUP_PATH, or latest> into an empty database and folders (FORCE=1: over them)
+	$(ETL) restore $${BACKUP:?set BACKUP=<backup folder name> or BACKUP=latest (make restore BACKUP=latest)} $(if $(FORCE),--force)
 
 # --- benchmarks (ratios against baselines measured in the same run) ---------------
 bench-load: $(STAMP) ## load stage on a 200,000-message synthetic lake vs execute_values and plain COPY

@@ -6,23 +6,21 @@ stages, which never read the environment themselves.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
 
 from . import __version__
 from .config import ConfigError, Settings, load_settings
-from .secrets import install_logging_filter, mask
+from .secrets import mask
 
 
-def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("pgserver").setLevel(logging.WARNING)
-    install_logging_filter()
+def setup_logging(verbose: bool = False, level: str = "INFO") -> None:
+    """LOG_LEVEL for this process (and, through the settings, for the stage processes); -v = DEBUG."""
+    from .logsetup import configure_logging
+
+    configure_logging("DEBUG" if verbose else level)
 
 
 # --- doctor ------------------------------------------------------------------
@@ -65,7 +63,7 @@ def cmd_doctor(args, settings: Settings) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="medical-etl", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"medical-etl {__version__}")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG (same as LOG_LEVEL=DEBUG)")
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("doctor", help="check configuration, database and tools")
     d.set_defaults(func=cmd_doctor)
@@ -77,12 +75,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
     try:
         settings = load_settings()
     except ConfigError as exc:
+        setup_logging(args.verbose)
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
+    if args.verbose:
+        settings = dataclasses.replace(settings, log_level="DEBUG")
+    setup_logging(level=settings.log_level)
+    from .runlog import configure_rotation
+
+    configure_rotation(settings.runlog_max_mb)
     try:
         rc = args.func(args, settings)
     except KeyboardInterrupt:

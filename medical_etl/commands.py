@@ -199,6 +199,35 @@ def cmd_env(args, settings: Settings) -> int:
         out.append("# DB_PASSWORD is set but not printed: add --with-password, or export PGPASSWORD and "
                    "MEDICAL_ETL_DBT_PASSWORD yourself")
     print("\n".join(out))
+def cmd_backup(args, settings: Settings) -> int:
+    from .backup import backup
+    from .runlog import track_run
+
+    # A stage-level record: the job rules (failure, staleness) stay about the pipeline's jobs, and
+    # the backup_failure rule watches this one.
+    with track_run(settings.logs_path, job="backup", stage="backup") as rec:
+        summary = backup(settings, keep=args.keep)
+        rec.metrics.update({k: v for k, v in summary.items() if k not in ("lake", "logs")})
+    _print(summary)
+    return 0
+
+
+def cmd_restore(args, settings: Settings) -> int:
+    from .backup import RestoreRefused, list_backups, resolve_backup, restore
+
+    if args.list:
+        for b in list_backups(settings.backup_path):
+            print(b.name)
+        return 0
+    if not args.backup:
+        print("error: name a backup (a folder of BACKUP_PATH, or latest); --list shows them", file=sys.stderr)
+        return 2
+    try:
+        summary = restore(settings, resolve_backup(args.backup, settings), force=args.force)
+    except RestoreRefused as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    _print(summary)
     return 0
 
 
@@ -263,6 +292,17 @@ def register(sub) -> None:
     p.add_argument("--no-deliver", action="store_true", help="evaluate and print only")
     p.add_argument("--no-warehouse", action="store_true", help="use the run log only")
     p.set_defaults(func=cmd_monitor)
+
+    p = sub.add_parser("backup", help="back up the database (pg_dump), the lake and the run log to BACKUP_PATH")
+    p.add_argument("--keep", type=int, help="backups to keep (default BACKUP_KEEP)")
+    p.set_defaults(func=cmd_backup)
+
+    p = sub.add_parser("restore", help="restore a backup into an empty database, lake and log folder")
+    p.add_argument("backup", nargs="?", help="a backup folder of BACKUP_PATH, or latest")
+    p.add_argument("--force", action="store_true",
+                   help="restore over a non-empty database (dropped) and lake/logs (moved aside)")
+    p.add_argument("--list", action="store_true", help="list the backups in BACKUP_PATH")
+    p.set_defaults(func=cmd_restore)
 
     p = sub.add_parser("report", help="print what the warehouse holds: counts, image categories, top products")
     p.set_defaults(func=cmd_report)

@@ -57,6 +57,15 @@ class Settings:
     yolo_offline: bool = True
     stage_timeout_s: int = 3600
     load_batch_rows: int = 5000
+    log_level: str = "INFO"
+    stage_retries: int = 2
+    stage_retry_backoff_s: float = 10.0
+    stage_retry_backoff_max_s: float = 300.0
+    backup_path: Path = Path("backups")
+    backup_keep: int = 7
+    pg_bin_dir: Path | None = None
+    log_retention_days: int = 30
+    runlog_max_mb: float = 50.0
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -135,6 +144,17 @@ def _bool(raw: str) -> bool:
     raise ValueError(f"expected 1/0, true/false, yes/no or on/off, got {raw!r}")
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _log_level(raw: str) -> str:
+    v = raw.strip().upper()
+    v = "WARNING" if v == "WARN" else v
+    if v in LOG_LEVELS:
+        return v
+    raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}, got {raw!r}")
+
+
 def _device(raw: str) -> str:
     v = raw.strip().lower()
     if v in ("cpu", "cuda", "auto", "mps") or v.isdigit() or v.startswith("cuda:"):
@@ -171,6 +191,15 @@ VARIABLES: dict[str, tuple[str, object]] = {
     "YOLO_OFFLINE": ("yolo_offline", _bool),
     "STAGE_TIMEOUT": ("stage_timeout_s", _int(1)),
     "LOAD_BATCH_ROWS": ("load_batch_rows", _int(1, 1_000_000)),
+    "LOG_LEVEL": ("log_level", _log_level),
+    "STAGE_RETRIES": ("stage_retries", _int(0, 10)),
+    "STAGE_RETRY_BACKOFF": ("stage_retry_backoff_s", _float(0.0, 3600.0)),
+    "STAGE_RETRY_BACKOFF_MAX": ("stage_retry_backoff_max_s", _float(0.0, 86400.0)),
+    "BACKUP_PATH": ("backup_path", _path),
+    "BACKUP_KEEP": ("backup_keep", _int(1, 1000)),
+    "PG_BIN_DIR": ("pg_bin_dir", _path),
+    "LOG_RETENTION_DAYS": ("log_retention_days", _int(1, 3650)),
+    "RUNLOG_MAX_MB": ("runlog_max_mb", _float(0.001, 100_000.0)),
 }
 
 WRITABLE_DIRS = ("RAW_DATA_PATH", "LOGS_PATH")

@@ -21,8 +21,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import retry
 from .config import Settings
-from .runlog import RunLog, new_run_id, track_run, utc_now_iso
+from .runlog import RunLog, configure_rotation, new_run_id, track_run, utc_now_iso
 from .secrets import mask
 
 JOBS: dict[str, tuple[str, ...]] = {
@@ -131,7 +132,7 @@ def _run_stage_process(stage: str, settings: Settings, job: str, run_id: str, op
         proc.wait(10)
         _cancel_queries(settings, stage_application_name(run_id, stage))
         _record(settings, job, stage, run_id, t0, "timeout",
-                f"stage exceeded its time limit of {timeout_s:g} s")
+                f"stage exceeded its time limit of {timeout_s:g} s", opts.get("attempt"))
         return "failed", {"error": "timeout", "reason": "timeout"}
     proc.wait()
     try:
@@ -139,7 +140,7 @@ def _run_stage_process(stage: str, settings: Settings, job: str, run_id: str, op
     except Exception:  # noqa: BLE001 - no (or a torn) result: the process died
         why = f"stage process died (exit code {proc.returncode})"
         _cancel_queries(settings, stage_application_name(run_id, stage))
-        _record(settings, job, stage, run_id, t0, why, why)
+        _record(settings, job, stage, run_id, t0, why, why, opts.get("attempt"))
         return "failed", {"error": why}
 
 
@@ -175,17 +176,51 @@ def _kill_group(pid: int) -> None:
         time.sleep(2 if sig == signal.SIGTERM else 0)
 
 
-def _record(settings: Settings, job: str, stage: str, run_id: str, t0: float, reason: str, message: str):
+def _record(settings: Settings, job: str, stage: str, run_id: str, t0: float, reason: str, message: str,
+            attempt: int | None = None):
     """The stage could not write its own record (killed): write it for it."""
     rec = {"run_id": run_id, "job": job, "stage": stage, "status": "failed",
            "started_at": None, "finished_at": None, "duration_s": round(time.perf_counter() - t0, 3),
            "metrics": {}, "error": {"type": "StageTimeout" if reason == "timeout" else "StageDied",
                                     "message": message}, "reason": reason,
            "host": os.uname().nodename, "pid": os.getpid(), "peak_rss_mb": None, "cpu_s": None}
+    if attempt is not None:
+        rec["attempt"] = attempt
     try:
         RunLog(settings.logs_path).append(rec)
     except OSError:
         pass
+
+
+def _run_stage_with_retries(stage: str, settings: Settings, job: str, run_id: str, opts: dict,
+                            timeout_s: float, retried: dict) -> tuple[str, dict]:
+    """Run the stage; rerun it after a transient failure, up to STAGE_RETRIES times, with capped
+    exponential backoff. Each attempt appends its own run-log record (``attempt``, ``reason``);
+    ``retried`` gets ``{stage: (retries, reason)}`` when a retry happened."""
+    attempt = 1
+    while True:
+        status, result = _run_stage_process(stage, settings, job, run_id, {**opts, "attempt": attempt}, timeout_s)
+        why = result.get("transient") if status != "ok" else None
+        if not why or attempt > settings.stage_retries:
+            return status, result
+        delay = retry.backoff_s(attempt, settings.stage_retry_backoff_s, settings.stage_retry_backoff_max_s)
+        log.warning("stage %s failed on attempt %d (%s: %s); retrying in %g s", stage, attempt, why,
+                    result.get("error"), delay)
+        retried[stage] = (attempt, why)
+        time.sleep(delay)
+        attempt += 1
+
+
+def _housekeeping(settings: Settings) -> None:
+    from .housekeeping import tidy_logs
+    from .transform import PROJECT_DIR
+
+    try:
+        done = tidy_logs(settings.logs_path, retention_days=settings.log_retention_days,
+                         dbt_log_dir=PROJECT_DIR / "logs")
+        log.debug("log housekeeping: %s", done)
+    except OSError as exc:  # a full or read-only disk must not fail a job that did its work
+        log.warning("log housekeeping failed: %s", exc)
 
 
 def stage_options(job: str, stage: str, *, client=None, full_refresh: bool = False,
@@ -228,6 +263,7 @@ def run_job(
         raise ValueError(f"unknown job {job!r}; jobs: {', '.join(JOBS)}")
     timeout = stage_timeout_s or settings.stage_timeout_s
     run_id = run_id or new_run_id()
+    configure_rotation(settings.runlog_max_mb)
     lock = acquire_lock(settings.logs_path / LOCK_NAME, lock_wait_s)
     if isinstance(lock, str):
         with track_run(settings.logs_path, job=job, stage=None, run_id=run_id) as rec:
@@ -236,18 +272,19 @@ def run_job(
         return {"job": job, "run_id": run_id, "status": "skipped", "reason": rec.reason}
     summary: dict = {"job": job, "run_id": run_id, "stages": {}, "status": "success"}
     marker = None
+    retried: dict = {}
     try:
         reap_dead_runs(settings.logs_path)
-        marker = mark_running(settings.logs_path, job, run_id, len(JOBS[job]) * timeout + 300)
+        marker = mark_running(settings.logs_path, job, run_id, _deadline_s(job, settings, timeout))
         with track_run(settings.logs_path, job=job, stage=None, run_id=run_id) as rec:
-            problems = _preflight(job, settings, client)
+            problems = _preflight_with_retries(job, settings, client, retried)
             if problems:
                 summary.update(status="failed", failed_stage=problems[0].stage, preflight=[str(p) for p in problems],
                                error="not started: " + "; ".join(str(p) for p in problems))
             for stage in JOBS[job] if not problems else ():
                 opts = stage_options(job, stage, client=client, full_refresh=full_refresh,
                                      refresh_days=refresh_days)
-                status, result = _run_stage_process(stage, settings, job, run_id, opts, timeout)
+                status, result = _run_stage_with_retries(stage, settings, job, run_id, opts, timeout, retried)
                 summary["stages"][stage] = result if status == "ok" else {"status": "failed", **result}
                 if status != "ok":
                     summary.update(status="failed", failed_stage=stage, error=result.get("error"))
@@ -257,15 +294,45 @@ def run_job(
                     if not partial:
                         break
             rec.metrics.update(stages=list(summary["stages"]), failed_stage=summary.get("failed_stage"))
+            if retried:  # a success after a retry is a success; the monitor warns about it
+                rec.metrics.update(retries={k: n for k, (n, _) in retried.items()},
+                                   retry_reasons={k: why for k, (_, why) in retried.items()})
+                summary["retries"] = rec.metrics["retries"]
             if summary["status"] == "failed":
                 rec.status, rec.reason = "failed", f"stage {summary['failed_stage']}: {summary['error']}"
     finally:
         if marker is not None:
             marker.unlink(missing_ok=True)
+        _housekeeping(settings)
         lock.release()
     if summary["status"] == "failed":
         raise JobError(summary)
     return summary
+
+
+def _deadline_s(job: str, settings: Settings, timeout: float) -> float:
+    """Longest a job can legitimately run: every stage at its time limit on every attempt, plus the waits."""
+    tries = 1 + settings.stage_retries
+    waits = sum(retry.backoff_s(n, settings.stage_retry_backoff_s, settings.stage_retry_backoff_max_s)
+                for n in range(1, tries))
+    return len(JOBS[job]) * (timeout * tries + waits) + waits + 300
+
+
+def _preflight_with_retries(job: str, settings: Settings, client, retried: dict):
+    """The preflight checks; a database that is unreachable or restarting (and nothing else wrong)
+    is waited for like a stage's transient failure, up to STAGE_RETRIES times."""
+    attempt = 1
+    while True:
+        problems = _preflight(job, settings, client)
+        why = (retry.message_reason(problems[0].message) or retry.DB_UNREACHABLE) \
+            if len(problems) == 1 and problems[0].setting == "DB_*" else None
+        if not why or attempt > settings.stage_retries:
+            return problems
+        delay = retry.backoff_s(attempt, settings.stage_retry_backoff_s, settings.stage_retry_backoff_max_s)
+        log.warning("job %s: %s (%s); checking again in %g s", job, why, mask(problems[0]), delay)
+        retried["preflight"] = (attempt, why)
+        time.sleep(delay)
+        attempt += 1
 
 
 def _preflight(job: str, settings: Settings, client):

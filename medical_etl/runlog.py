@@ -1,15 +1,23 @@
-"""Append-only JSON-lines run log (``LOGS_PATH/runs.jsonl``).
+"""Append-only JSON-lines run log (``LOGS_PATH/runs.jsonl``), rotated by size.
 
 Every stage and job run appends exactly one record when it ends. Each record
-is one ``write`` of one line under an exclusive ``flock``, so records from
-concurrent processes never interleave or tear.
+is one ``write`` of one line under an exclusive ``flock`` of ``runs.jsonl.lock``,
+so records from concurrent processes never interleave or tear. When the current
+file would grow past ``RUNLOG_MAX_MB`` it is renamed, under the same lock, to the
+next segment ``runs.000001.jsonl``, ``runs.000002.jsonl``, ... (housekeeping may
+gzip them to ``.jsonl.gz``); no segment is ever deleted, so no record is lost.
+Readers open every segment under a shared lock and read them, oldest first, as
+one history.
 """
 from __future__ import annotations
 
 import fcntl
+import gzip
+import io
 import json
 import logging
 import os
+import re
 import resource
 import socket
 import time
@@ -26,6 +34,14 @@ from .secrets import mask
 log = logging.getLogger(__name__)
 
 RUNLOG_NAME = "runs.jsonl"
+DEFAULT_MAX_MB = 50.0
+_max_bytes = int(DEFAULT_MAX_MB * 1024 * 1024)
+
+
+def configure_rotation(max_mb: float) -> None:
+    """Set the size (RUNLOG_MAX_MB) at which this process rotates the run log (an edge calls this)."""
+    global _max_bytes
+    _max_bytes = max(1, int(max_mb * 1024 * 1024))
 
 
 def new_run_id() -> str:
@@ -39,38 +55,153 @@ def utc_now_iso() -> str:
 class RunLog:
     """The run log file; ``path`` may be the folder (LOGS_PATH) or the file itself."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, max_bytes: int | None = None):
         p = Path(path)
         self.path = p if p.suffix == ".jsonl" else p / RUNLOG_NAME
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self.max_bytes = max_bytes
+        self._segment = re.compile(re.escape(self.path.stem) + r"\.(\d{6,})\.jsonl(\.gz)?")
+
+    def _lock(self, mode: int) -> int | None:
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            if mode == fcntl.LOCK_SH:  # a read-only folder: read without the lock
+                return None
+            raise
+        fcntl.flock(fd, mode)
+        return fd
+
+    @staticmethod
+    def _unlock(fd: int | None) -> None:
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
 
     def append(self, record: dict) -> None:
         line = (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode("utf-8")
         line = mask(line.decode("utf-8")).encode("utf-8")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        limit = self.max_bytes or _max_bytes
+        lock = self._lock(fcntl.LOCK_EX)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                size = self.path.stat().st_size
+            except FileNotFoundError:
+                size = 0
+            if size and size + len(line) > limit:
+                self._rotate()
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:
                 written = os.write(fd, line)
-                if written != len(line):  # a short write would tear the line: finish it
-                    os.write(fd, line[written:])
+                while written < len(line):  # a short write would tear the line: finish it
+                    written += os.write(fd, line[written:])
             finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
         finally:
-            os.close(fd)
+            self._unlock(lock)
+
+    def _numbered(self) -> dict[int, Path]:
+        """Rotated segments by number; where both ``.jsonl`` and ``.jsonl.gz`` exist the gzip is whole."""
+        out: dict[int, Path] = {}
+        if not self.path.parent.is_dir():
+            return out
+        for p in self.path.parent.iterdir():
+            m = self._segment.fullmatch(p.name)
+            if m and (int(m.group(1)) not in out or m.group(2)):
+                out[int(m.group(1))] = p
+        return out
+
+    def _rotate(self) -> Path:
+        """Rename the current file to the next segment (the caller holds the exclusive lock)."""
+        n = max(self._numbered(), default=0) + 1
+        target = self.path.with_name(f"{self.path.stem}.{n:06d}.jsonl")
+        os.rename(self.path, target)
+        return target
+
+    def segments(self) -> list[Path]:
+        """Every file of the history, oldest first: the rotated segments, then the current file."""
+        numbered = self._numbered()
+        out = [numbered[k] for k in sorted(numbered)]
+        return out + ([self.path] if self.path.exists() else [])
+
+    def open_segments(self) -> list[io.BufferedIOBase]:
+        """Open every segment under a shared lock: a rotation meanwhile cannot hide records from the reader."""
+        lock = self._lock(fcntl.LOCK_SH) if self.path.parent.is_dir() else None
+        files = []
+        try:
+            for p in self.segments():
+                try:
+                    files.append(gzip.open(p, "rb") if p.suffix == ".gz" else open(p, "rb"))
+                except FileNotFoundError:
+                    continue
+        finally:
+            self._unlock(lock)
+        return files
+
+    def copy_to(self, folder: Path) -> list[str]:
+        """Copy every segment as it is (gzipped ones stay gzipped) into ``folder``; return the names.
+
+        The segments are opened under the shared lock, so the copy holds whole records only and a
+        rotation meanwhile neither hides nor doubles one."""
+        lock = self._lock(fcntl.LOCK_SH) if self.path.parent.is_dir() else None
+        opened = []
+        try:
+            for p in self.segments():
+                try:
+                    opened.append((p.name, open(p, "rb"), p.stat().st_size))
+                except FileNotFoundError:
+                    continue
+        finally:
+            self._unlock(lock)
+        for name, fh, size in opened:
+            with fh, open(Path(folder) / name, "wb") as out:
+                out.write(fh.read(size))  # what was there under the lock: no record appended after
+        return [name for name, _, _ in opened]
+
+    def lines(self) -> Iterator[bytes]:
+        """Every line of the history, oldest segment first."""
+        for fh in self.open_segments():
+            with fh:
+                yield from fh
 
     def records(self) -> Iterator[dict]:
-        """Yield every well-formed record; torn or malformed lines are skipped."""
-        if not self.path.exists():
-            return
-        with open(self.path, encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(rec, dict):
-                    yield rec
+        """Yield every well-formed record of every segment; torn or malformed lines are skipped."""
+        for line in self.lines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict):
+                yield rec
+
+    def compress_segments(self) -> int:
+        """gzip the rotated plain segments (never the current file); return how many."""
+        done = 0
+        for _, p in sorted(self._numbered().items()):
+            if p.suffix == ".gz":
+                stale = p.with_suffix("")  # a crash after the rename left the plain copy
+                if stale.exists():
+                    lock = self._lock(fcntl.LOCK_EX)
+                    try:
+                        stale.unlink(missing_ok=True)
+                    finally:
+                        self._unlock(lock)
+                continue
+            gz = p.with_name(p.name + ".gz")
+            tmp = p.with_name(f".{p.name}.gz.tmp")
+            with open(p, "rb") as src, gzip.open(tmp, "wb") as dst:
+                while chunk := src.read(1 << 20):
+                    dst.write(chunk)
+            os.utime(tmp, ns=(p.stat().st_atime_ns, p.stat().st_mtime_ns))
+            lock = self._lock(fcntl.LOCK_EX)
+            try:
+                os.replace(tmp, gz)
+                p.unlink()
+            finally:
+                self._unlock(lock)
+            done += 1
+        return done
 
 
 @dataclass
@@ -100,6 +231,7 @@ def track_run(
     job: str,
     stage: str | None = None,
     run_id: str | None = None,
+    attempt: int | None = None,
 ) -> Iterator[RunRecord]:
     """Wrap a unit of work; append one record when it ends, whatever happens.
 
@@ -139,6 +271,8 @@ def track_run(
             "peak_rss_mb": _peak_rss_mb(),
             "cpu_s": round(_cpu_seconds() - cpu0, 3),
         }
+        if attempt is not None:
+            record["attempt"] = attempt
         if runlog is not None:
             try:
                 runlog.append(record)

@@ -45,10 +45,16 @@ def main(argv: list[str]) -> int:
     sys.path[:] = [*sys.path, *(p for p in pickle.load(sys.stdin.buffer) if p not in sys.path)]
     request = pickle.load(sys.stdin.buffer)
     from .cli import setup_logging
+    from .retry import transient_reason
+    from .runlog import configure_rotation
     from .secrets import mask
 
-    setup_logging(request.get("verbose", False))
     settings = request["settings"]
+    import multiprocessing
+
+    multiprocessing.current_process().name = f"stage-{request['stage']}"  # names the log lines' process
+    setup_logging(request.get("verbose", False), settings.log_level)  # LOG_LEVEL travels in the settings
+    configure_rotation(settings.runlog_max_mb)
     _register_secrets(settings)
     from .stages import StageFailed, run_stage
 
@@ -57,10 +63,11 @@ def main(argv: list[str]) -> int:
                             **request["opts"])
         result = ("ok", summary)
     except StageFailed as exc:
-        result = ("failed", {"error": mask(exc), "summary": exc.summary})
+        result = ("failed", {"error": mask(exc), "summary": exc.summary, "transient": exc.transient})
     except BaseException as exc:  # noqa: BLE001 - reported to the job, already in the run log
         result = ("error", {"error": f"{type(exc).__name__}: {mask(exc)}",
-                            "traceback": mask("".join(traceback.format_exception(exc)[-3:]))})
+                            "traceback": mask("".join(traceback.format_exception(exc)[-3:])),
+                            "transient": transient_reason(exc, request["stage"])})
     data = pickle.dumps(result)
     with os.fdopen(out_fd, "wb") as fh:
         fh.write(data)

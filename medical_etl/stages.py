@@ -9,6 +9,7 @@ import contextlib
 import sys
 from pathlib import Path
 
+from . import retry, tracing
 from .config import Settings
 from .runlog import track_run
 
@@ -19,9 +20,9 @@ SAMPLE_EXPORT = Path(__file__).with_name("sample_export")
 class StageFailed(RuntimeError):
     """A stage finished but did not fully succeed (e.g. some channels failed, a dbt test failed)."""
 
-    def __init__(self, stage: str, summary: dict, message: str):
+    def __init__(self, stage: str, summary: dict, message: str, transient: str | None = None):
         super().__init__(f"{stage}: {message}")
-        self.stage, self.summary = stage, summary
+        self.stage, self.summary, self.transient = stage, summary, transient
 
 
 def channels_from_settings(settings: Settings) -> list[str]:
@@ -53,14 +54,15 @@ def scrape(settings: Settings, run_id: str, client=None, **opts) -> dict:
     opts.setdefault("on_channel", Progress("scrape").channel)
     if client is not None:
         channels = opts.pop("channels", None) or channels_from_settings(settings)
-        return scrape_telegram_data(client, channels, settings.raw_data_path, run_id=run_id, **opts)
+        return scrape_telegram_data(tracing.traced_client(client), channels, settings.raw_data_path,
+                                    run_id=run_id, **opts)
     if settings.telegram_source != "api":
         dirs = _export_dirs(settings.telegram_source)
         refused: list[dict] = []
         posts = [p for d in dirs for p in read_desktop_export(d, refused=refused)]
         opts.pop("channels", None)
-        summary = scrape_telegram_data(StandInClient(posts), [d.name for d in dirs], settings.raw_data_path,
-                                       run_id=run_id, **opts)
+        summary = scrape_telegram_data(tracing.traced_client(StandInClient(posts)), [d.name for d in dirs],
+                                       settings.raw_data_path, run_id=run_id, **opts)
         return {**summary, "source": "sample" if settings.telegram_source == "sample" else "export",
                 "files_refused": len(refused), "refused_files": refused}
     from .jobs import acquire_lock
@@ -75,8 +77,8 @@ def scrape(settings: Settings, run_id: str, client=None, **opts) -> dict:
     try:
         client = open_client(settings)
         try:
-            return {**scrape_telegram_data(client, channels, settings.raw_data_path, run_id=run_id, **opts),
-                    "source": "api"}
+            return {**scrape_telegram_data(tracing.traced_client(client), channels, settings.raw_data_path,
+                                           run_id=run_id, **opts), "source": "api"}
         finally:
             client.disconnect()
     finally:
@@ -145,21 +147,30 @@ RUNNERS = {
 
 
 def run_stage(stage: str, settings: Settings, *, job: str | None = None, run_id: str | None = None,
-              **opts) -> dict:
+              attempt: int | None = None, **opts) -> dict:
     """Run one stage, append its run-log record, return its summary.
 
     Raises :class:`StageFailed` (recorded as ``failed``, with the summary in the
-    metrics) when the stage ran but did not fully succeed.
+    metrics) when the stage ran but did not fully succeed. A failure with a transient
+    cause (see :mod:`medical_etl.retry`) is recorded with reason ``transient: ...``;
+    ``attempt`` (a job's retry count, from 1) goes into the record.
     """
     func, check = RUNNERS[stage]
-    with track_run(settings.logs_path, job=job or stage, stage=stage, run_id=run_id) as rec:
+    with track_run(settings.logs_path, job=job or stage, stage=stage, run_id=run_id, attempt=attempt) as rec:
         # stdout is for results: what a library prints meanwhile (dbt's console lines) goes to stderr
         with contextlib.redirect_stdout(sys.stderr):
-            summary = func(settings, rec.run_id, **opts)
+            try:
+                summary = func(settings, rec.run_id, **tracing.hooks(stage, opts))
+            except Exception as exc:
+                why = retry.transient_reason(exc, stage)
+                rec.reason = f"transient: {why}" if why else None
+                raise
         rec.metrics.update(_metrics(summary))
         problem = check(summary) if check else None
         if problem:
-            raise StageFailed(stage, summary, problem)
+            why = retry.summary_reason(stage, summary)
+            rec.reason = f"transient: {why}" if why else None
+            raise StageFailed(stage, summary, problem, transient=why)
     return summary
 
 

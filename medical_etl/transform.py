@@ -97,9 +97,13 @@ def run_dbt_transformations(
             select, scope = ["dim_dates+"], "dim_dates+: nothing changed but the day"
     common = ["--project-dir", str(project_dir), "--profiles-dir", str(project_dir),
               "--target-path", str(target_path or project_dir / "target")]
-    # progress goes to dbt.log (and each node into the summary); the console gets warnings and errors
-    flags = ["--log-path", str(log_path or project_dir / "logs"), "--no-use-colors", "--log-level", "warn",
-             "--log-level-file", "info"]
+    # progress goes to dbt.log (and each node into the summary); the console gets warnings and errors,
+    # and each node as it runs when LOG_LEVEL=DEBUG (the level this process logs at)
+    from .logsetup import dbt_log_levels
+
+    console_level, file_level = dbt_log_levels()
+    flags = ["--log-path", str(log_path or project_dir / "logs"), "--no-use-colors", "--log-level", console_level,
+             "--log-level-file", file_level]
     args = ["build", *common]
     if full_refresh:
         args.append("--full-refresh")

@@ -210,7 +210,8 @@ def test_shipped_rules_load():
     types = {r.alert_type: r.severity for r in rules}
     assert types == {"pipeline_failure": "critical", "pipeline_died": "critical", "failure_rate": "error",
                      "long_execution": "warning",
-                     "low_data_volume": "warning", "stale_data": "warning", "pipeline_success": "info"}
+                     "low_data_volume": "warning", "stale_data": "warning", "pipeline_success": "info",
+                     "succeeded_on_retry": "warning", "backup_failure": "error"}
     assert set(delivery) == {"webhook", "telegram_bot", "deadman"}
 
 

@@ -64,3 +64,142 @@ def test_malformed_lines_are_skipped(tmp_path):
     path = tmp_path / "runs.jsonl"
     path.write_text('{"a": 1}\n{"torn\n[1,2]\n{"b": 2}\n')
     assert list(RunLog(path).records()) == [{"a": 1}, {"b": 2}]
+
+
+def _rotating_writer(path, n, tag, max_bytes):
+    log = RunLog(path, max_bytes=max_bytes)
+    for i in range(n):
+        log.append({"job": "w", "writer": tag, "i": i, "pad": "y" * 300})
+
+
+def test_rotation_with_two_concurrent_writers_loses_no_record(tmp_path):
+    from medical_etl.monitoring.stats import read_log
+
+    path = tmp_path / "runs.jsonl"
+    procs = [mp.get_context("fork").Process(target=_rotating_writer, args=(path, 1500, t, 20_000))
+             for t in ("a", "b")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    log = RunLog(path)
+    segments = log.segments()
+    assert len(segments) > 20 and segments[-1] == path  # rotated many times while both wrote
+    assert all(s.stat().st_size <= 20_000 for s in segments)
+    for s in segments:  # every line of every segment is a whole record
+        assert all(json.loads(line)["job"] == "w" for line in s.read_text().splitlines())
+    recs = list(log.records())
+    assert sorted((r["writer"], r["i"]) for r in recs) == sorted(
+        [("a", i) for i in range(1500)] + [("b", i) for i in range(1500)])
+    assert [r["i"] for r in recs if r["writer"] == "a"] == list(range(1500))  # segments read oldest first
+
+    # compressed segments are still one history, for the reader and the monitor
+    assert log.compress_segments() == len(segments) - 1
+    assert all(s.name.endswith(".jsonl.gz") for s in log.segments()[:-1])
+    assert len(list(log.records())) == 3000
+    stats = read_log(path)
+    assert stats.records == 3000 and stats.malformed == 0
+    assert log.compress_segments() == 0
+
+
+def test_reader_during_rotation_sees_every_record_once(tmp_path):
+    path = tmp_path / "runs.jsonl"
+    writer = mp.get_context("fork").Process(target=_rotating_writer, args=(path, 3000, "a", 10_000))
+    writer.start()
+    seen_max = 0
+    while writer.is_alive():
+        ids = [r["i"] for r in RunLog(path).records()]
+        assert ids == list(range(len(ids)))  # a prefix of the history: nothing missing, nothing twice
+        seen_max = max(seen_max, len(ids))
+    writer.join()
+    assert len(list(RunLog(path).records())) == 3000 and seen_max > 0
+
+
+def test_track_run_records_the_attempt(tmp_path):
+    with track_run(tmp_path, job="pipeline", stage="load", run_id="r1", attempt=2):
+        pass
+    (r,) = list(RunLog(tmp_path).records())
+    assert r["attempt"] == 2
+
+
+def test_housekeeping_compresses_then_expires_logs(tmp_path):
+    import gzip
+    import os
+    import time
+
+    from medical_etl.housekeeping import tidy_logs
+
+    logs, dbt = tmp_path / "logs", tmp_path / "dbt"
+    logs.mkdir()
+    dbt.mkdir()
+    now = time.time()
+    day = 86400
+
+    def make(p, age_days, text="x\n"):
+        p.write_text(text)
+        os.utime(p, (now - age_days * day, now - age_days * day))
+        return p
+
+    today = time.strftime("%Y-%m-%d", time.gmtime(now))
+    old_day = time.strftime("%Y-%m-%d", time.gmtime(now - 2 * day))
+    ancient_day = time.strftime("%Y-%m-%d", time.gmtime(now - 40 * day))
+    make(logs / f"cron-{today}-pipeline.log", 0)  # today's: being written, kept as is
+    make(logs / f"cron-{old_day}-pipeline.log", 2, "yesterday's run\n")
+    make(logs / f"cron-{ancient_day}-weekly.log", 40)
+    make(logs / f"cron-{ancient_day}-pipeline.log.gz", 40)
+    make(logs / "other.log", 90)  # not ours: untouched
+    make(dbt / "dbt.log", 0)
+    make(dbt / "dbt.log.1", 3, "dbt backup\n")
+    make(dbt / "dbt.log.2", 45)
+    RunLog(logs, max_bytes=200).append({"job": "a", "pad": "z" * 150})
+    RunLog(logs, max_bytes=200).append({"job": "b", "pad": "z" * 150})  # rotates the first out
+
+    done = tidy_logs(logs, retention_days=30, dbt_log_dir=dbt, now=now)
+    names = sorted(p.name for p in logs.iterdir())
+    assert f"cron-{today}-pipeline.log" in names
+    assert f"cron-{old_day}-pipeline.log.gz" in names and f"cron-{old_day}-pipeline.log" not in names
+    with gzip.open(logs / f"cron-{old_day}-pipeline.log.gz", "rt") as fh:
+        assert fh.read() == "yesterday's run\n"
+    assert not [n for n in names if ancient_day in n]
+    assert "other.log" in names
+    assert "runs.000001.jsonl.gz" in names and "runs.jsonl" in names
+    dbt_names = sorted(p.name for p in dbt.iterdir())
+    assert "dbt.log" in dbt_names and "dbt.log.1" not in dbt_names and "dbt.log.2" not in dbt_names
+    (gz,) = [n for n in dbt_names if n.endswith(".gz")]
+    assert gz.startswith("dbt-") and gzip.open(dbt / gz, "rt").read() == "dbt backup\n"
+    assert done == {"compressed": 2, "deleted": 3, "runlog_segments_compressed": 1}
+    assert [r["job"] for r in RunLog(logs).records()] == ["a", "b"]
+    assert tidy_logs(logs, retention_days=30, dbt_log_dir=dbt, now=now) == {
+        "compressed": 0, "deleted": 0, "runlog_segments_compressed": 0}
+
+
+def test_a_job_rotates_its_run_log_and_tidies_old_logs(settings):
+    import os
+    import time
+    from dataclasses import replace
+
+    from medical_etl.jobs import run_job
+    from medical_etl.monitoring.stats import read_log
+
+    s = replace(settings, telegram_source="sample", runlog_max_mb=0.001, log_retention_days=30)
+    s.logs_path.mkdir(parents=True, exist_ok=True)
+    old = s.logs_path / "cron-2020-01-01-pipeline.log"
+    recent = s.logs_path / f"cron-{time.strftime('%Y-%m-%d', time.gmtime(time.time() - 3 * 86400))}-pipeline.log"
+    for p, age in ((old, 400), (recent, 3)):
+        p.write_text("a cron run\n")
+        os.utime(p, (time.time() - age * 86400,) * 2)
+    from medical_etl.runlog import DEFAULT_MAX_MB, configure_rotation
+
+    try:
+        run_job("scrape-load", s)
+        run_job("scrape-load", s)
+    finally:
+        configure_rotation(DEFAULT_MAX_MB)  # run_job set this process's limit to the test's 1 KB
+    log = RunLog(s.logs_path)
+    assert len(log.segments()) >= 3  # 1 KB: the stage processes and the job rotated it
+    recs = list(log.records())
+    assert [(r["stage"], r["status"]) for r in recs] == [("scrape", "success"), ("load", "success"),
+                                                         (None, "success")] * 2
+    assert read_log(s.logs_path / "runs.jsonl").records == 6
+    assert not old.exists() and not recent.exists()
+    assert recent.with_name(recent.name + ".gz").is_file()

@@ -87,6 +87,20 @@ def m_job_succeeded(stats, rule, now, wh, state):
     return _latest_is(stats, rule, "success")
 
 
+def m_succeeded_on_retry(stats, rule, now, wh, state):
+    """1.0 when the latest matching job run succeeded only after a stage was retried (a success, with a warning)."""
+    runs = _runs(stats, rule)
+    if not runs or runs[-1].status != "success":
+        return []
+    r = runs[-1]
+    retries = r.metrics.get("retries") if isinstance(r.metrics.get("retries"), dict) else {}
+    reasons = r.metrics.get("retry_reasons") if isinstance(r.metrics.get("retry_reasons"), dict) else {}
+    return [Subject(_subject_name(rule), float(bool(retries)),
+                    {"job": r.job, "run_id": r.run_id, "retries": sum(retries.values()),
+                     "stages": ", ".join(f"{k} ({reasons.get(k, 'transient')})" for k in retries),
+                     "duration_s": round(r.duration_s, 1)}, r.run_id)]
+
+
 def m_failure_rate(stats, rule, now, wh, state):
     runs = [r for r in _in_window(_runs(stats, rule), rule, now) if r.status in ("success", "failed")]
     if not runs:

@@ -62,39 +62,44 @@ class LogStats:
 
 
 def read_log(path: str | Path) -> LogStats:
+    """Read ``path`` and its rotated segments (``runs.000001.jsonl[.gz]``, ...) as one history."""
+    from ..runlog import RunLog
+
     path = Path(path)
     stats = LogStats(path=path)
-    if not path.exists():
+    runlog = RunLog(path)
+    if not runlog.segments():
         return stats
     stats.exists = True
-    with open(path, "rb") as fh:
-        for line in fh:
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                if not isinstance(rec, dict) or not isinstance(rec.get("job"), str):
-                    raise ValueError("not a run record")
-                run = Run(run_id=str(rec.get("run_id")), job=rec["job"], stage=rec.get("stage"),
-                          status=str(rec.get("status")), finished_at=parse_ts(rec.get("finished_at")),
-                          duration_s=float(rec.get("duration_s") or 0.0),
-                          metrics=rec.get("metrics") if isinstance(rec.get("metrics"), dict) else {},
-                          error=(rec.get("error") or {}).get("message") if isinstance(rec.get("error"), dict)
-                          else rec.get("error"),
-                          reason=rec.get("reason"), peak_rss_mb=rec.get("peak_rss_mb"), cpu_s=rec.get("cpu_s"))
-            except (ValueError, TypeError, AttributeError):
-                stats.malformed += 1
-                continue
-            stats.records += 1
-            if run.stage:
-                stats.stages[run.stage].append(run)
-            else:
-                stats.jobs[run.job].append(run)
-                stats.job_totals[run.job][run.status] += 1
-                if run.status == "success" and run.finished_at:
-                    for key in (run.job, "*"):
-                        if key not in stats.last_success or run.finished_at > stats.last_success[key]:
-                            stats.last_success[key] = run.finished_at
+    for line in runlog.lines():
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            if not isinstance(rec, dict) or not isinstance(rec.get("job"), str):
+                raise ValueError("not a run record")
+            run = Run(run_id=str(rec.get("run_id")), job=rec["job"], stage=rec.get("stage"),
+                      status=str(rec.get("status")), finished_at=parse_ts(rec.get("finished_at")),
+                      duration_s=float(rec.get("duration_s") or 0.0),
+                      metrics=rec.get("metrics") if isinstance(rec.get("metrics"), dict) else {},
+                      error=(rec.get("error") or {}).get("message") if isinstance(rec.get("error"), dict)
+                      else rec.get("error"),
+                      reason=rec.get("reason"), peak_rss_mb=rec.get("peak_rss_mb"), cpu_s=rec.get("cpu_s"))
+        except (ValueError, TypeError, AttributeError):
+            stats.malformed += 1
+            continue
+        stats.records += 1
+        if run.stage:
+            stats.stages[run.stage].append(run)
+        else:
+            stats.jobs[run.job].append(run)
+            stats.job_totals[run.job][run.status] += 1
+            if run.status == "success" and run.metrics.get("retries"):
+                stats.job_totals[run.job]["succeeded_on_retry"] += 1
+            if run.status == "success" and run.finished_at:
+                for key in (run.job, "*"):
+                    if key not in stats.last_success or run.finished_at > stats.last_success[key]:
+                        stats.last_success[key] = run.finished_at
     return stats
 
 
@@ -113,7 +118,7 @@ def summarize(stats: LogStats) -> dict:
     for job, totals in sorted(stats.job_totals.items()):
         done = totals["success"] + totals["failed"]
         health[job] = {"runs": sum(totals.values()), "success": totals["success"], "failed": totals["failed"],
-                       "skipped": totals["skipped"],
+                       "skipped": totals["skipped"], "succeeded_on_retry": totals["succeeded_on_retry"],
                        "success_rate": round(totals["success"] / done, 4) if done else None,
                        "failure_rate": round(totals["failed"] / done, 4) if done else None}
     perf, resources = {}, {}

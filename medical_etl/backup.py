@@ -1,0 +1,393 @@
+"""Backup and restore: the database (pg_dump custom format), the data lake and the run log.
+
+One backup is one folder ``BACKUP_PATH/medical_etl-YYYYmmddTHHMMSSZ/``::
+
+    manifest.json    when, which server and tools, row count of every table, lake and log files
+    database.dump    pg_dump -Fc of the whole warehouse database
+    lake/            the data lake; files unchanged since the previous backup are hard links to it
+                     (an rsync --link-dest style copy: each backup is complete, unchanged files cost nothing)
+    logs/            the run log (every segment) and the monitor's state
+
+It is written as ``.medical_etl-...partial`` and renamed when complete, so a crash never leaves
+something that looks like a backup. A backup taken while a job runs neither blocks it for long
+nor captures a half-written batch: the database is dumped from one exported snapshot (pg_dump
+takes only ACCESS SHARE locks, which writers do not wait for), and the lake is copied *after*
+the snapshot, resume points first, so the lake in a backup is never older than its database and
+a re-run after a restore redoes at most some idempotent work.
+
+The PostgreSQL client tools are those of the server's major version (the embedded server's own
+binaries, ``/usr/lib/postgresql/<major>/bin``, ``PATH``, ``PG_BIN_DIR``), or a newer one.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import lake
+from .config import Settings
+from .db import ConnParams, conn_params, connect
+from .runlog import RunLog
+from .secrets import mask
+
+log = logging.getLogger(__name__)
+
+PREFIX = "medical_etl-"
+_NAME = re.compile(r"medical_etl-\d{8}T\d{6}Z(-\d+)?")
+SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "pg_toast")
+LAKE_ORDER = (lake.STATE_DIR, lake.MESSAGES_DIR, lake.IMAGES_DIR, lake.MANIFESTS_DIR)  # resume points first
+LOG_FILES = ("monitor_state.json",)
+LOCK_WAIT_TIMEOUT = "60s"  # pg_dump gives up rather than queue behind a long exclusive lock
+
+
+class BackupError(RuntimeError):
+    pass
+
+
+class RestoreRefused(BackupError):
+    """The target database or folders are not empty and ``force`` was not given."""
+
+
+# --- PostgreSQL client tools ------------------------------------------------------
+
+def _major(version_text: str) -> int:
+    m = re.search(r"(\d+)(?:\.\d+)?", version_text)
+    if not m:
+        raise BackupError(f"cannot read a PostgreSQL version from {version_text!r}")
+    return int(m.group(1))
+
+
+def _pgserver_bin() -> Path | None:
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
+            from pgserver._commands import POSTGRES_BIN_PATH
+    except ImportError:
+        return None
+    return Path(POSTGRES_BIN_PATH)
+
+
+def _tool_dirs(settings: Settings) -> list[Path]:
+    """Where to look, best first: PG_BIN_DIR, the embedded server's own, Debian's per-version, PATH."""
+    embedded = _pgserver_bin()
+    dirs = [settings.pg_bin_dir] if settings.pg_bin_dir else []
+    if settings.embedded and embedded:
+        dirs.append(embedded)
+    dirs += sorted(Path("/usr/lib/postgresql").glob("*/bin"))  # Debian's, one folder per major version
+    dirs += [Path(p) for p in os.environ.get("PATH", "").split(os.pathsep) if p]
+    if not settings.embedded and embedded:
+        dirs.append(embedded)
+    return dirs
+
+
+def find_tool(name: str, server_major: int, settings: Settings, at_least: int = 0) -> tuple[Path, int]:
+    """The ``name`` binary (pg_dump, pg_restore) of the server's major version, else the oldest newer one."""
+    found: dict[int, Path] = {}
+    for d in _tool_dirs(settings):
+        exe = d / name
+        if not (exe.is_file() and os.access(exe, os.X_OK)):
+            continue
+        try:
+            out = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=30).stdout
+            m = re.search(r"\(PostgreSQL\)\s+(\d+)", out)
+            if m:
+                found.setdefault(int(m.group(1)), exe)
+        except (OSError, subprocess.SubprocessError):
+            continue
+    usable = sorted(v for v in found if v >= max(server_major, at_least))
+    if not usable:
+        have = ", ".join(f"{found[v]} ({v})" for v in sorted(found)) or "none"
+        raise BackupError(f"no {name} for PostgreSQL {max(server_major, at_least)} or newer (found: {have}); "
+                          f"install the server's client tools or set PG_BIN_DIR")
+    return found[usable[0]], usable[0]
+
+
+def _pg_env(params: ConnParams) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env.update(PGHOST=params.host, PGPORT=str(params.port), PGUSER=params.user, PGDATABASE=params.dbname,
+               PGAPPNAME="medical_etl backup", PGCONNECT_TIMEOUT="10")
+    if params.password:
+        env["PGPASSWORD"] = params.password  # never on a command line
+    return env
+
+
+def _run(cmd: list[str], params: ConnParams, what: str) -> None:
+    r = subprocess.run(cmd, env=_pg_env(params), capture_output=True, text=True)
+    if r.returncode != 0:
+        raise BackupError(f"{what} failed (exit {r.returncode}): {mask(r.stderr.strip())[-2000:]}")
+
+
+# --- files ----------------------------------------------------------------------
+
+def _files(root: Path) -> list[Path]:
+    """Regular files under ``root`` (relative), resume points first; temporaries and links left out."""
+    if not root.is_dir():
+        return []
+    rank = {name: i for i, name in enumerate(LAKE_ORDER)}
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for f in filenames:
+            p = Path(dirpath) / f
+            if not f.startswith(".") and p.is_file() and not p.is_symlink():
+                out.append(p.relative_to(root))
+    return sorted(out, key=lambda rel: (rank.get(rel.parts[0], len(rank)), rel.as_posix()))
+
+
+def _copy_lake(src: Path, dst: Path, previous: Path | None) -> dict:
+    """Copy ``src`` to ``dst``; a file with the same size and mtime in ``previous`` is hard-linked from it."""
+    stats = {"files": 0, "bytes": 0, "linked": 0, "copied": 0}
+    for rel in _files(src):
+        s, d = src / rel, dst / rel
+        d.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            st = s.stat()
+        except FileNotFoundError:  # replaced or removed since the listing
+            continue
+        old = previous / rel if previous else None
+        if old is not None and old.is_file():
+            ost = old.stat()
+            if ost.st_size == st.st_size and ost.st_mtime_ns == st.st_mtime_ns:
+                try:
+                    os.link(old, d)
+                except OSError:  # a file system without hard links (or at its link limit): copy
+                    pass
+                else:
+                    stats["linked"] += 1
+                    stats["files"] += 1
+                    stats["bytes"] += st.st_size
+                    continue
+        try:
+            shutil.copy2(s, d)  # reads one inode: an atomic rename meanwhile cannot tear the copy
+        except FileNotFoundError:
+            continue
+        stats["copied"] += 1
+        stats["files"] += 1
+        stats["bytes"] += d.stat().st_size
+    return stats
+
+
+def _copy_logs(logs_path: Path, dst: Path) -> list[str]:
+    dst.mkdir(parents=True, exist_ok=True)
+    names = RunLog(logs_path).copy_to(dst)
+    for extra in LOG_FILES:
+        if (logs_path / extra).is_file():
+            shutil.copy2(logs_path / extra, dst / extra)
+            names.append(extra)
+    return names
+
+
+# --- backup ---------------------------------------------------------------------
+
+def list_backups(backup_path: str | Path) -> list[Path]:
+    """Complete backups, oldest first."""
+    root = Path(backup_path)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if _NAME.fullmatch(p.name) and (p / "manifest.json").is_file())
+
+
+def _table_counts(cur) -> dict[str, int]:
+    cur.execute("""SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                   WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN %s AND n.nspname NOT LIKE 'pg_temp%%'
+                   ORDER BY 1, 2""", (SYSTEM_SCHEMAS,))
+    counts = {}
+    for schema, table in cur.fetchall():
+        cur.execute(f'SELECT count(*) FROM "{schema}"."{table}"')
+        counts[f"{schema}.{table}"] = cur.fetchone()[0]
+    return counts
+
+
+def backup(settings: Settings, *, backup_path: str | Path | None = None, keep: int | None = None) -> dict:
+    """Write one backup to ``backup_path`` (BACKUP_PATH) and prune to the newest ``keep`` (BACKUP_KEEP)."""
+    t0 = time.perf_counter()
+    root = Path(backup_path or settings.backup_path)
+    keep = keep or settings.backup_keep
+    root.mkdir(parents=True, exist_ok=True)
+    lock_fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BackupError(f"another backup is being written to {root}") from None
+        for stale in root.glob(f".{PREFIX}*.partial"):  # left by a crashed backup (we hold the lock)
+            shutil.rmtree(stale, ignore_errors=True)
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        name, n = PREFIX + stamp, 1
+        while (root / name).exists():
+            name, n = f"{PREFIX}{stamp}-{n}", n + 1
+        work = root / f".{name}.partial"
+        work.mkdir()
+        previous = (list_backups(root) or [None])[-1]
+        try:
+            manifest = _write_backup(settings, work, previous)
+            manifest.update(name=name, duration_s=round(time.perf_counter() - t0, 3))
+            (work / "manifest.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+            os.rename(work, root / name)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)  # no half backup left behind
+            raise
+        pruned = [p.name for p in list_backups(root)[:-keep]]
+        for p in pruned:
+            shutil.rmtree(root / p)
+    finally:
+        os.close(lock_fd)
+    return {"status": "success", "backup": str(root / name), "tables": len(manifest["tables"]),
+            "rows": sum(manifest["tables"].values()), "dump_bytes": manifest["database"]["bytes"],
+            "lake": manifest["lake"], "logs": manifest["logs"], "pruned": pruned,
+            "duration_s": round(time.perf_counter() - t0, 3)}
+
+
+def _write_backup(settings: Settings, work: Path, previous: Path | None) -> dict:
+    params = conn_params(settings)
+    conn = connect(params)
+    try:
+        conn.set_session(isolation_level="REPEATABLE READ", readonly=True)
+        with conn.cursor() as cur:
+            cur.execute("SHOW server_version")
+            server_version = cur.fetchone()[0]
+            cur.execute("SELECT pg_export_snapshot()")
+            snapshot = cur.fetchone()[0]
+            pg_dump, tool_major = find_tool("pg_dump", _major(server_version), settings)
+            # pg_dump reads the snapshot this transaction exported: the counts below and the dump
+            # see exactly the same committed batches.
+            dump = work / "database.dump"
+            _run([str(pg_dump), "--format=custom", "--compress=6", f"--snapshot={snapshot}",
+                  f"--lock-wait-timeout={LOCK_WAIT_TIMEOUT}", "--no-password", f"--file={dump}", params.dbname],
+                 params, "pg_dump")
+            counts = _table_counts(cur)
+        conn.rollback()
+    finally:
+        conn.close()
+    lake_stats = _copy_lake(settings.raw_data_path, work / "lake", previous / "lake" if previous else None)
+    logs = _copy_logs(settings.logs_path, work / "logs")
+    return {"format": 1, "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "database": {"name": params.dbname, "server_version": server_version, "pg_dump_major": tool_major,
+                         "embedded": settings.embedded, "bytes": dump.stat().st_size},
+            "tables": counts, "lake": lake_stats, "logs": logs}
+
+
+# --- restore --------------------------------------------------------------------
+
+def resolve_backup(name: str, settings: Settings) -> Path:
+    """A backup of BACKUP_PATH by folder name, or ``latest``; nothing outside BACKUP_PATH is read."""
+    root = settings.backup_path.resolve()
+    backups = list_backups(root)
+    if name == "latest":
+        if not backups:
+            raise BackupError(f"no backup in {root}")
+        return backups[-1]
+    path = (root / name).resolve() if not Path(name).is_absolute() else Path(name).resolve()
+    if path.parent != root or path not in [b.resolve() for b in backups]:
+        raise BackupError(f"{name!r} is not a backup in BACKUP_PATH={root} "
+                          f"(backups: {', '.join(b.name for b in backups) or 'none'})")
+    return path
+
+
+def _user_tables(cur) -> int:
+    cur.execute("""SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                   WHERE c.relkind IN ('r', 'p', 'v', 'm') AND n.nspname NOT IN %s
+                   AND n.nspname NOT LIKE 'pg_temp%%' AND n.nspname NOT LIKE 'pg_toast%%'""", (SYSTEM_SCHEMAS,))
+    return cur.fetchone()[0]
+
+
+def _nonempty_dir(path: Path) -> bool:
+    return path.is_dir() and any(path.iterdir())
+
+
+def restore(settings: Settings, backup_dir: str | Path, *, force: bool = False) -> dict:
+    """Restore a backup into the configured database, lake (RAW_DATA_PATH) and run log (LOGS_PATH).
+
+    Refuses (:class:`RestoreRefused`) when the database holds tables, the lake holds files or the
+    run log holds records, unless ``force``: then the database's schemas are dropped, and the lake
+    and run log are moved aside (``<folder>.before-restore-<time>``), not deleted.
+    """
+    t0 = time.perf_counter()
+    src = Path(backup_dir)
+    manifest = json.loads((src / "manifest.json").read_text(encoding="utf-8"))
+    params = conn_params(settings)
+    conn = connect(params)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SHOW server_version")
+            server_major = _major(cur.fetchone()[0])
+            busy = []
+            if _user_tables(cur):
+                busy.append(f"database {params.dbname} has tables")
+            if _nonempty_dir(settings.raw_data_path):
+                busy.append(f"lake {settings.raw_data_path} is not empty")
+            if RunLog(settings.logs_path).segments():
+                busy.append(f"run log in {settings.logs_path} is not empty")
+            if busy and not force:
+                raise RestoreRefused("refusing to overwrite: " + "; ".join(busy) + " (use --force)")
+            moved = {}
+            if force:
+                cur.execute("SELECT nspname FROM pg_namespace WHERE nspname NOT IN %s "
+                            "AND nspname NOT LIKE 'pg_%%'", (SYSTEM_SCHEMAS,))
+                for (schema,) in cur.fetchall():
+                    cur.execute(f'DROP SCHEMA "{schema}" CASCADE')
+                cur.execute("CREATE SCHEMA IF NOT EXISTS public")
+                moved = _move_aside(settings)
+    finally:
+        conn.close()
+    pg_restore, _ = find_tool("pg_restore", server_major, settings, at_least=manifest["database"]["pg_dump_major"])
+    _run([str(pg_restore), "--no-owner", "--no-privileges", "--exit-on-error", "--single-transaction",
+          "--no-password", f"--dbname={params.dbname}", str(src / "database.dump")], params, "pg_restore")
+    lake_stats = _restore_files(src / "lake", settings.raw_data_path)
+    log_stats = _restore_files(src / "logs", settings.logs_path)
+    conn = connect(params)
+    try:
+        with conn.cursor() as cur:
+            counts = _table_counts(cur)
+    finally:
+        conn.close()
+    mismatched = {t: (n, counts.get(t)) for t, n in manifest["tables"].items() if counts.get(t) != n}
+    if mismatched:
+        raise BackupError(f"restored row counts differ from the backup's: {mismatched}")
+    return {"status": "success", "backup": str(src), "tables": len(counts), "rows": sum(counts.values()),
+            "lake_files": lake_stats, "log_files": log_stats, "moved_aside": moved,
+            "duration_s": round(time.perf_counter() - t0, 3)}
+
+
+def _move_aside(settings: Settings) -> dict:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    moved = {}
+    raw = settings.raw_data_path
+    if _nonempty_dir(raw):
+        aside = raw.with_name(f"{raw.name}.before-restore-{stamp}")
+        os.rename(raw, aside)
+        raw.mkdir(parents=True)
+        moved["lake"] = str(aside)
+    segments = RunLog(settings.logs_path).segments()
+    extra = [settings.logs_path / f for f in LOG_FILES if (settings.logs_path / f).is_file()]
+    if segments or extra:
+        aside = settings.logs_path / f"before-restore-{stamp}"
+        aside.mkdir(parents=True)
+        for p in segments + extra:
+            os.rename(p, aside / p.name)
+        moved["logs"] = str(aside)
+    return moved
+
+
+def _restore_files(src: Path, dst: Path) -> int:
+    """Copy every file (contents and mtime: the loader then sees the lake as already loaded)."""
+    n = 0
+    for rel in _files(src):
+        d = dst / rel
+        d.parent.mkdir(parents=True, exist_ok=True)
+        tmp = d.with_name(f".{d.name}.restore")
+        shutil.copy2(src / rel, tmp)
+        os.replace(tmp, d)
+        n += 1
+    return n
+
