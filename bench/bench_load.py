@@ -29,16 +29,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from synthetic import build_lake, change_views, scratch_database  # noqa: E402
 
-from medical_etl.load import COLUMNS, _copy_line, load_raw_to_postgres  # noqa: E402
+from medical_etl.load import COLUMNS, FIELDS, _copy_line, load_raw_to_postgres  # noqa: E402
 
-BASE_DDL = """CREATE TABLE bench_messages (
-    channel text NOT NULL, message_id bigint NOT NULL, channel_title text, channel_id bigint,
-    message_date timestamptz NOT NULL, message_text text, views bigint, forwards bigint, replies bigint,
-    edit_date timestamptz, grouped_id bigint, reply_to_msg_id bigint, media_type text, image_path text,
-    scraped_at timestamptz, source_file text, PRIMARY KEY (channel, message_id))"""
-LAKE_KEYS = ["channel_username", "message_id", "channel_title", "channel_id", "date", "text", "views",
-             "forwards", "replies", "edit_date", "grouped_id", "reply_to_msg_id", "media_type", "image_path",
-             "scraped_at"]
+_SQL_TYPES = {"id": "bigint", "int": "bigint", "count": "bigint", "ts": "timestamptz"}
+# The baselines store the same columns as the stage (FIELDS, then source_file and source_position).
+BASE_DDL = "CREATE TABLE bench_messages ({}, source_file text, source_position integer, " \
+           "PRIMARY KEY (channel, message_id))".format(
+               ", ".join(f"{c} {_SQL_TYPES.get(kind.rstrip('?'), 'text')}" for c, _, kind in FIELDS))
+LAKE_KEYS = [name for _, name, _ in FIELDS]
 
 
 def _files(lake: Path):
@@ -57,8 +55,8 @@ def run_execute_values(params, lake):
     page = []
     with conn.cursor() as cur:
         for rel, msgs in _files(lake):
-            for m in msgs:
-                page.append(tuple(m.get(k) for k in LAKE_KEYS) + (rel,))
+            for pos, m in enumerate(msgs):
+                page.append(tuple(m.get(k) for k in LAKE_KEYS) + (rel, pos))
                 if len(page) == 1000:
                     execute_values(cur, f"INSERT INTO bench_messages ({', '.join(COLUMNS)}) VALUES %s "
                                         "ON CONFLICT DO NOTHING", page, page_size=1000)
@@ -77,7 +75,8 @@ def run_plain_copy(params, lake):
         cur.execute(BASE_DDL)
         for rel, msgs in _files(lake):
             # same COPY encoding as the stage, so the floor differs only by what the stage adds
-            buf = io.BytesIO(b"".join(_copy_line([m.get(k) for k in LAKE_KEYS] + [rel]) for m in msgs))
+            buf = io.BytesIO(b"".join(_copy_line([m.get(k) for k in LAKE_KEYS] + [rel, pos])
+                                      for pos, m in enumerate(msgs)))
             cur.copy_expert(f"COPY bench_messages ({', '.join(COLUMNS)}) FROM STDIN", buf)
     conn.close()
 
