@@ -292,10 +292,12 @@ WHERE t.channel = w.channel AND t.message_id = w.message_id AND t.source_file = 
   AND t.source_position = w.source_position AND t.scraped_at IS DISTINCT FROM w.scraped_at
 """
 _LOSERS = """
-SELECT l.source_file, l.source_position, l.channel, l.message_id, t.source_file, t.source_position, l.payload
-FROM (SELECT channel, message_id, source_file, source_position,
-             (row_to_json(s)::jsonb - 'seq')::text AS payload FROM _stage_messages s
-      UNION ALL SELECT channel, message_id, source_file, source_position, payload FROM _previous) l
+SELECT l.source_file, l.source_position, l.channel, l.message_id, t.source_file, t.source_position,
+       coalesce(l.payload, (SELECT (row_to_json(s)::jsonb - 'seq')::text FROM _stage_messages s
+                            WHERE s.seq = l.seq))  -- built for the losers only
+FROM (SELECT seq, channel, message_id, source_file, source_position, NULL::text AS payload
+      FROM _stage_messages
+      UNION ALL SELECT NULL, channel, message_id, source_file, source_position, payload FROM _previous) l
 JOIN raw.telegram_messages t USING (channel, message_id)
 WHERE l.source_position IS NOT NULL
   AND (l.source_file, l.source_position) IS DISTINCT FROM (t.source_file, t.source_position)
@@ -523,6 +525,9 @@ def _write_rows(cur, batch: _Batch, loaded: list[str], prune: bool = True) -> tu
         cur.execute("DELETE FROM _stage_messages")
     if merge:
         cur.copy_expert(f"COPY _stage_messages ({_cols}) FROM STDIN", _LinesReader(merge))
+        # A batch is a few thousand keys, the table millions of rows: look each key up in the
+        # primary key rather than hashing the whole table per batch (the planner's default here).
+        cur.execute("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off")
         cur.execute("DROP TABLE IF EXISTS _previous")
         cur.execute(_PREVIOUS, (loaded,))
         i, u, d = _upsert(cur)
@@ -533,6 +538,7 @@ def _write_rows(cur, batch: _Batch, loaded: list[str], prune: bool = True) -> tu
             losers.append((file, pos, f"duplicate of ({channel}, {message_id}): the copy in {win_file} "
                            f"(position {win_pos}) wins (newest scraped_at, then file path)", payload, None,
                            channel, message_id))
+        cur.execute("RESET enable_hashjoin; RESET enable_mergejoin")
     deleted, reread = _prune(cur, merged, loaded) if prune and merged else ([], set())
     return inserted, updated, distinct, losers, deleted, reread
 
