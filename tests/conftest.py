@@ -65,6 +65,27 @@ def scratch_database(admin: ConnParams, prefix: str = "t"):
         _admin_exec(admin, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
+def stop_embedded_server(pgdata: Path, timeout: float = 30) -> None:
+    """Stop a test's private embedded server whoever started it (pgserver's own cleanup stops it
+    only when the calling process is its last user, which a subprocess that used it breaks)."""
+    import signal
+    import time
+
+    pid_file = Path(pgdata) / "postmaster.pid"
+    try:
+        pid = int(pid_file.read_text().split()[0])
+        os.kill(pid, signal.SIGINT)  # fast shutdown
+    except (OSError, ValueError, IndexError):
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+
+
 def query(conn, statement: str, args=None) -> list[tuple]:
     """Run one query and commit, so later reads see other processes' writes."""
     with conn.cursor() as cur:

@@ -14,7 +14,7 @@ from decimal import Decimal
 import psycopg2
 import pytest
 from api_warehouse import build_sample_warehouse
-from conftest import REPO, query, settings_env
+from conftest import REPO, query, settings_env, stop_embedded_server
 from fastapi.testclient import TestClient
 
 from medical_etl.api.app import create_app
@@ -375,12 +375,8 @@ def test_serve_against_the_embedded_postgresql(tmp_path):
     finally:
         proc.terminate()
         out = proc.communicate(timeout=30)[0]
-        from medical_etl.config import Settings
-        from medical_etl.db import start_embedded
 
-        server = start_embedded(Settings(embedded_pg_path=tmp_path / "pg"))
-        server.cleanup_mode = "stop"  # stop the test's private server, as tests/test_db.py does
-        server._cleanup()
+        stop_embedded_server(tmp_path / "pg")
     assert "embedded database" in out
 
 

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import psycopg2
 import pytest
-from conftest import REPO, query, scratch_database, settings_env
+from conftest import REPO, query, scratch_database, settings_env, stop_embedded_server
 from test_jobs import _start_job, _wait_for, warehouse_fingerprint
 
 from medical_etl.backup import BackupError, _pgserver_bin, backup, list_backups, resolve_backup, restore
@@ -165,16 +165,14 @@ def test_backup_during_a_running_load_is_consistent_and_does_not_block_it(settin
 def test_embedded_server_backup_uses_its_own_client_tools(tmp_path):
     from medical_etl.backup import find_tool
     from medical_etl.config import Settings
-    from medical_etl.db import connect, start_embedded
+    from medical_etl.db import connect
 
     s = Settings(db_host="", embedded_pg_path=tmp_path / "pg", raw_data_path=tmp_path / "raw",
                  logs_path=tmp_path / "logs", telegram_source="sample", backup_path=tmp_path / "backups")
     try:
         _embedded_round_trip(s, tmp_path, _pgserver_bin(), find_tool, connect)
     finally:
-        server = start_embedded(s)
-        server.cleanup_mode = "stop"
-        server._cleanup()
+        stop_embedded_server(s.embedded_pg_path)
 
 
 def _embedded_round_trip(s, tmp_path, bin_path, find_tool, connect):

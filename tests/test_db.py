@@ -3,6 +3,7 @@ import time
 
 import psycopg2
 import pytest
+from conftest import stop_embedded_server
 
 from medical_etl.config import Settings
 from medical_etl.db import connect, start_embedded
@@ -81,6 +82,4 @@ def test_embedded_server_starts_and_is_reused(tmp_path):
         cur.execute("SELECT current_database()")
         assert cur.fetchone()[0] == s.db_name
     conn.close()
-    server = start_embedded(s)
-    server.cleanup_mode = "stop"
-    server._cleanup()
+    stop_embedded_server(s.embedded_pg_path)
