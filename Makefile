@@ -1,9 +1,12 @@
-# medical_etl: jobs and developer tasks. `make` alone lists the targets.
+# medical_etl: jobs and developer tasks. `make` alone lists the targets; `make jobs` lists each job's stages.
 #
-# Jobs (pipeline, weekly, scrape-load, transform, enrich) run `medical-etl job NAME`: the stages in
-# order under one lock and one run id, each stage with a time limit, every run in the run log. Their
-# only prerequisite is the environment, so `make -j4 pipeline` still runs the stages in order and a
-# failed stage stops the ones after it (non-zero exit). stage-* targets run one stage on its own.
+# A job runs its stages in the order its JOB_STAGES line gives (the jobs section below: the only place
+# the order is written; `medical-etl job` and run_job() read these lines too). One runner,
+# `medical-etl job NAME`, runs them under one lock and one run id, each stage in its own process
+# with a time limit and retries, every run in the run log; a failed stage stops the ones after it
+# (non-zero exit). Two jobs started together (`make -j4 pipeline scrape-load`, or cron and a person)
+# never overlap: the second finds the lock taken and records `skipped`. stage-* targets run one
+# stage on its own.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 PY ?= python3
@@ -17,7 +20,7 @@ DEMO_YOLO_MODEL ?= $(firstword $(wildcard $(MEDICAL_ETL_SHARED)/models/yolov8n_i
 DEMO_ENV := DB_HOST= TELEGRAM_SOURCE=sample YOLO_MODEL=$(DEMO_YOLO_MODEL) \
             YOLO_OFFLINE=$(if $(filter yolov8n.pt,$(DEMO_YOLO_MODEL)),0,1)
 
-.PHONY: help setup test lint doctor demo dbt pipeline weekly scrape-load transform enrich \
+.PHONY: help setup test lint doctor demo dbt jobs pipeline weekly scrape-load transform enrich \
         stage-scrape stage-load stage-transform stage-enrich monitor report telegram-login \
         install-cron uninstall-cron backup restore bench-load bench-transform bench-enrich bench-idle bench-monitor clean \
         system-deps serve status bench-api
@@ -25,7 +28,7 @@ DEMO_ENV := DB_HOST= TELEGRAM_SOURCE=sample YOLO_MODEL=$(DEMO_YOLO_MODEL) \
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.cfg setup.py pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $@
@@ -35,33 +38,27 @@ setup: $(STAMP) ## build .venv from setup.cfg (rebuilt only when setup.cfg chang
 test: $(STAMP) system-deps ## run the test suite (uses 127.0.0.1:5432 when it answers, else the embedded server)
 	$(BIN)/python -m pytest -q
 
-# Debian's Chromium renders monitor/report.html in the monitor's browser test, and Debian's systemd provides
-# systemd-analyze, which checks deploy/systemd's units (verify) and timers (calendar): installed with apt when missing.
+# Debian's Chromium renders monitor/report.html and the dashboard in the browser tests, and Debian's systemd
+# provides systemd-analyze, which checks deploy/systemd's units (verify) and timers (calendar).
+# $(call apt_install,PROGRAM,PACKAGE,WHY): install PACKAGE with apt-get when PROGRAM is missing.
+define apt_install
+	@command -v $(1) >/dev/null 2>&1 && exit 0; \
+	echo "system-deps: installing Debian's $(2) with apt-get: $(3)"; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; \
+	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
+	else echo "system-deps: cannot install $(2): not root and no password-less sudo." >&2; \
+	     echo "  Install it yourself (sudo apt-get install $(2)), or run the other tests: .venv/bin/python -m pytest -q -k 'not $(2)'" >&2; \
+	     exit 1; fi; \
+	command -v apt-get >/dev/null 2>&1 || { echo "system-deps: no apt-get here: install $(2) with your system's package manager" >&2; exit 1; }; \
+	DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends $(2) >/dev/null \
+	  || { $$SUDO apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends $(2) >/dev/null; } \
+	  || { echo "system-deps: apt-get could not install $(2) (see the messages above)" >&2; exit 1; }; \
+	echo "system-deps: $(2) installed ($$(command -v $(1)))"
+endef
+
 system-deps: ## install Debian's chromium and systemd (browser and unit tests) when missing; needs root or sudo
-	@command -v chromium >/dev/null 2>&1 && exit 0; \
-	echo "system-deps: installing Debian's chromium with apt-get: the monitor's test renders monitor/report.html in a real browser"; \
-	if [ "$$(id -u)" = 0 ]; then SUDO=; \
-	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
-	else echo "system-deps: cannot install chromium: not root and no password-less sudo." >&2; \
-	     echo "  Install it yourself (sudo apt-get install chromium), or run the other tests: .venv/bin/python -m pytest -q -k 'not chromium'" >&2; \
-	     exit 1; fi; \
-	command -v apt-get >/dev/null 2>&1 || { echo "system-deps: no apt-get here: install chromium with your system's package manager" >&2; exit 1; }; \
-	DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends chromium >/dev/null \
-	  || { $$SUDO apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends chromium >/dev/null; } \
-	  || { echo "system-deps: apt-get could not install chromium (see the messages above)" >&2; exit 1; }; \
-	echo "system-deps: chromium installed ($$(command -v chromium))"
-	@command -v systemd-analyze >/dev/null 2>&1 && exit 0; \
-	echo "system-deps: installing Debian's systemd with apt-get: the tests check deploy/systemd's units with systemd-analyze"; \
-	if [ "$$(id -u)" = 0 ]; then SUDO=; \
-	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
-	else echo "system-deps: cannot install systemd: not root and no password-less sudo." >&2; \
-	     echo "  Install it yourself (sudo apt-get install systemd), or run the other tests: .venv/bin/python -m pytest -q -k 'not systemd'" >&2; \
-	     exit 1; fi; \
-	command -v apt-get >/dev/null 2>&1 || { echo "system-deps: no apt-get here: install systemd with your system's package manager" >&2; exit 1; }; \
-	DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends systemd >/dev/null \
-	  || { $$SUDO apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends systemd >/dev/null; } \
-	  || { echo "system-deps: apt-get could not install systemd (see the messages above)" >&2; exit 1; }; \
-	echo "system-deps: systemd installed ($$(command -v systemd-analyze))"
+	$(call apt_install,chromium,chromium,the browser tests render the monitor report and the dashboard)
+	$(call apt_install,systemd-analyze,systemd,the tests check deploy/systemd's units with systemd-analyze)
 
 lint: $(STAMP) ## ruff over the code
 	$(BIN)/ruff check medical_etl scripts monitor tests bench
@@ -77,21 +74,26 @@ demo: $(STAMP) ## the whole pipeline on the embedded PostgreSQL and the shipped 
 dbt: $(STAMP) ## run dbt against the configured database, embedded included (ARGS='build', ARGS='show --select dim_channels')
 	$(ETL) dbt $(ARGS)
 
-# --- jobs -----------------------------------------------------------------------
-pipeline: $(STAMP) ## job: scrape, load, transform, enrich (the daily run)
-	$(ETL) job pipeline
+# --- jobs -----------------------------------------------------------------------------------------
+# Each job's stages, in run order.
+JOB_STAGES.pipeline    := scrape load transform enrich
+JOB_STAGES.weekly      := scrape load transform enrich
+JOB_STAGES.scrape-load := scrape load
+JOB_STAGES.transform   := transform
+JOB_STAGES.enrich      := enrich
+JOBS := $(sort $(patsubst JOB_STAGES.%,%,$(filter JOB_STAGES.%,$(.VARIABLES))))
+JOB_ARGS.weekly := --lock-wait $${LOCK_WAIT:-10800}
 
-weekly: $(STAMP) ## job: the pipeline with a full dbt refresh and counts re-read for 30 days
-	$(ETL) job weekly --lock-wait $${LOCK_WAIT:-10800}
+pipeline:    ## job: the daily run (all four stages)
+weekly:      ## job: the pipeline with a full dbt refresh and counts re-read for 30 days
+scrape-load: ## job: incremental updates only (no dbt, no YOLO)
+transform:   ## job: model changes on existing data
+enrich:      ## job: re-analysis (new weights)
+$(JOBS): $(STAMP)
+	$(ETL) job $@ --stages '$(JOB_STAGES.$@)' $(JOB_ARGS.$@)
 
-scrape-load: $(STAMP) ## job: scrape, load (incremental updates)
-	$(ETL) job scrape-load
-
-transform: $(STAMP) ## job: transform (model changes on existing data)
-	$(ETL) job transform
-
-enrich: $(STAMP) ## job: enrich (re-analysis, new weights)
-	$(ETL) job enrich
+jobs: ## list the jobs and their stages, in run order
+	@$(foreach j,$(JOBS),printf '  %-12s %s\n' '$(j)' '$(JOB_STAGES.$(j))';)
 
 # --- single stages (no job lock) ------------------------------------------------
 stage-scrape: $(STAMP) ## stage 1: Telegram channels to the data lake

@@ -157,7 +157,7 @@ def main() -> int:
     args = ap.parse_args()
     os.environ["YOLO_OFFLINE"] = "1"
     os.environ.setdefault("YOLO_VERBOSE", "False")
-    from medical_etl.enrich import _cores, run_yolo_enrichment
+    from medical_etl.enrich.stage import _cores, run_yolo_enrichment
     from medical_etl.load import load_raw_to_postgres
 
     work = Path(tempfile.mkdtemp(prefix="bench_enrich_"))
@@ -171,7 +171,7 @@ def main() -> int:
             def add(way: str, wall: float, cpu_s: float) -> None:
                 secs[way] += wall
                 cpu[way] += cpu_s
-            stage = dict(model=str(MODEL), build_models=False, device="cpu", progress=False)
+            stage = dict(model=str(MODEL), device="cpu", progress=False)
             for r, rels in enumerate(parts):
                 # the three ways take turns, in a rotating order, over each part of the photos: a shared
                 # machine's load then weighs on all three alike

@@ -1,29 +1,42 @@
 """medical_etl: Ethiopian medical Telegram channels to a tested PostgreSQL warehouse.
 
-The public API, in one place (stages are imported on first use, so ``import medical_etl`` stays fast):
+The four stages take explicit inputs and return a summary dict:
 
-- Configuration and plumbing: ``load_settings``, ``Settings``, ``ConfigError``, ``connect``,
-  ``test_connection``, ``RunLog``, ``track_run``.
-- The four stages: ``scrape_telegram_data``, ``load_raw_to_postgres``, ``run_dbt_transformations``,
-  ``run_yolo_enrichment``; plus ``import_telegram_export`` (Telegram Desktop exports) and
-  ``StandInClient`` (serves recorded posts through Telethon's types).
-- Jobs: ``run_job`` (``"pipeline"``, ``"weekly"``, ``"scrape-load"``, ``"transform"``, ``"enrich"``).
-- Monitoring: ``run_monitor``.
+- ``scrape_telegram_data(client, channels, lake_dir)``: Telegram (any Telethon-like client) to the
+  JSON data lake; ``import_telegram_export(export_dir, lake_dir)`` for Telegram Desktop exports;
+  ``StandInClient`` serves recorded posts through Telethon's types.
+- ``load_raw_to_postgres(db, lake_dir)``: the lake to the ``raw`` tables, validated, idempotent.
+- ``run_dbt_transformations(db)``: dbt build of the star schema (models and tests).
+- ``run_yolo_enrichment(db, lake_dir, model=...)``: YOLO object detection on new photos.
+
+``db`` is a :class:`~medical_etl.db.ConnParams` (``conn_params(load_settings())`` makes one from the
+environment, starting the embedded PostgreSQL when ``DB_HOST`` is empty).
+
+Jobs: ``run_job("pipeline", settings)`` runs the stages in order under the job lock, each in its own
+process with a time limit and retries (``"weekly"``, ``"scrape-load"``, ``"transform"``,
+``"enrich"``: ``make jobs`` lists them); ``run_stage`` runs one stage with its run-log record.
+Monitoring: ``run_monitor``. Errors: ``EtlError``, split into ``TransientError`` (worth retrying)
+and ``PermanentError``; ``ConfigError``, ``StageFailed`` and ``JobError`` among the latter kinds.
+
+Stages are imported on first use, so ``import medical_etl`` stays fast; ``help(medical_etl)`` and
+``dir(medical_etl)`` show them all.
 """
 from importlib import import_module
 
 __version__ = "0.1.0"
 
 _API = {
-    "ConfigError": "config", "Settings": "config", "load_settings": "config",
-    "connect": "db", "test_connection": "db",
+    "Settings": "config", "load_settings": "config",
+    "ConnParams": "db", "conn_params": "db", "connect": "db", "test_connection": "db",
+    "EtlError": "errors", "TransientError": "errors", "PermanentError": "errors", "ConfigError": "errors",
+    "StageFailed": "errors", "JobError": "errors",
     "RunLog": "runlog", "track_run": "runlog",
-    "scrape_telegram_data": "scrape", "import_telegram_export": "scrape",
+    "scrape_telegram_data": "scrape.stage", "import_telegram_export": "scrape.stage",
+    "StandInClient": "scrape.standin",
     "load_raw_to_postgres": "load",
     "run_dbt_transformations": "transform",
-    "run_yolo_enrichment": "enrich",
-    "StandInClient": "standin",
-    "run_job": "jobs",
+    "run_yolo_enrichment": "enrich.stage",
+    "run_job": "jobs.runner", "run_stage": "jobs.stages",
     "run_monitor": "monitoring.run",
 }
 __all__ = ["__version__", *_API]
@@ -35,3 +48,8 @@ def __getattr__(name: str):
         globals()[name] = value
         return value
     raise AttributeError(f"module 'medical_etl' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # the public API, loaded or not; the lazy-import machinery itself stays out of help()
+    return sorted({*globals(), *_API} - {"__getattr__", "__dir__", "import_module", "_API"})

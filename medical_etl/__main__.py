@@ -1,6 +1,6 @@
 import sys
 
-from .cli import main
+from medical_etl.cli import main
 
 if __name__ == "__main__":  # also imported by multiprocessing's spawn: do not run the CLI then
     sys.exit(main())

@@ -13,18 +13,11 @@ from pathlib import Path
 
 from dotenv import dotenv_values
 
-from . import secrets
-from .secrets import Secret
+from medical_etl import resources, secrets
+from medical_etl.errors import ConfigError  # noqa: F401 - raised here, imported from here by callers
+from medical_etl.secrets import Secret
 
 DEFAULT_CHANNELS_FILE = Path(__file__).with_name("channels.txt")
-
-
-class ConfigError(ValueError):
-    """A configuration variable holds a value that cannot be used."""
-
-    def __init__(self, variable: str, problem: str):
-        self.variable = variable
-        super().__init__(f"{variable}: {problem}")
 
 
 @dataclass(frozen=True)
@@ -66,6 +59,7 @@ class Settings:
     pg_bin_dir: Path | None = None
     log_retention_days: int = 30
     runlog_max_mb: float = 50.0
+    dbt_project_dir: Path = dataclasses.field(default_factory=resources.dbt_project)
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -200,6 +194,7 @@ VARIABLES: dict[str, tuple[str, object]] = {
     "PG_BIN_DIR": ("pg_bin_dir", _path),
     "LOG_RETENTION_DAYS": ("log_retention_days", _int(1, 3650)),
     "RUNLOG_MAX_MB": ("runlog_max_mb", _float(0.001, 100_000.0)),
+    "DBT_PROJECT_DIR": ("dbt_project_dir", _path),
 }
 
 WRITABLE_DIRS = ("RAW_DATA_PATH", "LOGS_PATH")

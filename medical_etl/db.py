@@ -20,8 +20,9 @@ from tenacity import (
     wait_exponential,
 )
 
-from .config import Settings, load_settings
-from .secrets import mask
+from medical_etl.config import Settings
+from medical_etl.migrate import migrate
+from medical_etl.secrets import mask
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ class ConnParams:
     dbname: str
     user: str
     password: str = ""
+    connect_timeout: int = 5
 
     def __repr__(self) -> str:
         return f"ConnParams(host={self.host!r}, port={self.port}, dbname={self.dbname!r}, user={self.user!r})"
@@ -64,9 +66,10 @@ def conn_params(settings: Settings) -> ConnParams:
     """Resolve the settings to concrete connection parameters (starting the embedded server if needed)."""
     if not settings.embedded:
         return ConnParams(settings.db_host, settings.db_port, settings.db_name,
-                          settings.db_user, settings.db_password.reveal())
+                          settings.db_user, settings.db_password.reveal(), settings.db_connect_timeout_s)
     info = start_embedded(settings).get_postmaster_info()
-    params = ConnParams(str(info.socket_dir), info.port, settings.db_name, "postgres")
+    params = ConnParams(str(info.socket_dir), info.port, settings.db_name, "postgres",
+                        connect_timeout=settings.db_connect_timeout_s)
     _ensure_database(params)
     return params
 
@@ -84,7 +87,7 @@ def _ensure_database(params: ConnParams) -> None:
 
 
 def connect(
-    settings: Settings | ConnParams | None = None,
+    params: ConnParams,
     *,
     attempts: int = 4,
     connect_timeout: int | None = None,
@@ -95,14 +98,9 @@ def connect(
     Errors other than ``OperationalError`` (bad SQL, missing privileges) are not
     retried. Secrets are masked in the error raised after the last attempt.
     """
-    if settings is None:
-        settings = load_settings()
-    if isinstance(settings, Settings):
-        timeout = connect_timeout or settings.db_connect_timeout_s
-        params = conn_params(settings)
-    else:
-        timeout = connect_timeout or 5
-        params = settings
+    if not isinstance(params, ConnParams):
+        raise TypeError(f"connect() takes ConnParams (conn_params(settings) makes them), not {type(params).__name__}")
+    timeout = connect_timeout or params.connect_timeout
     retrying = Retrying(
         retry=retry_if_exception_type(psycopg2.OperationalError),
         stop=stop_after_attempt(max(1, attempts)),
@@ -134,7 +132,7 @@ def connect(
     raise AssertionError("unreachable")
 
 
-def test_connection(settings: Settings | None = None, timeout: int = 3) -> dict:
+def test_connection(settings: Settings, timeout: int = 3) -> dict:
     """Try one connection and a query; never raises.
 
     Returns ``{"ok", "server_version", "latency_ms", "target", "error"}``.
@@ -142,7 +140,6 @@ def test_connection(settings: Settings | None = None, timeout: int = 3) -> dict:
     result = {"ok": False, "server_version": None, "latency_ms": None, "target": None, "error": None}
     t0 = time.perf_counter()
     try:
-        settings = settings or load_settings()
         params = conn_params(settings)
         result["target"] = "embedded" if settings.embedded else f"{params.host}:{params.port}/{params.dbname}"
         conn = connect(params, attempts=1, connect_timeout=timeout)
@@ -157,3 +154,15 @@ def test_connection(settings: Settings | None = None, timeout: int = 3) -> dict:
         result["error"] = f"{type(exc).__name__}: {mask(exc).strip()}"
     result["latency_ms"] = round((time.perf_counter() - t0) * 1000, 1)
     return result
+
+
+def connect_warehouse(params: ConnParams, **kwargs) -> psycopg2.extensions.connection:
+    """:func:`connect`, with the raw schema brought up to date (pending migrations applied, a few
+    milliseconds when there are none): what each stage opens, so any stage may run first."""
+    conn = connect(params, **kwargs)
+    try:
+        migrate(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn

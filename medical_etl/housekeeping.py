@@ -18,7 +18,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .runlog import RunLog
+from medical_etl.runlog import RunLog
 
 QUIET_S = 600  # a log written to in the last 10 minutes may belong to a running job
 _CRON = re.compile(r"cron-(\d{4}-\d{2}-\d{2})-[\w.-]+\.log(\.gz)?")

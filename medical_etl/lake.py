@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -24,27 +26,53 @@ IMAGES_DIR = "images"
 STATE_DIR = "state"
 MANIFESTS_DIR = "manifests"
 
-RECORD_FIELDS = {
-    "channel_username": "the channel's username (the lake's and the warehouse's channel key)",
-    "channel_title": "its display name",
-    "channel_id": "Telegram's numeric channel id",
-    "message_id": "the post's id, unique per channel",
-    "date": "when it was posted, ISO 8601 UTC",
-    "text": "its text or caption ('' when none)",
-    "views": "view count when scraped", "forwards": "forward count", "replies": "comment count",
-    "edit_date": "when it was last edited (ISO 8601 UTC), null if never",
-    "grouped_id": "album id: posts of one album share it",
-    "reply_to_msg_id": "the post it replies to",
-    "media_type": "photo, video, video_message, animation, voice, audio, sticker, document, geo, contact, "
-                  "webpage, poll, ...; null: no media",
-    "media_status": "saved (the file is in the lake), not_included (the export left it out), missing (the export "
-                    "names a file its folder lacks), refused (the export named a file outside its folder, or not a "
-                    "regular file), not_saved (a kind the lake does not keep); null: no media",
-    "forward_from_id": "for a forwarded post, the origin's channel or user id when Telegram gives it",
-    "forward_from_name": "the origin's name (a Desktop export gives only the name)",
-    "image_path": "images/<channel>/<message_id>.jpg relative to the lake, when the photo is saved",
-    "scraped_at": "when this record was written",
-}
+@dataclass(frozen=True)
+class Field:
+    """One field of a message record: its name in the lake, its column in ``raw.telegram_messages``
+    (migrations/001 and later), how the load stage validates it (``kind``, optional when it ends in
+    ``?``) and what it holds."""
+
+    name: str
+    column: str
+    kind: str
+    about: str
+
+
+# The message record, in column order. Kinds: channel (a channel name, CHANNEL_NAME), id (a 32-bit
+# Telegram id), int (64-bit), count (32-bit, >= 0), ts (ISO 8601), text, str, media_status
+# (MEDIA_STATUSES), path (a photo path under images/).
+RECORD = (
+    Field("channel_username", "channel", "channel", "the channel's username (the lake's and the warehouse's channel key)"),
+    Field("message_id", "message_id", "id", "the post's id, unique per channel"),
+    Field("channel_title", "channel_title", "str?", "its display name"),
+    Field("channel_id", "channel_id", "int?", "Telegram's numeric channel id"),
+    Field("date", "message_date", "ts", "when it was posted, ISO 8601 UTC"),
+    Field("text", "message_text", "text", "its text or caption ('' when none)"),
+    Field("views", "views", "count?", "view count when scraped"),
+    Field("forwards", "forwards", "count?", "forward count"),
+    Field("replies", "replies", "count?", "comment count"),
+    Field("edit_date", "edit_date", "ts?", "when it was last edited (ISO 8601 UTC), null if never"),
+    Field("grouped_id", "grouped_id", "int?", "album id: posts of one album share it"),
+    Field("reply_to_msg_id", "reply_to_msg_id", "id?", "the post it replies to"),
+    # open-ended: a new Telegram kind only warns in dbt
+    Field("media_type", "media_type", "str?", "photo, video, video_message, animation, voice, audio, sticker, "
+          "document, geo, contact, webpage, poll, ...; null: no media"),
+    Field("media_status", "media_status", "media_status?", "saved (the file is in the lake), not_included (the "
+          "export left it out), missing (the export names a file its folder lacks), refused (the export named a "
+          "file outside its folder, or not a regular file), not_saved (a kind the lake does not keep); null: no media"),
+    Field("forward_from_id", "forward_from_id", "int?", "for a forwarded post, the origin's channel or user id "
+          "when Telegram gives it"),
+    Field("forward_from_name", "forward_from_name", "str?", "the origin's name (a Desktop export gives only the name)"),
+    Field("image_path", "image_path", "path?", "images/<channel>/<message_id>.jpg relative to the lake, when the "
+          "photo is saved"),
+    Field("scraped_at", "scraped_at", "ts?", "when this record was written"),
+)
+RECORD_FIELDS = {f.name: f.about for f in RECORD}
+# The values the staging model's accepted_values test requires (error severity, stg_telegram_messages.yml).
+MEDIA_STATUSES = ("saved", "not_included", "missing", "refused", "not_saved")
+# Telegram usernames: 5-32 characters, letters, digits and underscores, starting with a letter. A channel
+# name becomes a file name in the lake, so the rule is also what keeps lake paths inside the lake.
+CHANNEL_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{3,31}")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -28,39 +28,20 @@ import psycopg2.extensions
 from psycopg2.extras import execute_values
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from . import lake
-from .db import ConnParams, connect
-from .migrate import migrate
-from .runlog import new_run_id
+from medical_etl import lake
+from medical_etl.db import ConnParams, connect, connect_warehouse
+from medical_etl.errors import PermanentError
+from medical_etl.migrate import migrate
+from medical_etl.runlog import new_run_id
 
 log = logging.getLogger(__name__)
 
-# (table column, lake field, kind)
-FIELDS = [
-    ("channel", "channel_username", "channel"),
-    ("message_id", "message_id", "id"),
-    ("channel_title", "channel_title", "str?"),
-    ("channel_id", "channel_id", "int?"),
-    ("message_date", "date", "ts"),
-    ("message_text", "text", "text"),
-    ("views", "views", "count?"),
-    ("forwards", "forwards", "count?"),
-    ("replies", "replies", "count?"),
-    ("edit_date", "edit_date", "ts?"),
-    ("grouped_id", "grouped_id", "int?"),
-    ("reply_to_msg_id", "reply_to_msg_id", "id?"),
-    ("media_type", "media_type", "str?"),  # open-ended: a new Telegram kind only warns in dbt
-    ("media_status", "media_status", "media_status?"),
-    ("forward_from_id", "forward_from_id", "int?"),
-    ("forward_from_name", "forward_from_name", "str?"),
-    ("image_path", "image_path", "path?"),
-    ("scraped_at", "scraped_at", "ts?"),
-]
+# (table column, lake field, kind), from the lake's record contract
+FIELDS = [(f.column, f.name, f.kind) for f in lake.RECORD]
 COLUMNS = [c for c, _, _ in FIELDS] + ["source_file", "source_position"]
 REQUIRED = [f for _, f, kind in FIELDS if not kind.endswith("?")]
 # Columns whose change makes an update (a fresh scraped_at alone does not).
 COMPARED = [c for c in COLUMNS if c not in ("channel", "message_id", "scraped_at")]
-_CHANNEL = re.compile(r"[A-Za-z][A-Za-z0-9_]{3,31}")
 # Telegram numbers messages and counts views with 32-bit integers; channel and album ids are 64-bit.
 INT32_MAX = 2**31 - 1
 INT64 = (-(2**63), 2**63 - 1)
@@ -70,15 +51,14 @@ TELEGRAM_EPOCH = datetime(2013, 8, 14, tzinfo=timezone.utc)
 FUTURE_TOLERANCE = timedelta(minutes=60)
 MAX_FILE_BYTES = 256 * 1024 * 1024  # one channel-day of posts is a few MB
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
-# Values the staging model's accepted_values tests require (error severity, stg_telegram_messages.yml).
-ENUMS = {"media_status": {"saved", "not_included", "missing", "refused", "not_saved"}}
+ENUMS = {"media_status": set(lake.MEDIA_STATUSES)}
 
 
 class Reject(ValueError):
     """A record that fails validation; the message is the reason stored in raw.load_rejects."""
 
 
-class LoadError(RuntimeError):
+class LoadError(PermanentError):
     """A permanent database error: the stage fails and the batch's bookkeeping is not advanced."""
 
 
@@ -152,7 +132,7 @@ def validate(rec, nul: _NulCounter, latest: datetime | None = None) -> list:
             continue
         base = kind.rstrip("?")
         if base == "channel":
-            if not isinstance(v, str) or not _CHANNEL.fullmatch(v):
+            if not isinstance(v, str) or not lake.CHANNEL_NAME.fullmatch(v):
                 raise Reject(f"{name}: not a valid channel username: {str(v)[:40]!r}")
         elif base == "id":
             v = _int(v, name)
@@ -337,7 +317,7 @@ class _Loader:
     def __init__(self, db, run_id: str, attempts: int, backoff_s: float):
         self.db, self.run_id, self.attempts, self.backoff_s = db, run_id, attempts, backoff_s
         self.owns_conn = not isinstance(db, psycopg2.extensions.connection)
-        self.conn = connect(db) if self.owns_conn else db
+        self.conn = connect_warehouse(db) if self.owns_conn else db
         self.totals = _Totals()
         self.reread: set[str] = set()  # files whose keys must be decided again (see _prune)
 
@@ -603,7 +583,7 @@ def _read_file(rel: str, data: bytes, totals: _Totals, run_id: str, new: bool,
 
 
 def load_raw_to_postgres(
-    db: psycopg2.extensions.connection | ConnParams | object,
+    db: ConnParams | psycopg2.extensions.connection,
     lake_dir: str | Path,
     *,
     batch_rows: int = 5000,
@@ -614,8 +594,8 @@ def load_raw_to_postgres(
 ) -> dict:
     """Load every message file of the lake into ``raw.telegram_messages``; return a summary.
 
-    ``db`` is a psycopg2 connection, or Settings / ConnParams (then the loader
-    owns its connection and reconnects after a dropped connection). Migrations
+    ``db`` is where to connect (ConnParams: the loader owns its connection and
+    reconnects after a dropped connection) or an open psycopg2 connection. Migrations
     are applied first. Unchanged files (size and mtime, else content hash) are
     skipped. ``records_loaded`` = rows inserted + rows updated.
     """
@@ -626,7 +606,8 @@ def load_raw_to_postgres(
     run_id = run_id or new_run_id()
     loader = _Loader(db, run_id, attempts, backoff_s)
     try:
-        migrate(loader.conn)
+        if not loader.owns_conn:  # a connection of the caller's: its schema brought up to date too
+            migrate(loader.conn)
         known = loader.known_files()
         totals = loader.totals
         latest = datetime.now(timezone.utc) + FUTURE_TOLERANCE

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from .secrets import install_logging_filter
+from medical_etl.secrets import install_logging_filter
 
 FORMAT = "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
 # Third-party loggers that are too chatty at DEBUG to help an operator (every packet, every query).

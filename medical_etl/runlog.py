@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .secrets import mask
+from medical_etl.secrets import mask
 
 log = logging.getLogger(__name__)
 

@@ -24,15 +24,16 @@ from pathlib import Path
 
 from psycopg2.extras import Json
 
-from .db import ConnParams, conn_params, connect
-from .migrate import migrate
+from medical_etl import resources
+from medical_etl.db import ConnParams, connect, connect_warehouse
+from medical_etl.errors import PermanentError
 
-PROJECT_DIR = Path(__file__).resolve().parents[1] / "medical_warehouse"
+PROJECT_DIR = resources.dbt_project()  # the default; jobs pass the DBT_PROJECT_DIR setting
 _ENV_PREFIX = "MEDICAL_ETL_DBT_"
 
 
-class TransformError(RuntimeError):
-    pass
+class TransformError(PermanentError):
+    """dbt could not run at all (as opposed to a model or test failing)."""
 
 
 @contextmanager
@@ -63,7 +64,7 @@ def _status(r) -> str:
 
 
 def run_dbt_transformations(
-    db,
+    db: ConnParams,
     *,
     project_dir: str | Path = PROJECT_DIR,
     full_refresh: bool = False,
@@ -75,17 +76,16 @@ def run_dbt_transformations(
 ) -> dict:
     """``dbt build`` the warehouse over the raw tables; return a summary dict.
 
-    ``db`` is Settings or ConnParams. ``full_refresh`` rebuilds incremental
+    ``db``: where the warehouse is. ``full_refresh`` rebuilds incremental
     models (the weekly run); ``select`` limits the nodes (dbt selection syntax).
     ``status`` is ``success`` or ``failed`` (then ``failing_nodes`` names them).
     """
     t0 = time.perf_counter()
-    params = db if isinstance(db, ConnParams) else conn_params(db)
+    params = db
     project_dir = Path(project_dir).resolve()
     whole = not select  # only a build of the whole project records (or may skip on) its inputs
-    conn = connect(params)
+    conn = connect_warehouse(params)  # the sources (raw tables) must exist, even before the first load
     try:
-        migrate(conn)  # the sources (raw tables) must exist, even before the first load
         state = _state(conn, project_dir) if whole else None
     finally:
         conn.close()
@@ -99,7 +99,7 @@ def run_dbt_transformations(
               "--target-path", str(target_path or project_dir / "target")]
     # progress goes to dbt.log (and each node into the summary); the console gets warnings and errors,
     # and each node as it runs when LOG_LEVEL=DEBUG (the level this process logs at)
-    from .logsetup import dbt_log_levels
+    from medical_etl.logsetup import dbt_log_levels
 
     console_level, file_level = dbt_log_levels()
     flags = ["--log-path", str(log_path or project_dir / "logs"), "--no-use-colors", "--log-level", console_level,
@@ -216,13 +216,28 @@ def _record_state(params: ConnParams, state: dict, freshness_facts: dict | None)
         conn.close()
 
 
-def note_image_models_built(db, project_dir: str | Path = PROJECT_DIR) -> bool:
+IMAGE_MODELS = ("+fct_image_detections+", "+fct_image_categories+")
+
+
+def build_image_models(db: ConnParams, *, project_dir: str | Path = PROJECT_DIR,
+                       target_path: str | Path | None = None, log_path: str | Path | None = None) -> dict:
+    """Build and test the detection models and what they depend on (after the enrich stage stored
+    new detections); record them as built, so that the next run with nothing new skips its build.
+    Returns the short summary (status, counts, failing nodes, duration)."""
+    dbt = run_dbt_transformations(db, project_dir=project_dir, select=list(IMAGE_MODELS), check_freshness=False,
+                                  target_path=target_path, log_path=log_path)
+    if dbt["status"] == "success":
+        note_image_models_built(db, project_dir)
+    return {k: dbt[k] for k in ("status", "models_built", "tests_passed", "tests_failed", "failing_nodes",
+                                "duration_s")}
+
+
+def note_image_models_built(db: ConnParams, project_dir: str | Path = PROJECT_DIR) -> bool:
     """After a successful build of the detection models and their ancestors (the enrich stage): if the
     rest of the warehouse is as the last whole build left it (same project, same messages, same day,
     same relations), record the new photo rows, so that the next run with nothing new skips its build.
     Returns whether the state was updated."""
-    params = db if isinstance(db, ConnParams) else conn_params(db)
-    conn = connect(params)
+    conn = connect(db)
     try:
         with conn, conn.cursor() as cur:
             cur.execute("SELECT inputs, relations, built_on, freshness FROM raw.transform_state FOR UPDATE")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from conftest import SHARED_MODEL, SHARED_SAMPLE, scratch_database
+from helpers import SHARED_MODEL, SHARED_SAMPLE, scratch_database
 
 from medical_etl.config import Settings
 from medical_etl.db import ConnParams
@@ -24,7 +24,7 @@ def build_sample_warehouse(pg_admin: ConnParams, tmp: Path):
     import pytest
 
     from medical_etl.jobs import run_job
-    from medical_etl.standin import StandInClient, read_message_list
+    from medical_etl.scrape.standin import StandInClient, read_message_list
 
     if not SHARED_SAMPLE.is_dir():
         pytest.skip(f"shared sample not present at {SHARED_SAMPLE}")

@@ -14,8 +14,8 @@ from decimal import Decimal
 import psycopg2
 import pytest
 from api_warehouse import build_sample_warehouse
-from conftest import REPO, query, settings_env, stop_embedded_server
 from fastapi.testclient import TestClient
+from helpers import REPO, query, settings_env, stop_embedded_server
 
 from medical_etl.api.app import create_app
 from medical_etl.api.settings import ApiSettings
@@ -253,7 +253,7 @@ def test_database_unreachable_is_503(wh):
 
 
 def test_warehouse_not_built_is_503(pg_admin, tmp_path):
-    from conftest import scratch_database
+    from helpers import scratch_database
 
     with scratch_database(pg_admin) as empty:
         app = create_app(empty, logs_path=tmp_path, lake_path=tmp_path)

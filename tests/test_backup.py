@@ -8,11 +8,12 @@ from dataclasses import replace
 
 import psycopg2
 import pytest
-from conftest import REPO, query, scratch_database, settings_env, stop_embedded_server
+from helpers import REPO, query, scratch_database, settings_env, stop_embedded_server
 from test_jobs import _start_job, _wait_for, warehouse_fingerprint
 
-from medical_etl.backup import BackupError, _pgserver_bin, backup, list_backups, resolve_backup, restore
+from medical_etl.db import conn_params
 from medical_etl.jobs import run_job
+from medical_etl.ops.backup import BackupError, _pgserver_bin, backup, list_backups, resolve_backup, restore
 
 
 def table_fingerprint(params) -> dict:
@@ -124,12 +125,12 @@ def test_backup_during_a_running_load_is_consistent_and_does_not_block_it(settin
     from medical_etl.db import connect
     from medical_etl.migrate import migrate
 
-    c = connect(s)
+    c = connect(conn_params(s))
     migrate(c)
     with c.cursor() as cur:
         cur.execute("LOCK TABLE raw.loaded_files IN EXCLUSIVE MODE")  # the load's first batch waits here
     proc = _start_job(env, "scrape-load")
-    watch = connect(s)
+    watch = connect(conn_params(s))
     try:
         _wait_for(watch, """SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'
                         AND query ILIKE '%loaded_files%'""", lambda n: n > 0, proc)
@@ -163,9 +164,9 @@ def test_backup_during_a_running_load_is_consistent_and_does_not_block_it(settin
 
 
 def test_embedded_server_backup_uses_its_own_client_tools(tmp_path):
-    from medical_etl.backup import find_tool
     from medical_etl.config import Settings
     from medical_etl.db import connect
+    from medical_etl.ops.backup import find_tool
 
     s = Settings(db_host="", embedded_pg_path=tmp_path / "pg", raw_data_path=tmp_path / "raw",
                  logs_path=tmp_path / "logs", telegram_source="sample", backup_path=tmp_path / "backups")
@@ -187,7 +188,7 @@ def _embedded_round_trip(s, tmp_path, bin_path, find_tool, connect):
     t = replace(s, db_name="restored", raw_data_path=tmp_path / "raw2", logs_path=tmp_path / "logs2")
     result = restore(t, b)
     assert result["rows"] == summary["rows"]
-    c = connect(t)
+    c = connect(conn_params(t))
     try:
         assert query(c, "SELECT count(*) FROM raw.telegram_messages")[0][0] == manifest["tables"][
             "raw.telegram_messages"] > 0
@@ -206,7 +207,8 @@ def test_a_failed_backup_is_recorded_and_alerted_without_touching_the_job_rules(
     env = _env(s)
     env.update(DB_PORT="1", DB_PASSWORD="pw-backup-secret-31", DB_CONNECT_TIMEOUT="1")
     r = _cli(env, "backup")
-    assert r.returncode == 1 and "pw-backup-secret-31" not in r.stdout + r.stderr
+    assert r.returncode == 75 and "pw-backup-secret-31" not in r.stdout + r.stderr  # unreachable: transient
+    assert "transient: database unreachable" in r.stderr
     assert list_backups(s.backup_path) == [] and not list((tmp_path / "backups").glob(".*partial"))
     r = _cli(_env(s), "backup")
     assert r.returncode == 0, r.stderr[-2000:]
@@ -214,7 +216,7 @@ def test_a_failed_backup_is_recorded_and_alerted_without_touching_the_job_rules(
     env["BACKUP_PATH"] = str(tmp_path / "not-a-folder")
     (tmp_path / "not-a-folder").write_text("a file where the backups should go")
     r = _cli(env, "backup")
-    assert r.returncode == 1
+    assert r.returncode == 1  # a file where the folder should be: permanent
 
     stats = read_log(s.logs_path / "runs.jsonl")
     assert [x.status for x in stats.stage_runs("backup")] == ["failed", "success", "failed"]
@@ -227,7 +229,7 @@ def test_a_failed_backup_is_recorded_and_alerted_without_touching_the_job_rules(
 
 
 def test_client_tools_match_the_server_major_or_are_newer(settings):
-    from medical_etl.backup import find_tool
+    from medical_etl.ops.backup import find_tool
 
     def version(exe):
         return subprocess.run([str(exe), "--version"], capture_output=True, text=True).stdout

@@ -1,7 +1,7 @@
 import subprocess
 import sys
 
-from conftest import settings_env
+from helpers import settings_env
 
 
 def _doctor(env):
@@ -42,9 +42,19 @@ def test_console_script_and_module_are_the_same_cli():
     assert a.stdout == b.stdout and a.stdout.startswith("medical-etl ")
 
 
-def test_public_api_resolves():
+def test_public_api_resolves_to_the_modules_that_define_it_and_help_shows_it():
+    import importlib
+    import pydoc
+
     import medical_etl
 
-    for name in medical_etl.__all__:
-        assert getattr(medical_etl, name) is not None
-    assert callable(medical_etl.run_job) and callable(medical_etl.scrape_telegram_data)
+    for name, module in medical_etl._API.items():
+        defined = getattr(importlib.import_module(f"medical_etl.{module}"), name)
+        assert getattr(medical_etl, name) is defined, name
+    assert set(medical_etl._API) <= set(dir(medical_etl)) and "__getattr__" not in dir(medical_etl)
+    text = pydoc.render_doc(medical_etl, renderer=pydoc.plaintext)
+    for func in ("scrape_telegram_data", "load_raw_to_postgres", "run_dbt_transformations", "run_yolo_enrichment",
+                 "run_job", "run_stage", "run_monitor"):
+        first_line = getattr(medical_etl, func).__doc__.strip().splitlines()[0]
+        assert f"{func}(" in text and first_line in text, func
+    assert "class TransientError" in text and "__getattr__" not in text

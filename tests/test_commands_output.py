@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import psycopg2
-from conftest import REPO, settings_env
+from helpers import REPO, settings_env
 
 
 def _etl(env, *args, timeout=600):
@@ -142,13 +142,14 @@ def test_dbt_and_psql_exports_reach_the_embedded_server(tmp_path):
 def test_monitor_after_the_sample_demo_gives_an_ok_verdict_and_says_why(settings, tmp_path):
     from dataclasses import replace
 
+    from medical_etl.db import conn_params
     from medical_etl.jobs import run_job
     from medical_etl.monitoring.run import run_monitor
 
     s = replace(settings, telegram_source="sample")
     run_job("scrape-load", s)
     run_job("scrape-load", s)  # the second run adds nothing: no low-volume alert for a snapshot
-    result, rc = run_monitor(s.logs_path / "runs.jsonl", state_path=tmp_path / "st.json", db=s, send=False)
+    result, rc = run_monitor(s.logs_path / "runs.jsonl", state_path=tmp_path / "st.json", db=conn_params(s), send=False)
     assert rc == 0, result["active_alerts"]
     assert result["verdict"].startswith("OK.") and "shipped sample export" in result["verdict"]
     assert "newest post 2026-01-16" in result["verdict"]
@@ -159,7 +160,7 @@ def test_monitor_after_the_sample_demo_gives_an_ok_verdict_and_says_why(settings
         if rec.get("stage") == "scrape":
             rec["metrics"]["source"] = "api"
     (s.logs_path / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in api))
-    result, rc = run_monitor(s.logs_path / "runs.jsonl", state_path=tmp_path / "st2.json", db=s, send=False)
+    result, rc = run_monitor(s.logs_path / "runs.jsonl", state_path=tmp_path / "st2.json", db=conn_params(s), send=False)
     assert rc == 1 and result["verdict"].startswith("WARNING.")
     assert any("has not posted" in a["message"] for a in result["active_alerts"])
 
@@ -180,7 +181,7 @@ def test_make_system_deps_says_what_it_installs_and_fails_clearly_without_root(t
                         shutil.which("make"), "-s", "system-deps"], cwd=REPO, capture_output=True, text=True,
                        timeout=60)
     assert r.returncode != 0
-    assert "installing Debian's chromium with apt-get: the monitor's test renders" in r.stdout
+    assert "installing Debian's chromium with apt-get: the browser tests render" in r.stdout
     assert "cannot install chromium: not root and no password-less sudo" in r.stderr
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from api_warehouse import build_sample_warehouse
 from cdp import Browser
-from conftest import REPO
+from helpers import REPO
 
 from medical_etl.api.app import create_app
 from medical_etl.api.settings import ApiSettings

@@ -3,15 +3,15 @@ import time
 
 import psycopg2
 import pytest
-from conftest import stop_embedded_server
+from helpers import stop_embedded_server
 
 from medical_etl.config import Settings
-from medical_etl.db import connect, start_embedded
+from medical_etl.db import conn_params, connect, start_embedded
 from medical_etl.db import test_connection as check_connection
 
 
 def test_connect_and_query(settings):
-    conn = connect(settings)
+    conn = connect(conn_params(settings))
     with conn.cursor() as cur:
         cur.execute("SELECT current_database(), 1 + 1")
         assert cur.fetchone() == (settings.db_name, 2)
@@ -47,7 +47,7 @@ def test_connect_retries_then_raises_clear_error(tmp_path):
     s = Settings(db_host="127.0.0.1", db_port=_closed_port(), raw_data_path=tmp_path, logs_path=tmp_path)
     t0 = time.perf_counter()
     with pytest.raises(psycopg2.OperationalError, match="cannot connect to"):
-        connect(s, attempts=3)
+        connect(conn_params(s), attempts=3)
     # two backoff sleeps happened (0.2 s + 0.4 s at least)
     assert time.perf_counter() - t0 >= 0.5
 
@@ -58,13 +58,24 @@ def test_missing_database_is_created(pg_admin, tmp_path):
     name = f"t_auto_{uuid.uuid4().hex[:8]}"
     s = Settings(db_host=pg_admin.host, db_port=pg_admin.port, db_user=pg_admin.user, db_name=name,
                  raw_data_path=tmp_path, logs_path=tmp_path)
-    conn = connect(s)
-    conn.close()
     admin = psycopg2.connect(**pg_admin.kwargs())
     admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    admin.close()
+    exists = "SELECT count(*) FROM pg_database WHERE datname = %s"
+    try:
+        with admin.cursor() as cur:
+            cur.execute(exists, (name,))
+            assert cur.fetchone()[0] == 0
+            conn = connect(conn_params(s))
+            with conn.cursor() as c2:
+                c2.execute("SELECT current_database()")
+                assert c2.fetchone()[0] == name
+            conn.close()
+            cur.execute(exists, (name,))
+            assert cur.fetchone()[0] == 1
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
 
 
 def test_embedded_server_starts_and_is_reused(tmp_path):
@@ -77,7 +88,7 @@ def test_embedded_server_starts_and_is_reused(tmp_path):
     pid2 = start_embedded(s).get_pid()
     assert pid1 == pid2  # the running server is reused, not restarted
     assert time.perf_counter() - t0 < 1.0
-    conn = connect(s)
+    conn = connect(conn_params(s))
     with conn.cursor() as cur:
         cur.execute("SELECT current_database()")
         assert cur.fetchone()[0] == s.db_name

@@ -5,18 +5,21 @@ import signal
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SHARED_MODEL, query
+from helpers import SHARED_MODEL, query
 
-from medical_etl import enrich as enrich_mod
-from medical_etl.enrich import Detector, EnrichError, Photo, load_model, run_yolo_enrichment
-from medical_etl.images import decode
+from medical_etl.db import conn_params
+from medical_etl.enrich import stage as enrich_mod
+from medical_etl.enrich.images import decode
+from medical_etl.enrich.stage import Detector, EnrichError, Photo, load_model, run_yolo_enrichment
+from medical_etl.jobs import run_stage
 from medical_etl.load import load_raw_to_postgres
-from medical_etl.scrape import scrape_telegram_data
-from medical_etl.standin import StandInClient, read_message_list
+from medical_etl.scrape.stage import scrape_telegram_data
+from medical_etl.scrape.standin import StandInClient, read_message_list
 from medical_etl.transform import run_dbt_transformations
 
 CHANNELS = ["CheMed123", "lobelia4cosmetics", "tikvahpharma"]
@@ -51,14 +54,14 @@ def test_bus_and_zidane_with_real_weights(model):
 def enriched_lake(settings, shared_sample):
     posts = read_message_list(shared_sample / "messages", shared_sample / "images")
     scrape_telegram_data(StandInClient(posts), CHANNELS, settings.raw_data_path)
-    load_raw_to_postgres(settings, settings.raw_data_path)
-    run_dbt_transformations(settings, check_freshness=False)
+    load_raw_to_postgres(conn_params(settings), settings.raw_data_path)
+    run_dbt_transformations(conn_params(settings), check_freshness=False)
     return settings
 
 
 
 def test_sample_agrees_with_reference_and_rerun_does_nothing(enriched_lake, conn, shared_sample, monkeypatch):
-    s = run_yolo_enrichment(enriched_lake, enriched_lake.raw_data_path, model=str(SHARED_MODEL))
+    s = run_stage("enrich", replace(enriched_lake, yolo_model=str(SHARED_MODEL)))  # then the detection models
     assert s["photos_analysed"] == 197 and s["unreadable_photos"] == 3
     assert s["unreadable_reasons"] == {"a video (MP4/MOV)": 3}
     assert s["objects_found"] > 250 and s["per_class"]["person"] > 0 and s["photos_per_second"] > 0
@@ -84,8 +87,7 @@ def test_sample_agrees_with_reference_and_rerun_does_nothing(enriched_lake, conn
 
     monkeypatch.setattr(enrich_mod.Detector, "detect", no_inference)
     monkeypatch.setattr(enrich_mod, "load_model", no_inference)
-    again = run_yolo_enrichment(enriched_lake, enriched_lake.raw_data_path, model=str(SHARED_MODEL),
-                                build_models=False)
+    again = run_yolo_enrichment(conn_params(enriched_lake), enriched_lake.raw_data_path, model=str(SHARED_MODEL))
     assert again["photos_to_analyse"] == 0 and again["already_analysed"] == 197
 
     # categories in dbt follow the rule over the detections and the product-like seed
@@ -118,8 +120,8 @@ def test_bad_photos_are_recorded_unreadable_others_go_on(settings, conn, tmp_pat
     d = lake / "telegram_messages" / "2026-01-10"
     d.mkdir(parents=True)
     (d / "CheMed123.json").write_text(json.dumps(msgs))
-    load_raw_to_postgres(settings, lake)
-    s = run_yolo_enrichment(settings, lake, model=str(SHARED_MODEL), build_models=False)
+    load_raw_to_postgres(conn_params(settings), lake)
+    s = run_yolo_enrichment(conn_params(settings), lake, model=str(SHARED_MODEL))
     assert s["photos_analysed"] == 4 and s["unreadable_photos"] == 3
     rows = dict((mid, (st, reason)) for mid, st, reason in query(
         conn, "SELECT message_id, status, reason FROM raw.image_analyses"))
@@ -128,7 +130,7 @@ def test_bad_photos_are_recorded_unreadable_others_go_on(settings, conn, tmp_pat
     assert rows[3] == ("unreadable", "a video (MP4/MOV): unrecognised image format")
     assert rows[4] == ("unreadable", "file not found")
     # unreadable photos are not retried forever
-    assert run_yolo_enrichment(settings, lake, model=str(SHARED_MODEL), build_models=False)["photos_to_analyse"] == 0
+    assert run_yolo_enrichment(conn_params(settings), lake, model=str(SHARED_MODEL))["photos_to_analyse"] == 0
 
 
 def test_identical_photos_are_analysed_once(settings, conn, monkeypatch):
@@ -146,7 +148,7 @@ def test_identical_photos_are_analysed_once(settings, conn, monkeypatch):
         (d / "CheMed123.json").write_text(json.dumps([
             {"channel_username": "CheMed123", "message_id": i, "date": "2026-01-10T08:00:00+00:00", "text": "",
              "image_path": f"images/CheMed123/{i}.jpg", "media_type": "photo"} for i in ids]))
-        load_raw_to_postgres(settings, lake)
+        load_raw_to_postgres(conn_params(settings), lake)
 
     messages([1, 2])
     calls = {"n": 0}
@@ -157,10 +159,10 @@ def test_identical_photos_are_analysed_once(settings, conn, monkeypatch):
         return real(self, items)
 
     monkeypatch.setattr(enrich_mod.Detector, "detect", counting)
-    s = run_yolo_enrichment(settings, lake, model=str(SHARED_MODEL), build_models=False)
+    s = run_yolo_enrichment(conn_params(settings), lake, model=str(SHARED_MODEL))
     assert s["photos_analysed"] == 2 and s["duplicates_reused"] == 1 and calls["n"] == 1
     messages([1, 2, 3])  # a later repost: its results come from the database
-    s = run_yolo_enrichment(settings, lake, model=str(SHARED_MODEL), build_models=False)
+    s = run_yolo_enrichment(conn_params(settings), lake, model=str(SHARED_MODEL))
     assert s["photos_analysed"] == 1 and s["duplicates_reused"] == 1 and calls["n"] == 1
     per_photo = {}
     for mid, cls, c in query(conn, "SELECT message_id, class_name, confidence FROM raw.image_detections"):
@@ -170,7 +172,7 @@ def test_identical_photos_are_analysed_once(settings, conn, monkeypatch):
 
 def test_missing_or_unreadable_weights_fail_at_once_naming_yolo_model(settings, tmp_path):
     with pytest.raises(EnrichError, match=r"YOLO_MODEL=/nope/weights.onnx: no such weights file"):
-        run_yolo_enrichment(settings, tmp_path, model="/nope/weights.onnx")
+        run_yolo_enrichment(conn_params(settings), tmp_path, model="/nope/weights.onnx")
     bad = tmp_path / "broken.onnx"
     bad.write_bytes(b"not a model at all")
     with pytest.raises(EnrichError, match=rf"YOLO_MODEL={bad}: cannot load weights from {bad}"):
@@ -180,7 +182,7 @@ def test_missing_or_unreadable_weights_fail_at_once_naming_yolo_model(settings, 
 HUGE = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from medical_etl.images import decode
+    from medical_etl.enrich.images import decode
     d = decode(Path(sys.argv[1]))
     print(d.reason, d.width, d.height, d.scale, None if d.image is None else d.image.shape)
     # VmHWM: this process image's own peak (ru_maxrss would carry the parent's across exec)
@@ -205,7 +207,7 @@ def test_huge_images_are_reduced_or_refused_in_bounded_memory(tmp_path):
 
 KILL_CHILD = textwrap.dedent("""
     import os, signal, sys
-    from medical_etl import enrich
+    from medical_etl.enrich import stage as enrich
     from medical_etl.db import ConnParams
     real, n = enrich._write, {"batches": 0}
     def write_then_die(conn, outcomes, model_id):
@@ -215,8 +217,7 @@ KILL_CHILD = textwrap.dedent("""
         real(conn, outcomes, model_id)
     enrich._write = write_then_die
     host, port, db, user, lake, model = sys.argv[1:]
-    enrich.run_yolo_enrichment(ConnParams(host, int(port), db, user), lake, model=model, batch=20,
-                               build_models=False)
+    enrich.run_yolo_enrichment(ConnParams(host, int(port), db, user), lake, model=model, batch=20)
 """)
 
 
@@ -227,7 +228,7 @@ def test_kill_mid_run_then_rerun_equals_clean_run(enriched_lake, conn, pg_databa
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
     assert query(conn, "SELECT count(*) FROM raw.image_analyses")[0][0] == 40  # two committed batches
-    rest = run_yolo_enrichment(s, s.raw_data_path, model=str(SHARED_MODEL), build_models=False)
+    rest = run_yolo_enrichment(conn_params(s), s.raw_data_path, model=str(SHARED_MODEL))
     assert rest["photos_analysed"] == 197 - 40
     analyses = query(conn, "SELECT channel, message_id, status, n_objects FROM raw.image_analyses ORDER BY 1, 2")
     dets = query(conn, """SELECT channel, message_id, object_index, class_name, round(confidence::numeric, 2)
@@ -237,7 +238,7 @@ def test_kill_mid_run_then_rerun_equals_clean_run(enriched_lake, conn, pg_databa
     with conn.cursor() as cur:
         cur.execute("DELETE FROM raw.image_analyses")
     conn.commit()
-    run_yolo_enrichment(s, s.raw_data_path, model=str(SHARED_MODEL), build_models=False)
+    run_yolo_enrichment(conn_params(s), s.raw_data_path, model=str(SHARED_MODEL))
     assert query(conn, "SELECT channel, message_id, status, n_objects FROM raw.image_analyses ORDER BY 1, 2") == analyses
     assert query(conn, """SELECT channel, message_id, object_index, class_name, round(confidence::numeric, 2)
                       FROM raw.image_detections ORDER BY 1, 2, 3""") == dets
@@ -255,7 +256,7 @@ def _messages(settings, rows: list[tuple[int, str]]) -> None:
     from medical_etl.db import connect
     from medical_etl.migrate import migrate
 
-    c = connect(settings)
+    c = connect(conn_params(settings))
     try:
         migrate(c)
         with c, c.cursor() as cur:
@@ -291,7 +292,7 @@ def test_enrich_reads_only_regular_files_inside_the_images_folder(settings, conn
                          (5, "images/CheMed123/5.jpg"), (6, "images/CheMed123/6.jpg"),
                          (7, "images/linked/outside.jpg"), (8, "/dev/zero"), (9, "../../etc/passwd"),
                          (10, f"images/../../..{secret}"), (11, str(secret))])
-    s = run_yolo_enrichment(settings, lake, model=str(SHARED_MODEL), build_models=False)
+    s = run_yolo_enrichment(conn_params(settings), lake, model=str(SHARED_MODEL))
     assert s["photos_analysed"] == 11 and s["unreadable_photos"] == 10 and s["refused_photos"] == 10
     rows = dict((mid, (st, reason)) for mid, st, reason in query(
         conn, "SELECT message_id, status, reason FROM raw.image_analyses"))
@@ -306,14 +307,13 @@ def test_enrich_reads_only_regular_files_inside_the_images_folder(settings, conn
     assert s["refused_reasons"][link] == 3 and s["refused_reasons"][outside] == 4
     # nothing outside the lake reached the warehouse, and refusals are final (not retried)
     assert query(conn, "SELECT count(*) FROM raw.image_detections WHERE message_id <> 1")[0][0] == 0
-    assert run_yolo_enrichment(settings, lake, model=str(SHARED_MODEL),
-                               build_models=False)["photos_to_analyse"] == 0
+    assert run_yolo_enrichment(conn_params(settings), lake, model=str(SHARED_MODEL))["photos_to_analyse"] == 0
 
 
 CONFINED_RSS = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from medical_etl.images import read_confined
+    from medical_etl.enrich.images import read_confined
     lake = Path(sys.argv[1])
     for rel in sys.argv[2:]:
         r = read_confined(lake, rel, max_bytes=int(1e9))
@@ -350,7 +350,7 @@ def test_a_failing_decoder_ends_the_stage_with_an_error_not_a_hang(settings, con
         (lake / f"images/CheMed123/{i}.jpg").write_bytes(jpg.tobytes() + b"\0" * i)  # distinct bytes
         rows.append((i, f"images/CheMed123/{i}.jpg"))
     _messages(settings, rows)
-    from medical_etl import detection
+    from medical_etl.enrich import detection
 
     real = detection.decode_bytes
     calls = {"n": 0}
@@ -362,11 +362,10 @@ def test_a_failing_decoder_ends_the_stage_with_an_error_not_a_hang(settings, con
         return real(data, max_pixels)
 
     monkeypatch.setattr(detection, "decode_bytes", decode_then_fail)
-    monkeypatch.setattr(enrich_mod, "_known_hashes", lambda conn, model_id: set())
     t0 = time.monotonic()
     with pytest.raises(EnrichError, match=r"photo decoder failed on images/CheMed123/\d+\.jpg: MemoryError: "
                                           r"cannot allocate the decoded image"):
-        run_yolo_enrichment(settings, lake, model=str(SHARED_MODEL), build_models=False, decoders=2)
+        run_yolo_enrichment(conn_params(settings), lake, model=str(SHARED_MODEL), decoders=2)
     assert time.monotonic() - t0 < 60   # the model load included; a hang would wait for STAGE_TIMEOUT
     assert [t.name for t in __import__("threading").enumerate() if t.name.startswith("enrich-")] == []
 
@@ -375,8 +374,8 @@ def test_parallel_stage_gives_the_same_detections_as_one_photo_at_a_time(setting
     """Decoder pool + a worker per core (one-thread sessions) vs Ultralytics' predict, photo by photo."""
     posts = read_message_list(shared_sample / "messages", shared_sample / "images")
     scrape_telegram_data(StandInClient(posts), CHANNELS, settings.raw_data_path)
-    load_raw_to_postgres(settings, settings.raw_data_path)
-    s = run_yolo_enrichment(settings, settings.raw_data_path, model=str(SHARED_MODEL), build_models=False,
+    load_raw_to_postgres(conn_params(settings), settings.raw_data_path)
+    s = run_yolo_enrichment(conn_params(settings), settings.raw_data_path, model=str(SHARED_MODEL),
                             workers=2, decoders=3, batch=7, infer_batch=4)   # several photos per call, as on a GPU
     assert s["workers"] == 2 and s["decoders"] == 3 and s["device"] == "cpu" and s["infer_batch"] == 4
     ours: dict = {}
@@ -446,10 +445,10 @@ def test_progress_per_batch_on_a_terminal_only(settings, capfd):
         (lake / f"images/CheMed123/{i}.jpg").write_bytes(jpg.tobytes())
         rows.append((i, f"images/CheMed123/{i}.jpg"))
     _messages(settings, rows[:2])
-    run_yolo_enrichment(settings, lake, model=str(SHARED_MODEL), build_models=False, batch=1)
+    run_yolo_enrichment(conn_params(settings), lake, model=str(SHARED_MODEL), batch=1)
     assert capfd.readouterr().err == ""            # not a terminal (cron, a test): quiet
     _messages(settings, rows[2:])
-    run_yolo_enrichment(settings, lake, model=str(SHARED_MODEL), build_models=False, batch=1, progress=True)
+    run_yolo_enrichment(conn_params(settings), lake, model=str(SHARED_MODEL), batch=1, progress=True)
     err = capfd.readouterr().err
     lines = err.splitlines()
     assert [line.split(",")[0] for line in lines] == [f"enrich: {i}/3 photos" for i in (1, 2, 3)]
@@ -464,16 +463,17 @@ def test_nothing_new_loads_no_model_and_builds_nothing_when_asked(settings, monk
 
     monkeypatch.setattr(enrich_mod, "load_model", forbidden)
     monkeypatch.setattr(transform, "run_dbt_transformations", forbidden)
-    s = run_yolo_enrichment(settings, settings.raw_data_path, model=str(SHARED_MODEL), build_models="if_new")
+    with_model = replace(settings, yolo_model=str(SHARED_MODEL))
+    s = run_stage("enrich", with_model, build_models="if_new")
     assert s["photos_to_analyse"] == 0 and "dbt" not in s
     with pytest.raises(AssertionError, match="nothing new"):   # a plain enrich run still builds and tests
-        run_yolo_enrichment(settings, settings.raw_data_path, model=str(SHARED_MODEL))
+        run_stage("enrich", with_model)
 
 
 def test_device_auto_and_the_plan_for_cpu_and_gpu():
     import torch
 
-    from medical_etl.enrich import _device, plan
+    from medical_etl.enrich.stage import _device, plan
 
     assert _device("auto") == ("0" if torch.cuda.is_available() else "cpu")
     assert plan("cpu", 16, 2) == {"device": "cpu", "workers": 2, "decoders": 2, "infer_batch": 1}

@@ -16,16 +16,18 @@ from pathlib import Path
 
 import psycopg2
 import pytest
-from conftest import REPO, SHARED_MODEL, query, scratch_database, settings_env
+from helpers import REPO, SHARED_MODEL, query, scratch_database, settings_env
 from telethon import errors
 
-from medical_etl.jobs import JobError, run_job, stage_environment
+from medical_etl.db import conn_params
+from medical_etl.jobs import JobError, run_job
+from medical_etl.jobs.process import stage_environment
 from medical_etl.load import load_raw_to_postgres
 from medical_etl.monitoring.rules import RulesError, load_rules
 from medical_etl.monitoring.run import metric_fields, run_monitor
 from medical_etl.runlog import RunLog
-from medical_etl.scrape import scrape_telegram_data
-from medical_etl.standin import Post, StandInClient
+from medical_etl.scrape.stage import scrape_telegram_data
+from medical_etl.scrape.standin import Post, StandInClient
 
 
 def msg(mid, text="hello", channel="CheMed123", **kw):
@@ -59,7 +61,7 @@ def rejects(conn):
 
 def assert_rerun_changes_nothing(settings, lake_dir, conn):
     before, before_rejects = raw_rows(conn), rejects(conn)
-    again = load_raw_to_postgres(settings, lake_dir)
+    again = load_raw_to_postgres(conn_params(settings), lake_dir)
     assert again["rows_inserted"] == 0 and again["rows_updated"] == 0
     assert raw_rows(conn) == before and rejects(conn) == before_rejects
 
@@ -83,7 +85,7 @@ def test_lone_surrogate_is_stored_as_replacement_character(settings, conn, tmp_p
               '[' + json.dumps(msg(1, "price 100 birr ")).replace('birr ', 'birr \\ud83d') + ','
               + json.dumps(msg(2, views=-1)).replace('"hello"', '"bad \\udc00"') + ']')
     write(lake_dir, "2026-01-10", "tikvahpharma", [msg(5, channel="tikvahpharma")])
-    s = load_raw_to_postgres(settings, lake_dir)
+    s = load_raw_to_postgres(conn_params(settings), lake_dir)
     assert s["rows_inserted"] == 2 and s["surrogates_replaced"] == 1 and s["rows_rejected"] == 1
     texts = dict(query(conn, "SELECT message_id, message_text FROM raw.telegram_messages"))
     assert texts == {1: "price 100 birr \ufffd", 5: "hello"}
@@ -104,7 +106,7 @@ def test_out_of_range_integers_are_quarantined_and_the_batch_loads(settings, con
     lake_dir = tmp_path / "lake"
     write(lake_dir, "2026-01-10", "CheMed123", [msg(1), msg(2, **bad), msg(3)])
     write(lake_dir, "2026-01-11", "CheMed123", [msg(4, date="2026-01-11T08:00:00+00:00")])
-    s = load_raw_to_postgres(settings, lake_dir)
+    s = load_raw_to_postgres(conn_params(settings), lake_dir)
     assert s["rows_inserted"] == 3 and s["rows_rejected"] == 1
     assert [r[1] for r in raw_rows(conn)] == [1, 3, 4]
     ((file, pos, why),) = rejects(conn)
@@ -120,14 +122,14 @@ def test_dates_outside_telegram_and_the_clock_are_rejected(settings, conn, tmp_p
         msg(3, date=soon), msg(4, edit_date="2099-01-01T00:00:00+00:00"), msg(5),
         msg(6, scraped_at="2099-01-01T00:00:00+00:00"), msg(7, media_status="bogus", media_type="photo"),
         msg(8, media_status="not_included", media_type="a-kind-telegram-adds-next-year")])
-    s = load_raw_to_postgres(settings, lake_dir)
+    s = load_raw_to_postgres(conn_params(settings), lake_dir)
     assert s["rows_inserted"] == 3  # 20 minutes ahead is clock skew; an unknown media kind only warns in dbt
     reasons = {pos: why for _, pos, why in rejects(conn)}
     assert set(reasons) == {0, 1, 3, 5, 6}
     assert "in the future" in reasons[0] and "predates Telegram" in reasons[1] and "edit_date" in reasons[3]
     assert "scraped_at" in reasons[5] and "media_status: 'bogus' is not one of" in reasons[6]
     # a post from the future becomes valid with time: its file is read again on every run until then
-    again = load_raw_to_postgres(settings, lake_dir)
+    again = load_raw_to_postgres(conn_params(settings), lake_dir)
     assert again["files_read"] == 1 and again["rows_inserted"] == 0 and len(rejects(conn)) == 5
 
 
@@ -146,9 +148,9 @@ def test_values_the_loader_accepts_pass_the_dbt_tests(settings, conn, tmp_path):
         msg(9, "x\ud83d", channel="tikvahpharma", views=0, media_type="a-new-kind", media_status="not_saved"),
         msg(10, "y", channel="tikvahpharma", media_type="photo", media_status="not_included",
             forward_from_name="\u12a0\u1295\u12f5" * 100, forward_from_id=-(2**63))])
-    s = load_raw_to_postgres(settings, lake_dir)
+    s = load_raw_to_postgres(conn_params(settings), lake_dir)
     assert s["rows_inserted"] == 5 and s["rows_rejected"] == 0
-    summary = run_dbt_transformations(settings, check_freshness=False)
+    summary = run_dbt_transformations(conn_params(settings), check_freshness=False)
     assert summary["status"] == "success", summary["failing_nodes"]
     assert summary["tests_failed"] == 0 and summary["tests_passed"] > 10
 
@@ -169,9 +171,9 @@ def test_same_message_in_two_files_is_resolved_the_same_whatever_the_order(setti
     # incrementally, older file first, then the newer one appears
     hidden = f_new.read_text()
     f_new.unlink()
-    load_raw_to_postgres(settings, lake_dir)
+    load_raw_to_postgres(conn_params(settings), lake_dir)
     f_new.write_text(hidden)
-    s = load_raw_to_postgres(settings, lake_dir)
+    s = load_raw_to_postgres(conn_params(settings), lake_dir)
     assert s["rows_duplicate"] == 1
     assert raw_rows(conn) == expected_rows and rejects(conn) == expected_rejects
     assert_rerun_changes_nothing(settings, lake_dir, conn)
@@ -179,7 +181,7 @@ def test_same_message_in_two_files_is_resolved_the_same_whatever_the_order(setti
     # editing the losing file does not flip the winner
     edited = [dict(older[0], text="old copy, edited"), older[1]]
     f_old.write_text(json.dumps(edited))
-    load_raw_to_postgres(settings, lake_dir)
+    load_raw_to_postgres(conn_params(settings), lake_dir)
     assert raw_rows(conn)[0][2] == "new copy" and len(rejects(conn)) == 1
     assert raw_rows(conn) == clean_load(pg_admin, lake_dir)[0]
 
@@ -189,7 +191,7 @@ def test_edits_to_a_winning_file_give_the_rows_of_a_clean_load(settings, conn, t
     winner = [msg(1, "new copy", scraped_at="2026-01-12T00:00:00+00:00"), msg(2, "kept")]
     f_win = write(lake_dir, "2026-01-09", "CheMed123", winner)
     write(lake_dir, "2026-01-10", "CheMed123", [msg(1, "old copy", scraped_at="2026-01-11T00:00:00+00:00")])
-    load_raw_to_postgres(settings, lake_dir)
+    load_raw_to_postgres(conn_params(settings), lake_dir)
     assert raw_rows(conn)[0][2] == "new copy"
 
     def same_as_clean():
@@ -199,20 +201,20 @@ def test_edits_to_a_winning_file_give_the_rows_of_a_clean_load(settings, conn, t
 
     # the winner's scrape time drops below the loser's: the other copy wins
     f_win.write_text(json.dumps([dict(winner[0], scraped_at="2026-01-10T00:00:00+00:00"), winner[1]]))
-    load_raw_to_postgres(settings, lake_dir)
+    load_raw_to_postgres(conn_params(settings), lake_dir)
     rows, _ = same_as_clean()
     assert rows[0][2] == "old copy"
     # back up, then the winning file loses the message altogether: the other copy is all there is
     f_win.write_text(json.dumps(winner))
-    load_raw_to_postgres(settings, lake_dir)
+    load_raw_to_postgres(conn_params(settings), lake_dir)
     assert same_as_clean()[0][0][2] == "new copy"
     f_win.write_text(json.dumps([winner[1]]))
-    s = load_raw_to_postgres(settings, lake_dir)
+    s = load_raw_to_postgres(conn_params(settings), lake_dir)
     rows, rej = same_as_clean()
     assert rows[0][2] == "old copy" and rej == [] and s["rows_deleted"] == 1
     # a stored record becomes invalid: it leaves the table and is quarantined
     f_win.write_text(json.dumps([dict(winner[1], date="2099-01-01T00:00:00+00:00")]))
-    load_raw_to_postgres(settings, lake_dir)
+    load_raw_to_postgres(conn_params(settings), lake_dir)
     rows, rej = same_as_clean()
     assert [r[1] for r in rows] == [1] and "in the future" in rej[0][2]
     assert_rerun_changes_nothing(settings, lake_dir, conn)
@@ -221,7 +223,7 @@ def test_edits_to_a_winning_file_give_the_rows_of_a_clean_load(settings, conn, t
 def test_rows_stored_before_positions_existed_are_read_again_not_a_failure(settings, conn, tmp_path, pg_admin):
     lake_dir = tmp_path / "lake"
     write(lake_dir, "2026-01-10", "CheMed123", [msg(1, "old copy"), msg(2, date="2099-01-01T00:00:00+00:00")])
-    load_raw_to_postgres(settings, lake_dir)
+    load_raw_to_postgres(conn_params(settings), lake_dir)
     with conn.cursor() as cur:  # as a database loaded by the previous version looks after migration 009
         cur.execute("""INSERT INTO raw.telegram_messages (channel, message_id, message_date, message_text,
                            source_file) VALUES ('CheMed123', 2, '2099-01-01', 'from the future',
@@ -230,7 +232,7 @@ def test_rows_stored_before_positions_existed_are_read_again_not_a_failure(setti
         cur.execute("UPDATE raw.loaded_files SET size_bytes = -1, sha256 = ''")
     conn.commit()
     write(lake_dir, "2026-01-09", "CheMed123", [msg(1, "new copy", scraped_at="2026-01-12T00:00:00+00:00")])
-    load_raw_to_postgres(settings, lake_dir)
+    load_raw_to_postgres(conn_params(settings), lake_dir)
     rows, rej = clean_load(pg_admin, lake_dir)
     assert raw_rows(conn) == rows and rejects(conn) == rej
     assert [r[2] for r in rows] == ["new copy"] and len(rej) == 2  # the loser and the future post
@@ -238,7 +240,7 @@ def test_rows_stored_before_positions_existed_are_read_again_not_a_failure(setti
 
 def test_a_record_the_database_refuses_is_isolated_and_the_other_files_load(settings, conn, tmp_path):
     lake_dir = tmp_path / "lake"
-    load_raw_to_postgres(settings, lake_dir)  # creates the tables
+    load_raw_to_postgres(conn_params(settings), lake_dir)  # creates the tables
     with conn.cursor() as cur:  # a server-side rule the loader cannot know about
         cur.execute("ALTER TABLE raw.telegram_messages ADD CONSTRAINT no_poison "
                     "CHECK (message_text <> 'poison for the server')")
@@ -246,7 +248,7 @@ def test_a_record_the_database_refuses_is_isolated_and_the_other_files_load(sett
     write(lake_dir, "2026-01-10", "CheMed123", [msg(1), msg(2, "poison for the server"), msg(3)])
     write(lake_dir, "2026-01-10", "tikvahpharma", [msg(7, channel="tikvahpharma")])
     write(lake_dir, "2026-01-11", "CheMed123", [msg(8, date="2026-01-11T08:00:00+00:00")])
-    s = load_raw_to_postgres(settings, lake_dir, batch_rows=1000)  # all three files in one batch
+    s = load_raw_to_postgres(conn_params(settings), lake_dir, batch_rows=1000)  # all three files in one batch
     assert s["rows_inserted"] == 4 and s["rows_refused_by_db"] == 1
     assert [r[1] for r in raw_rows(conn)] == [1, 3, 8, 7]  # CheMed123 first, then tikvahpharma
     ((file, pos, why),) = rejects(conn)
@@ -263,7 +265,7 @@ def test_image_paths_outside_the_lake_are_rejected_at_load(settings, conn, tmp_p
     records = [msg(i + 1, image_path=p) for i, p in enumerate(bad)]
     records.append(msg(50, image_path="images/CheMed123/50.jpg"))
     write(lake_dir, "2026-01-10", "CheMed123", records)
-    s = load_raw_to_postgres(settings, lake_dir)
+    s = load_raw_to_postgres(conn_params(settings), lake_dir)
     assert s["rows_inserted"] == 1 and s["rows_rejected"] == len(bad)
     assert all("is not a path under the lake's images/ folder" in why for _, _, why in rejects(conn))
 
@@ -277,7 +279,7 @@ def test_lake_file_that_is_a_symlink_or_fifo_is_refused_not_read(settings, conn,
     (d / "CheMed123.json").symlink_to(outside)
     os.mkfifo(d / "tikvahpharma.json")  # a reader would block forever
     write(lake_dir, "2026-01-11", "CheMed123", [msg(2, date="2026-01-11T08:00:00+00:00")])
-    s = load_raw_to_postgres(settings, lake_dir)
+    s = load_raw_to_postgres(conn_params(settings), lake_dir)
     assert s["rows_inserted"] == 1 and s["files_rejected"] == 2
     assert query(conn, "SELECT count(*) FROM raw.telegram_messages WHERE message_text LIKE 'secret%'")[0][0] == 0
     reasons = {f.rsplit("/", 1)[1]: why for f, _, why in rejects(conn)}
@@ -285,13 +287,13 @@ def test_lake_file_that_is_a_symlink_or_fifo_is_refused_not_read(settings, conn,
 
 
 def test_scrape_creates_the_telegram_session_file_private(settings, tmp_path):
-    from medical_etl.telegram import _build
+    from medical_etl.scrape.telegram import build_client
 
     s = replace(settings, telegram_api_id=12345, telegram_api_hash="0123456789abcdef0123456789abcdef",
                 telegram_session=tmp_path / "sessions" / "scraper")
     old = os.umask(0o022)
     try:
-        client = _build(s)
+        client = build_client(s)
         client.session.close()
     finally:
         os.umask(old)
@@ -392,7 +394,7 @@ def test_unwritable_state_file_is_a_problem_on_top_of_the_verdict(tmp_path, webh
 
 
 def test_job_past_its_time_limit_is_alerted_while_its_process_lives(tmp_path):
-    from medical_etl.jobs import mark_running
+    from medical_etl.running import mark_running
 
     logs = tmp_path / "logs"
     mark_running(logs, "pipeline", "r-overdue", deadline_s=-1)  # this (live) process, out of time
@@ -527,7 +529,7 @@ def test_cli_refuses_bad_numbers_and_empty_selections(settings):
 
 
 def test_bad_string_session_and_unreachable_telegram_say_which_setting(settings):
-    from medical_etl.telegram import TelegramConfigError, open_client
+    from medical_etl.scrape.telegram import TelegramConfigError, open_client
 
     env = settings_env(settings)
     env.update(TELEGRAM_SOURCE="api", TELEGRAM_API_ID="12345", TELEGRAM_API_HASH="0" * 32,
@@ -617,7 +619,7 @@ def _fires(entries: list[str], instant: datetime, zone) -> bool:
 def test_cron_entries_fire_at_the_utc_times_in_any_zone(zone_name):
     from zoneinfo import ZoneInfo
 
-    from medical_etl import cron
+    from medical_etl.ops import cron
 
     zone = ZoneInfo(zone_name)
     rendered = cron.block(REPO, zone=zone, zone_name=zone_name, now=datetime(2026, 1, 5, tzinfo=timezone.utc))
@@ -645,7 +647,7 @@ def test_cron_entries_fire_at_the_utc_times_in_any_zone(zone_name):
 def test_cron_entries_do_not_depend_on_the_season_they_were_written_in():
     from zoneinfo import ZoneInfo
 
-    from medical_etl import cron
+    from medical_etl.ops import cron
 
     zone = ZoneInfo("Europe/Berlin")
     january = cron.block(REPO, zone=zone, zone_name="Europe/Berlin", now=datetime(2026, 1, 5, tzinfo=timezone.utc))
@@ -680,7 +682,7 @@ esac
 
 
 def test_cron_uninstall_restores_exactly_what_was_there(tmp_path):
-    from medical_etl import cron
+    from medical_etl.ops import cron
 
     fake, store = _fake_crontab(tmp_path)
     cron.install(str(fake))
@@ -701,7 +703,7 @@ def test_cron_uninstall_restores_exactly_what_was_there(tmp_path):
 
 
 def test_cron_without_a_crontab_program_says_to_install_cron(tmp_path):
-    from medical_etl import cron
+    from medical_etl.ops import cron
 
     with pytest.raises(cron.CronError, match="install cron"):
         cron.install(str(tmp_path / "no-such-crontab"))

@@ -1,16 +1,18 @@
 """A day with nothing new costs next to nothing, without skipping what matters (issue 16)."""
 # 15 models: the 9 of the star schema and the analytical API's 6 (agg_* rollups, search_messages).
 import shutil
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from conftest import SHARED_MODEL, query
+from helpers import SHARED_MODEL, query
 
-from medical_etl.enrich import run_yolo_enrichment
-from medical_etl.jobs import stage_options
+from medical_etl.db import conn_params
+from medical_etl.jobs import run_stage
+from medical_etl.jobs.runner import stage_options
 from medical_etl.load import load_raw_to_postgres
-from medical_etl.scrape import scrape_telegram_data
-from medical_etl.standin import Post, StandInClient, read_message_list
+from medical_etl.scrape.stage import scrape_telegram_data
+from medical_etl.scrape.standin import Post, StandInClient, read_message_list
 from medical_etl.transform import PROJECT_DIR, _judge, run_dbt_transformations
 
 CHANNELS = ["CheMed123", "lobelia4cosmetics", "tikvahpharma"]
@@ -27,10 +29,10 @@ def project(tmp_path):
 def test_unchanged_inputs_skip_the_build_and_any_change_rebuilds(settings, conn, shared_sample, project):
     posts = read_message_list(shared_sample / "messages", shared_sample / "images")
     scrape_telegram_data(StandInClient(posts), CHANNELS, settings.raw_data_path)
-    load_raw_to_postgres(settings, settings.raw_data_path)
+    load_raw_to_postgres(conn_params(settings), settings.raw_data_path)
 
     def build(**kw):
-        s = run_dbt_transformations(settings, project_dir=project, **kw)
+        s = run_dbt_transformations(conn_params(settings), project_dir=project, **kw)
         assert s["status"] == "success", s["failing_nodes"]
         return s
 
@@ -52,7 +54,7 @@ def test_unchanged_inputs_skip_the_build_and_any_change_rebuilds(settings, conn,
     # a new message: everything downstream is rebuilt and tested
     new = [Post("CheMed123", 9001, datetime(2026, 1, 20, 9, tzinfo=timezone.utc), "Zinc 20mg\nPrice 150 birr")]
     scrape_telegram_data(StandInClient(new), ["CheMed123"], settings.raw_data_path)
-    load_raw_to_postgres(settings, settings.raw_data_path)
+    load_raw_to_postgres(conn_params(settings), settings.raw_data_path)
     s = build()
     assert s["build_scope"] == "all" and query(conn, "SELECT count(*) FROM marts.fct_messages "
                                                      "WHERE message_id = 9001")[0][0] == 1
@@ -99,11 +101,11 @@ def test_a_job_with_a_transform_builds_detection_models_only_for_new_photos():
 def test_photos_analysed_after_the_build_do_not_force_tomorrows_rebuild(settings, conn, shared_sample):
     posts = read_message_list(shared_sample / "messages", shared_sample / "images")[:40]
     scrape_telegram_data(StandInClient(posts), CHANNELS, settings.raw_data_path)
-    load_raw_to_postgres(settings, settings.raw_data_path)
-    assert run_dbt_transformations(settings)["build_scope"] == "all"
-    s = run_yolo_enrichment(settings, settings.raw_data_path, model=str(SHARED_MODEL), build_models="if_new")
+    load_raw_to_postgres(conn_params(settings), settings.raw_data_path)
+    assert run_dbt_transformations(conn_params(settings))["build_scope"] == "all"
+    s = run_stage("enrich", replace(settings, yolo_model=str(SHARED_MODEL)), build_models="if_new")
     assert s["photos_analysed"] > 0 and s["dbt"]["status"] == "success"   # built and tested with the photos
-    again = run_dbt_transformations(settings)
+    again = run_dbt_transformations(conn_params(settings))
     assert again["build_scope"] == "none"
     assert again["freshness"]["raw.image_detections"] == "pass"           # judged on the new detections
     n = query(conn, "SELECT count(*) FROM marts.fct_image_detections")[0][0]

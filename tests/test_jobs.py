@@ -9,12 +9,14 @@ from datetime import datetime, timezone
 
 import psycopg2
 import pytest
-from conftest import REPO, query, scratch_database, settings_env
 from export_helper import write_desktop_exports
+from helpers import REPO, query, scratch_database, settings_env
 
-from medical_etl.jobs import JobError, acquire_lock, run_job
+from medical_etl.db import conn_params
+from medical_etl.filelock import acquire_lock
+from medical_etl.jobs import JOBS, JobError, run_job
 from medical_etl.runlog import RunLog
-from medical_etl.standin import Post, StandInClient, read_message_list
+from medical_etl.scrape.standin import Post, StandInClient, read_message_list
 
 FACT_CHECKSUMS = {
     "marts.fct_messages": "message_key, views, forwards, text_length, price_count, has_image",
@@ -103,7 +105,7 @@ def test_kill_mid_load_and_mid_enrich_then_rerun_equals_clean_run(job_settings, 
     from medical_etl.db import connect
     from medical_etl.migrate import migrate
 
-    c = connect(s)
+    c = connect(conn_params(s))
     migrate(c)
     with c.cursor() as cur:
         cur.execute("LOCK TABLE raw.loaded_files IN EXCLUSIVE MODE")  # held until we roll back
@@ -219,7 +221,7 @@ def test_cron_install_is_idempotent_and_uninstall_exact(tmp_path):
 if [ "$1" = "-l" ]; then cat {store}; else cat > {store}; fi
 """)
     fake.chmod(0o755)
-    from medical_etl import cron
+    from medical_etl.ops import cron
 
     cron.install(str(fake))
     once = store.read_text()
@@ -231,17 +233,63 @@ if [ "$1" = "-l" ]; then cat {store}; else cat > {store}; fi
     assert store.read_text() == "MAILTO=ops@example.com\n15 * * * * /usr/bin/other-job\n"
 
 
-def test_make_j4_pipeline_runs_stages_in_order(job_settings):
+def test_make_j4_two_jobs_never_interleave_their_stages(job_settings):
+    """`make -j4` starts both job targets at once: the job lock lets one run its stages (in the
+    Makefile's order), the other records skipped; no two stages ever run at the same time."""
     env = settings_env(job_settings)
     env.update(TELEGRAM_SOURCE="sample", MAKEFLAGS="")
-    r = subprocess.run(["make", "-s", "-j4", "pipeline"], env=env, cwd=REPO, capture_output=True, text=True,
-                       timeout=900)
+    r = subprocess.run(["make", "-s", "-j4", "pipeline", "scrape-load"], env=env, cwd=REPO, capture_output=True,
+                       text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     recs = records(job_settings)
+    jobs = {x["job"]: x for x in recs if x["stage"] is None}
+    assert set(jobs) == {"pipeline", "scrape-load"}
+    ran = [name for name, rec in jobs.items() if rec["status"] == "success"]
+    skipped = [name for name, rec in jobs.items() if rec["status"] == "skipped"]
+    assert len(ran) == 1 and len(skipped) == 1 and "lock" in jobs[skipped[0]]["reason"]
     stages = [x for x in recs if x["stage"]]
-    assert [x["stage"] for x in stages] == ["scrape", "load", "transform", "enrich"]
-    assert [x["finished_at"] for x in stages] == sorted(x["finished_at"] for x in stages)
-    assert len({x["run_id"] for x in recs}) == 1
+    assert [x["stage"] for x in stages] == list(JOBS[ran[0]])
+    assert all(x["job"] == ran[0] and x["run_id"] == jobs[ran[0]]["run_id"] for x in stages)
+    spans = sorted((x["started_at"], x["finished_at"]) for x in stages)
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False)), spans   # one after the other
+
+
+def test_the_job_table_is_read_as_make_reads_it():
+    shown = subprocess.run(["make", "-s", "--no-print-directory", "jobs"], cwd=REPO, capture_output=True, text=True,
+                           check=True, env={**os.environ, "MAKEFLAGS": ""}).stdout
+    by_make = {line.split()[0]: tuple(line.split()[1:]) for line in shown.splitlines() if line.strip()}
+    assert by_make == dict(JOBS) and by_make["pipeline"] == ("scrape", "load", "transform", "enrich")
+    dry = subprocess.run(["make", "-n", "pipeline"], cwd=REPO, capture_output=True, text=True,
+                         env={**os.environ, "MAKEFLAGS": ""}).stdout
+    assert "job pipeline --stages 'scrape load transform enrich'" in dry
+
+
+@pytest.mark.parametrize("line, why", [
+    ("JOB_STAGES.daily = scrape load", "on one line"),
+    ("JOB_STAGES.daily := scrape \\", "on one line"),
+    ("JOB_STAGES.daily := scrape publish", "unknown: publish"),
+    ("JOB_STAGES.daily := load load", "distinct"),
+    ("JOB_STAGES.daily :=", "distinct"),
+])
+def test_job_lines_make_would_read_differently_are_refused(tmp_path, line, why):
+    from medical_etl.errors import PermanentError
+    from medical_etl.jobs.definitions import read_jobs
+
+    makefile = tmp_path / "Makefile"
+    makefile.write_text(f"JOB_STAGES.pipeline := scrape load\n{line}\n")
+    with pytest.raises(PermanentError, match=why):
+        read_jobs(makefile)
+    makefile.write_text("JOB_STAGES.pipeline := scrape load  # a comment\nJOB_STAGES.pipeline := load\n")
+    with pytest.raises(PermanentError, match="defined twice"):
+        read_jobs(makefile)
+
+
+def test_stages_that_differ_from_the_definition_are_refused_before_anything_runs(job_settings):
+    with pytest.raises(ValueError, match="differ from the job's definition"):
+        run_job("pipeline", job_settings, stages=["load", "scrape"])
+    assert records(job_settings) == []
+    with pytest.raises(ValueError, match="unknown job"):
+        run_job("hourly", job_settings)
 
 
 def test_some_channels_failing_do_not_hold_back_the_others(job_settings, conn, shared_sample):

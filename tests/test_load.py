@@ -7,12 +7,12 @@ import textwrap
 
 import psycopg2
 import pytest
-from conftest import query, scratch_database
+from helpers import query, scratch_database
 
-from medical_etl import load as load_mod
+from medical_etl.db import conn_params
 from medical_etl.load import LoadError, load_raw_to_postgres
-from medical_etl.scrape import scrape_telegram_data
-from medical_etl.standin import StandInClient, read_message_list
+from medical_etl.scrape.stage import scrape_telegram_data
+from medical_etl.scrape.standin import StandInClient, read_message_list
 
 CHANNELS = ["CheMed123", "lobelia4cosmetics", "tikvahpharma"]
 
@@ -47,7 +47,7 @@ def msg(mid, text="hello", **kw):
 
 
 def test_load_real_sample(settings, conn, sample_lake, shared_sample):
-    s = load_raw_to_postgres(settings, sample_lake)
+    s = load_raw_to_postgres(conn_params(settings), sample_lake)
     assert s["rows_inserted"] == 276 and s["records_loaded"] == 276 and s["rows_rejected"] == 0
     counts = dict(query(conn, "SELECT channel, count(*) FROM raw.telegram_messages GROUP BY 1"))
     assert counts == {"CheMed123": 76, "lobelia4cosmetics": 100, "tikvahpharma": 100}
@@ -62,9 +62,9 @@ def test_load_real_sample(settings, conn, sample_lake, shared_sample):
 
 
 def test_reload_changes_nothing_and_changed_views_update_exactly_those(settings, conn, sample_lake):
-    load_raw_to_postgres(settings, sample_lake)
+    load_raw_to_postgres(conn_params(settings), sample_lake)
     before = dict(((c, m), u) for c, m, u in query(conn, "SELECT channel, message_id, updated_at FROM raw.telegram_messages"))
-    s = load_raw_to_postgres(settings, sample_lake)
+    s = load_raw_to_postgres(conn_params(settings), sample_lake)
     assert s["rows_inserted"] == 0 and s["rows_updated"] == 0 and s["files_skipped"] > 0 and s["files_read"] == 0
     # rewrite one partition: two posts gain views, the rest identical (file changed, so it is read)
     f = next((sample_lake / "telegram_messages").glob("2026-01-16/lobelia4cosmetics.json"))
@@ -75,7 +75,7 @@ def test_reload_changes_nothing_and_changed_views_update_exactly_those(settings,
     for r in records:
         r["scraped_at"] = "2026-02-01T00:00:00+00:00"  # a fresh scrape time alone is no change
     f.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
-    s = load_raw_to_postgres(settings, sample_lake)
+    s = load_raw_to_postgres(conn_params(settings), sample_lake)
     assert s["files_read"] == 1
     assert s["rows_updated"] == 2 and s["rows_inserted"] == 0 and s["rows_unchanged"] == len(records) - 2
     after = dict(((c, m), u) for c, m, u in query(conn, "SELECT channel, message_id, updated_at FROM raw.telegram_messages"))
@@ -84,10 +84,10 @@ def test_reload_changes_nothing_and_changed_views_update_exactly_those(settings,
 
 
 def test_touched_but_identical_file_is_skipped(settings, conn, sample_lake):
-    load_raw_to_postgres(settings, sample_lake)
+    load_raw_to_postgres(conn_params(settings), sample_lake)
     f = next((sample_lake / "telegram_messages").rglob("*.json"))
     os.utime(f, ns=(1, 1))
-    s = load_raw_to_postgres(settings, sample_lake)
+    s = load_raw_to_postgres(conn_params(settings), sample_lake)
     assert s["files_read"] == 0 and s["files_skipped"] > 0
     (mtime,) = query(conn, "SELECT mtime_ns FROM raw.loaded_files WHERE source_file = %s",
                  (f.relative_to(sample_lake).as_posix(),))[0]
@@ -106,7 +106,7 @@ def test_bad_records_are_quarantined_rest_loads(settings, conn, tmp_path):
         "not an object",
     ]
     write_messages(lake_dir, "2026-01-10", "CheMed123", good[:1] + bad + good[1:])
-    s = load_raw_to_postgres(settings, lake_dir)
+    s = load_raw_to_postgres(conn_params(settings), lake_dir)
     assert s["rows_inserted"] == 2 and s["rows_rejected"] == 6
     assert [r[0] for r in query(conn, "SELECT message_id FROM raw.telegram_messages ORDER BY 1")] == [1, 5]
     rejects = query(conn, "SELECT source_file, position, reason, payload FROM raw.load_rejects ORDER BY position")
@@ -121,7 +121,7 @@ def test_bad_records_are_quarantined_rest_loads(settings, conn, tmp_path):
     assert all(r[0] == "telegram_messages/2026-01-10/CheMed123.json" for r in rejects)
     assert json.loads(rejects[1][3])["views"] == "many"  # the raw payload is kept
     # a re-run neither duplicates rejects nor rows
-    load_raw_to_postgres(settings, lake_dir)
+    load_raw_to_postgres(conn_params(settings), lake_dir)
     assert query(conn, "SELECT count(*) FROM raw.load_rejects")[0][0] == 6
 
 
@@ -132,14 +132,14 @@ def test_invalid_json_file_rejected_whole_others_load(settings, conn, tmp_path):
     broken.parent.mkdir(parents=True)
     broken.write_text('[{"channel_username": "CheMed123", "message_id": 2,')
     write_messages(lake_dir, "2026-01-12", "CheMed123", [msg(3, date="2026-01-12T00:00:00+00:00")])
-    s = load_raw_to_postgres(settings, lake_dir)
+    s = load_raw_to_postgres(conn_params(settings), lake_dir)
     assert s["files_rejected"] == 1 and s["rows_inserted"] == 2
     (reject,) = query(conn, "SELECT source_file, position, reason FROM raw.load_rejects")
     assert reject[0].endswith("2026-01-11/CheMed123.json") and reject[1] == -1
     assert reject[2].startswith("invalid JSON file:")
     # once fixed, the file loads and its reject is cleared
     write_messages(lake_dir, "2026-01-11", "CheMed123", [msg(2, date="2026-01-11T00:00:00+00:00")])
-    s = load_raw_to_postgres(settings, lake_dir)
+    s = load_raw_to_postgres(conn_params(settings), lake_dir)
     assert s["rows_inserted"] == 1 and query(conn, "SELECT count(*) FROM raw.load_rejects")[0][0] == 0
 
 
@@ -149,48 +149,56 @@ def test_nul_characters_stripped_and_counted_text_verbatim(settings, conn, tmp_p
     tricky = "tab\there\nnewline \\N back\\slash ዋጋ 1,500 ብር 💊"
     write_messages(lake_dir, "2026-01-10", "CheMed123", [
         msg(1, text="a\x00b\x00c"), msg(2, text=evil), msg(3, text=tricky)])
-    s = load_raw_to_postgres(settings, lake_dir)
+    s = load_raw_to_postgres(conn_params(settings), lake_dir)
     assert s["nul_chars_stripped"] == 2 and s["rows_inserted"] == 3
     texts = dict(query(conn, "SELECT message_id, message_text FROM raw.telegram_messages"))
     assert texts == {1: "abc", 2: evil, 3: tricky}
 
 
-def test_transient_errors_are_retried(settings, conn, tmp_path, monkeypatch, pg_admin):
+def inject_faults(conn, *statements: str) -> None:
+    """Make the server itself fail the load: the n-th statement that writes raw.telegram_messages runs
+    statements[n-1] (none once they are used up). The count is a sequence, so rollbacks keep it."""
+    from medical_etl.migrate import migrate
+
+    migrate(conn)
+    cases = "\n".join(f"WHEN {n} THEN {stmt};" for n, stmt in enumerate(statements, 1))
+    with conn.cursor() as cur:
+        cur.execute(f"""
+            CREATE SEQUENCE public.fault_calls;
+            CREATE FUNCTION public.inject_fault() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+              CASE nextval('public.fault_calls') {cases} ELSE NULL; END CASE;
+              RETURN NULL;
+            END $$;
+            CREATE TRIGGER inject_fault BEFORE INSERT OR UPDATE ON raw.telegram_messages
+              FOR EACH STATEMENT EXECUTE FUNCTION public.inject_fault();""")
+    conn.commit()
+
+
+def test_transient_errors_are_retried(settings, conn, tmp_path):
     lake_dir = tmp_path / "lake"
     write_messages(lake_dir, "2026-01-10", "CheMed123", [msg(1), msg(2)])
-    real = load_mod._write_rows
-    calls = {"n": 0}
-
-    def drop_connection_once(cur, batch, *args):
-        calls["n"] += 1
-        if calls["n"] == 1:  # the server drops our connection mid-transaction
-            admin = psycopg2.connect(**pg_admin.kwargs())
-            admin.autocommit = True
-            admin.cursor().execute("SELECT pg_terminate_backend(%s)", (cur.connection.get_backend_pid(),))
-            admin.close()
-        elif calls["n"] == 2:
-            raise psycopg2.errors.SerializationFailure("could not serialize access")
-        return real(cur, batch, *args)
-
-    monkeypatch.setattr(load_mod, "_write_rows", drop_connection_once)
-    s = load_raw_to_postgres(settings, lake_dir, backoff_s=0.01)
+    inject_faults(conn,
+                  "PERFORM pg_terminate_backend(pg_backend_pid())",  # the server drops the connection mid-write
+                  "RAISE EXCEPTION 'could not serialize access' USING ERRCODE = 'serialization_failure'")
+    s = load_raw_to_postgres(conn_params(settings), lake_dir, backoff_s=0.01)
     assert s["retries"] == 2 and s["rows_inserted"] == 2
     assert query(conn, "SELECT count(*) FROM raw.telegram_messages")[0][0] == 2
+    assert query(conn, "SELECT last_value FROM public.fault_calls")[0][0] >= 3  # both faults happened
 
 
-def test_permanent_error_fails_clearly_and_keeps_bookkeeping(settings, conn, tmp_path, monkeypatch):
+def test_permanent_error_fails_clearly_and_keeps_bookkeeping(settings, conn, tmp_path):
     lake_dir = tmp_path / "lake"
     write_messages(lake_dir, "2026-01-10", "CheMed123", [msg(1)])
-
-    def broken(cur, batch, *args):
-        cur.execute("SELECT * FROM raw.no_such_table")
-
-    monkeypatch.setattr(load_mod, "_write_rows", broken)
+    inject_faults(conn, *["RAISE EXCEPTION 'relation raw.no_such_table does not exist' USING ERRCODE = 'undefined_table'"] * 9)
     with pytest.raises(LoadError, match=r"loading 1 file\(s\) \(telegram_messages/2026-01-10/CheMed123.json\) failed: UndefinedTable"):
-        load_raw_to_postgres(settings, lake_dir, backoff_s=0.01)
+        load_raw_to_postgres(conn_params(settings), lake_dir, backoff_s=0.01)
     assert query(conn, "SELECT count(*) FROM raw.loaded_files")[0][0] == 0
-    monkeypatch.undo()
-    assert load_raw_to_postgres(settings, lake_dir)["rows_inserted"] == 1
+    assert query(conn, "SELECT last_value FROM public.fault_calls")[0][0] == 1  # not retried: permanent
+    with conn.cursor() as cur:
+        cur.execute("DROP TRIGGER inject_fault ON raw.telegram_messages")
+    conn.commit()
+    assert load_raw_to_postgres(conn_params(settings), lake_dir)["rows_inserted"] == 1
 
 
 def test_migrations_are_idempotent(conn):
@@ -225,7 +233,7 @@ def test_sigkill_mid_load_then_rerun_equals_clean_load(settings, conn, sample_la
     assert r.returncode == -signal.SIGKILL, r.stderr
     partial = query(conn, "SELECT count(*) FROM raw.telegram_messages")[0][0]
     assert 0 < partial < 276  # some batches committed, the one in flight rolled back
-    s = load_raw_to_postgres(settings, sample_lake)
+    s = load_raw_to_postgres(conn_params(settings), sample_lake)
     assert s["rows_inserted"] == 276 - partial and s["rows_updated"] == 0
     killed = table_snapshot(conn)
     # a clean load into another database
@@ -237,11 +245,11 @@ def test_sigkill_mid_load_then_rerun_equals_clean_load(settings, conn, sample_la
 
 
 def test_lost_bookkeeping_falls_back_to_merge(settings, conn, sample_lake):
-    load_raw_to_postgres(settings, sample_lake)
+    load_raw_to_postgres(conn_params(settings), sample_lake)
     before = table_snapshot(conn)
     with conn.cursor() as cur:
         cur.execute("DELETE FROM raw.loaded_files")
     conn.commit()
-    s = load_raw_to_postgres(settings, sample_lake)  # every file looks new; rows already there
+    s = load_raw_to_postgres(conn_params(settings), sample_lake)  # every file looks new; rows already there
     assert s["rows_inserted"] == 0 and s["rows_updated"] == 0 and s["rows_unchanged"] == 276
     assert table_snapshot(conn) == before

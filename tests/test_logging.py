@@ -3,7 +3,7 @@ import subprocess
 import sys
 from dataclasses import replace
 
-from conftest import REPO, settings_env
+from helpers import REPO, settings_env
 
 SECRET = "pw-s3cr3t-never-logged-77"
 

@@ -7,8 +7,9 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from helpers import REPO
 
+from medical_etl.db import conn_params
 from medical_etl.monitoring.rules import RulesError, load_rules
 from medical_etl.monitoring.run import DEFAULT_RULES, run_monitor
 
@@ -132,10 +133,10 @@ def test_stale_channel_from_warehouse(settings, conn, tmp_path):
     d.mkdir(parents=True)
     (d / "CheMed123.json").write_text(json.dumps([{"channel_username": "CheMed123", "message_id": 1,
                                                    "date": "2026-11-20T12:00:00+00:00", "text": "x"}]))
-    load_raw_to_postgres(settings, settings.raw_data_path)
+    load_raw_to_postgres(conn_params(settings), settings.raw_data_path)
     r = rule(alert_type="stale_data", metric="channel_hours_since_last_post", threshold=72, comparison="gt",
              severity="warning", message_template="{channel} quiet for {hours} h")
-    res, rc = run(tmp_path, [rec()], rules_file(tmp_path, r), db=settings)
+    res, rc = run(tmp_path, [rec()], rules_file(tmp_path, r), db=conn_params(settings))
     assert rc == 1 and res["active_alerts"][0]["message"] == "CheMed123 quiet for 144.0 h"
     assert res["metrics"]["data_quality"]["freshness_hours_by_channel"] == {"CheMed123": 144.0}
 
@@ -188,18 +189,18 @@ def test_bad_rules_file_is_refused_naming_the_rule(tmp_path, bad, message):
 
 
 def test_cli_exit_codes_and_refusal(settings, tmp_path):
-    from conftest import settings_env
+    from helpers import settings_env
 
     env = settings_env(settings)
     settings.logs_path.mkdir(parents=True, exist_ok=True)
     write_log(settings.logs_path / "runs.jsonl", runs_every_hour(["failed"]))
     r = subprocess.run([sys.executable, str(REPO / "monitor/monitor_pipeline.py"), "--json", "--no-deliver"],
-                       env=env, capture_output=True, text=True, timeout=120)
+                       env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert r.returncode == 3, r.stderr
     assert json.loads(r.stdout)["worst_severity"] == "critical"
     bad = rules_file(tmp_path, rule(comparison="above"))
     r = subprocess.run([sys.executable, "-m", "medical_etl", "monitor", "--rules", str(bad)], env=env,
-                       capture_output=True, text=True, timeout=120)
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert r.returncode == 4 and "rule #1 (t): comparison" in r.stderr
 
 

@@ -1,6 +1,10 @@
 """Stage retries: only transient failures are retried, each attempt is recorded, the result equals a clean run."""
 import asyncio
 import logging
+import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import replace
@@ -8,19 +12,18 @@ from pathlib import Path
 
 import psycopg2
 import pytest
-from conftest import REPO, _admin_exec, scratch_database
+from helpers import REPO, admin_exec, scratch_database
 from psycopg2 import sql
 from test_jobs import records, warehouse_fingerprint
 
-from medical_etl import retry
 from medical_etl.config import ConfigError
-from medical_etl.jobs import JobError, run_job
+from medical_etl.jobs import JobError, retry, run_job
 from medical_etl.monitoring.alerts import METRICS, evaluate
 from medical_etl.monitoring.rules import load_rules
 from medical_etl.monitoring.run import DEFAULT_RULES
 from medical_etl.monitoring.stats import read_log, summarize
-from medical_etl.stages import SAMPLE_EXPORT
-from medical_etl.standin import StandInClient, read_desktop_export
+from medical_etl.scrape.source import SAMPLE_EXPORT
+from medical_etl.scrape.standin import StandInClient, read_desktop_export
 
 SAMPLE_CHANNELS = ("CheMed123", "lobelia4cosmetics", "tikvahpharma")
 
@@ -101,7 +104,7 @@ def test_transient_reasons_of_stage_summaries():
 
 
 def _allow_connections(admin, dbname: str, allow: bool) -> None:
-    _admin_exec(admin, sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS {}").format(
+    admin_exec(admin, sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS {}").format(
         sql.Identifier(dbname), sql.SQL("true" if allow else "false")))
 
 
@@ -198,7 +201,7 @@ def test_preflight_waits_for_a_database_that_is_restarting(settings, pg_admin):
                 waiting.set()
 
     handler = Seen()
-    logging.getLogger("medical_etl.jobs").addHandler(handler)
+    logging.getLogger("medical_etl.jobs.runner").addHandler(handler)
     _allow_connections(pg_admin, s.db_name, False)  # down when the job starts
     outcome = {}
     job = threading.Thread(target=lambda: outcome.update(summary=run_job("scrape-load", s)))
@@ -207,7 +210,7 @@ def test_preflight_waits_for_a_database_that_is_restarting(settings, pg_admin):
         assert waiting.wait(120), "the job did not wait for the database"
     finally:
         _allow_connections(pg_admin, s.db_name, True)
-        logging.getLogger("medical_etl.jobs").removeHandler(handler)
+        logging.getLogger("medical_etl.jobs.runner").removeHandler(handler)
     job.join(600)
     assert outcome["summary"]["status"] == "success" and outcome["summary"]["retries"] == {"preflight": 1}
     (jobrec,) = [r for r in records(s) if r["stage"] is None]
@@ -266,3 +269,39 @@ def test_operations_settings_parse_and_are_documented(tmp_path):
     for var, bad in (("LOG_LEVEL", "LOUD"), ("STAGE_RETRIES", "-1"), ("BACKUP_KEEP", "0"), ("RUNLOG_MAX_MB", "x")):
         with pytest.raises(ConfigError, match=var):
             load_settings({**base, var: bad}, dotenv_path=None)
+
+
+def test_our_errors_say_their_kind_and_the_cli_exit_code_follows_it(tmp_path):
+    from medical_etl.errors import ConfigError, PermanentError, StageFailed, TransientError
+
+    assert retry.transient_reason(TransientError("x", reason=retry.DB_RESTARTING, stage="load")) == retry.DB_RESTARTING
+    assert retry.transient_reason(PermanentError("weights unreadable", stage="enrich", setting="YOLO_MODEL")) is None
+    assert retry.transient_reason(ConfigError("DB_PORT", "not a number")) is None
+    assert retry.transient_reason(StageFailed("transform", {}, "a test failed")) is None
+    assert StageFailed("scrape", {}, "network", reason=retry.TELEGRAM_NETWORK).transient
+    # a permanent error of ours raised while handling a dropped connection stays permanent
+    try:
+        try:
+            raise psycopg2.OperationalError("server closed the connection unexpectedly")
+        except psycopg2.OperationalError as exc:
+            raise PermanentError("the lake file is refused", stage="load") from exc
+    except PermanentError as exc:
+        assert retry.transient_reason(exc) is None
+
+    # the CLI: an unreachable database is transient (75), a bad setting is a configuration error (2)
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    env = {**os.environ, "DB_HOST": "127.0.0.1", "DB_PORT": str(port), "RAW_DATA_PATH": str(tmp_path / "raw"),
+           "LOGS_PATH": str(tmp_path / "logs"), "DB_CONNECT_TIMEOUT": "2"}
+    r = subprocess.run([sys.executable, "-m", "medical_etl", "load"], env=env, cwd=tmp_path, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 75, r.stderr[-2000:]
+    assert "transient: database unreachable" in r.stderr and "retrying later may succeed" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "medical_etl", "enrich"], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=120, env={**env, "YOLO_MODEL": str(tmp_path / "no-weights.onnx")})
+    assert r.returncode == 1 and "transient" not in r.stderr, r.stderr[-2000:]  # missing weights: permanent
+    r = subprocess.run([sys.executable, "-m", "medical_etl", "load"], env={**env, "DB_PORT": "port"}, cwd=tmp_path,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "DB_PORT" in r.stderr

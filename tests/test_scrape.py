@@ -7,10 +7,10 @@ import pytest
 from telethon import errors
 
 from medical_etl import lake
-from medical_etl.channels import ChannelNameError, parse_channels, read_channels_file
-from medical_etl.scrape import import_telegram_export, scrape_telegram_data
-from medical_etl.stages import SAMPLE_EXPORT
-from medical_etl.standin import Post, StandInClient, read_message_list
+from medical_etl.scrape.channels import ChannelNameError, parse_channels, read_channels_file
+from medical_etl.scrape.source import SAMPLE_EXPORT
+from medical_etl.scrape.stage import import_telegram_export, scrape_telegram_data
+from medical_etl.scrape.standin import Post, StandInClient, read_message_list
 
 CHANNELS = ["CheMed123", "lobelia4cosmetics", "tikvahpharma"]
 
@@ -267,7 +267,7 @@ def test_shipped_sample_is_real_small_and_complete():
 
 def test_missing_credentials_say_what_to_set(tmp_path):
     from medical_etl.config import Settings
-    from medical_etl.telegram import TelegramConfigError, open_client
+    from medical_etl.scrape.telegram import TelegramConfigError, open_client
 
     with pytest.raises(TelegramConfigError, match="TELEGRAM_API_ID and TELEGRAM_API_HASH"):
         open_client(Settings(raw_data_path=tmp_path, logs_path=tmp_path))
@@ -277,7 +277,7 @@ def test_script_exit_code_nonzero_on_failed_channels(settings, tmp_path):
     import subprocess
     import sys
 
-    from conftest import REPO, settings_env
+    from helpers import REPO, settings_env
 
     env = settings_env(settings)
     env.update(TELEGRAM_SOURCE="sample", TELEGRAM_CHANNELS="CheMed123")
@@ -295,15 +295,18 @@ def test_script_exit_code_nonzero_on_failed_channels(settings, tmp_path):
 
 def test_telegram_session_is_not_used_by_two_processes(tmp_path):
     from medical_etl.config import Settings
-    from medical_etl.jobs import acquire_lock
-    from medical_etl.stages import scrape
+    from medical_etl.errors import PermanentError
+    from medical_etl.filelock import acquire_lock
+    from medical_etl.scrape.source import open_source
 
     s = Settings(raw_data_path=tmp_path, logs_path=tmp_path, telegram_api_id=1, telegram_api_hash="x" * 32,
                  telegram_session=tmp_path / "tg.session", telegram_channels=("CheMed123",))
     lock = acquire_lock(tmp_path / "tg.session.lock")
     try:
-        with pytest.raises(RuntimeError, match="is in use by another process"):
-            scrape(s, "run-1")
+        with pytest.raises(PermanentError, match="is in use by another process") as info:
+            with open_source(s):
+                pass
+        assert info.value.setting == "TELEGRAM_SESSION"
     finally:
         lock.release()
 
@@ -362,7 +365,7 @@ def test_import_refusals_reach_the_cli_summary_and_run_log(settings, tmp_path):
     import subprocess
     import sys
 
-    from conftest import settings_env
+    from helpers import settings_env
 
     export = _export(tmp_path, [_msg(1, photo="../../../../etc/shadow"), _msg(2)], name="crafted")
     r = subprocess.run([sys.executable, "-m", "medical_etl", "import-export", str(export), "--channel", "crafted"],
@@ -405,7 +408,7 @@ def test_import_keeps_edit_date_media_type_forward_origin_and_missing_files(tmp_
 def test_scraped_and_imported_records_have_the_same_fields(tmp_path):
     from telethon.tl import types
 
-    from medical_etl.scrape import forward_origin, media_type, message_record
+    from medical_etl.scrape.stage import forward_origin, media_type, message_record
 
     export = _export(tmp_path, [_msg(1)])
     import_telegram_export(export, tmp_path / "lake", "chanexport")

@@ -8,11 +8,11 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, query, settings_env
+from helpers import REPO, query, settings_env
 
+from medical_etl.jobs.stages import run_stage
 from medical_etl.runlog import RunLog
-from medical_etl.stages import run_stage
-from medical_etl.standin import StandInClient, read_message_list
+from medical_etl.scrape.standin import StandInClient, read_message_list
 
 CHANNELS = ["CheMed123", "lobelia4cosmetics", "tikvahpharma"]
 

@@ -5,7 +5,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from helpers import REPO
 
 UNITS = REPO / "deploy" / "systemd"
 TIMERS = {"medical-etl-daily.timer": ("pipeline", "*-*-* 02:00:00 UTC"),

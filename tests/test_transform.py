@@ -1,11 +1,12 @@
 import psycopg2
 import pytest
-from conftest import query
+from helpers import query
 
+from medical_etl.db import conn_params
+from medical_etl.jobs import StageFailed, run_stage
 from medical_etl.load import load_raw_to_postgres
-from medical_etl.scrape import scrape_telegram_data
-from medical_etl.stages import StageFailed, run_stage
-from medical_etl.standin import Post, StandInClient, read_message_list
+from medical_etl.scrape.stage import scrape_telegram_data
+from medical_etl.scrape.standin import Post, StandInClient, read_message_list
 from medical_etl.transform import run_dbt_transformations
 
 CHANNELS = ["CheMed123", "lobelia4cosmetics", "tikvahpharma"]
@@ -16,13 +17,13 @@ def loaded(settings, shared_sample, tmp_path):
     """The real sample scraped into a lake and loaded into this test's database."""
     posts = read_message_list(shared_sample / "messages", shared_sample / "images")
     scrape_telegram_data(StandInClient(posts), CHANNELS, settings.raw_data_path, download_photos=False)
-    load_raw_to_postgres(settings, settings.raw_data_path)
+    load_raw_to_postgres(conn_params(settings), settings.raw_data_path)
     return posts
 
 
 
 def test_build_on_real_sample(settings, conn, loaded):
-    s = run_dbt_transformations(settings)
+    s = run_dbt_transformations(conn_params(settings))
     assert s["status"] == "success", s["failing_nodes"]
     assert s["models_built"] >= 8 and s["tests_failed"] == 0
     assert s["unit_tests_passed"] == 5 and s["tests_passed"] > 50
@@ -52,15 +53,15 @@ def test_build_on_real_sample(settings, conn, loaded):
 
 
 def test_incremental_run_touches_only_new_rows(settings, conn, loaded):
-    run_dbt_transformations(settings)
+    run_dbt_transformations(conn_params(settings))
     before = dict(query(conn, "SELECT message_key, source_updated_at FROM marts.fct_messages"))
     from datetime import datetime, timezone
 
     new = [Post("CheMed123", 5000 + i, datetime(2026, 1, 20, 9, i, tzinfo=timezone.utc),
                 f"Vitamin D3 1000IU {i}\nPrice {100 + i} birr", views=5) for i in range(3)]
     scrape_telegram_data(StandInClient(new), ["CheMed123"], settings.raw_data_path)
-    assert load_raw_to_postgres(settings, settings.raw_data_path)["rows_inserted"] == 3
-    s = run_dbt_transformations(settings)
+    assert load_raw_to_postgres(conn_params(settings), settings.raw_data_path)["rows_inserted"] == 3
+    s = run_dbt_transformations(conn_params(settings))
     assert s["status"] == "success"
     after = dict(query(conn, "SELECT message_key, source_updated_at FROM marts.fct_messages"))
     assert len(after) == 279 and all(after[k] == v for k, v in before.items())
@@ -68,13 +69,13 @@ def test_incremental_run_touches_only_new_rows(settings, conn, loaded):
                       WHERE channel_username = 'CheMed123' AND message_id >= 5000
                       ORDER BY price_birr""")
     assert rows == [("Vitamin D3 1000IU 0", 100), ("Vitamin D3 1000IU 1", 101), ("Vitamin D3 1000IU 2", 102)]
-    full = run_dbt_transformations(settings, full_refresh=True)
+    full = run_dbt_transformations(conn_params(settings), full_refresh=True)
     assert full["status"] == "success" and full["full_refresh"]
     assert query(conn, "SELECT count(*) FROM marts.fct_messages")[0][0] == 279
 
 
 def test_post_edited_to_hold_no_price_loses_its_price_rows(settings, conn, loaded):
-    run_dbt_transformations(settings, check_freshness=False)
+    run_dbt_transformations(conn_params(settings), check_freshness=False)
     key = "channel = 'lobelia4cosmetics' AND message_id = 22905"
     assert query(conn, "SELECT count(*) FROM marts.fct_product_prices WHERE channel_username = 'lobelia4cosmetics' "
                        "AND message_id = 22905")[0][0] == 1
@@ -82,7 +83,7 @@ def test_post_edited_to_hold_no_price_loses_its_price_rows(settings, conn, loade
         cur.execute(f"UPDATE raw.telegram_messages SET message_text = 'ENSURE 850GM sold out', updated_at = now() "
                     f"WHERE {key}")
     conn.commit()
-    assert run_dbt_transformations(settings, check_freshness=False)["status"] == "success"
+    assert run_dbt_transformations(conn_params(settings), check_freshness=False)["status"] == "success"
     assert query(conn, "SELECT count(*) FROM marts.fct_product_prices WHERE channel_username = 'lobelia4cosmetics' "
                        "AND message_id = 22905")[0][0] == 0
     assert query(conn, "SELECT price_count FROM marts.fct_messages WHERE channel_username = 'lobelia4cosmetics' "
@@ -110,7 +111,7 @@ def test_transform_script_exit_code(settings, loaded):
     import subprocess
     import sys
 
-    from conftest import REPO, settings_env
+    from helpers import REPO, settings_env
 
     r = subprocess.run([sys.executable, str(REPO / "scripts/run_dbt_transformations.py")],
                        env=settings_env(settings), capture_output=True, text=True, timeout=600)
@@ -127,7 +128,7 @@ def test_imported_and_scraped_channels_fill_the_same_columns(settings, conn, tmp
     import json
     from datetime import datetime, timezone
 
-    from medical_etl.scrape import import_telegram_export
+    from medical_etl.scrape.stage import import_telegram_export
 
     not_included = "(File not included. Change data exporting settings to download.)"
     export = tmp_path / "exported"
@@ -146,8 +147,8 @@ def test_imported_and_scraped_channels_fill_the_same_columns(settings, conn, tmp
                     edit_date=datetime(2026, 1, 10, 9, tzinfo=timezone.utc), media_type="voice",
                     media_unavailable=None, forward_from_id=777, forward_from_name="Origin")]
     scrape_telegram_data(StandInClient(scraped), ["scrapedchan"], settings.raw_data_path)
-    assert load_raw_to_postgres(settings, settings.raw_data_path)["rows_inserted"] == 4
-    s = run_dbt_transformations(settings, select=["stg_telegram_messages"])
+    assert load_raw_to_postgres(conn_params(settings), settings.raw_data_path)["rows_inserted"] == 4
+    s = run_dbt_transformations(conn_params(settings), select=["stg_telegram_messages"])
     assert s["status"] == "success", s["failing_nodes"]
     rows = query(conn, """SELECT channel_username, message_id, is_edited, edit_date, media_type, media_status,
                                  is_forwarded, forward_from_id, forward_from_name, has_image

@@ -20,13 +20,13 @@ from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .. import __version__
-from ..db import ConnParams
-from ..secrets import mask
-from . import models, queries
-from .access import KeyRing, RateLimiter
-from .database import DatabaseUnavailable, ReadOnlyPool
-from .settings import ApiSettings
+from medical_etl import __version__
+from medical_etl.api import models, queries
+from medical_etl.api.access import KeyRing, RateLimiter
+from medical_etl.api.database import DatabaseUnavailable, ReadOnlyPool
+from medical_etl.api.settings import ApiSettings
+from medical_etl.db import ConnParams
+from medical_etl.secrets import mask
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parents[1] / "static"
@@ -229,7 +229,7 @@ def create_app(
     @app.get("/api/pipeline/status", dependencies=guarded, tags=["ops"])
     def pipeline_status() -> dict:
         """Each asset's last successful run, counts and freshness (the same view as ``medical-etl status``)."""
-        from ..status import pipeline_status as compute
+        from medical_etl.ops.status import pipeline_status as compute
 
         return status_cache.get(lambda: compute(logs_path=logs_path, lake_path=lake_path, cursor=pool.cursor,
                                                 exact_counts=False))

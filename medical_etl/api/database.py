@@ -14,8 +14,8 @@ import psycopg2
 import psycopg2.extras
 import psycopg2.pool
 
-from ..db import ConnParams
-from ..secrets import mask
+from medical_etl.db import ConnParams
+from medical_etl.secrets import mask
 
 
 class DatabaseUnavailable(RuntimeError):

@@ -4,9 +4,9 @@ from __future__ import annotations
 import logging
 import sys
 
-from ..config import ConfigError, Settings
-from ..db import conn_params
-from .settings import load_api_settings
+from medical_etl.api.settings import load_api_settings
+from medical_etl.config import ConfigError, Settings
+from medical_etl.db import conn_params
 
 log = logging.getLogger(__name__)
 
@@ -16,7 +16,7 @@ def serve(settings: Settings, *, host: str | None = None, port: int | None = Non
     """Run until interrupted. Refuses (exit 2) to bind a non-loopback address without API_KEYS."""
     import uvicorn
 
-    from .app import create_app
+    from medical_etl.api.app import create_app
 
     try:
         api = load_api_settings(env, host=host, port=port)

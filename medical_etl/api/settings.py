@@ -14,8 +14,8 @@ from pathlib import Path
 
 from dotenv import dotenv_values
 
-from .. import secrets
-from ..config import ConfigError
+from medical_etl import secrets
+from medical_etl.config import ConfigError
 
 
 @dataclass(frozen=True)

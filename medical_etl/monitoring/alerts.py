@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from .rules import SEVERITIES, Rule
-from .stats import LogStats, Run, parse_ts
+from medical_etl.monitoring.rules import SEVERITIES, Rule
+from medical_etl.monitoring.stats import LogStats, Run, parse_ts
 
 
 @dataclass
@@ -174,7 +174,7 @@ def m_channel_hours_since_last_post(stats, rule, now, wh, state):
 def m_job_died(stats, rule, now, wh, state):
     """1.0 per job run that started and never recorded its end: its process is gone, or it is
     past its deadline (live markers); or its death was recorded by the next job (in the window)."""
-    from ..jobs import unfinished_runs
+    from medical_etl.running import unfinished_runs
 
     out, seen = [], set()
     for run in unfinished_runs(stats.path.parent):

@@ -12,8 +12,8 @@ import urllib.request
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from ..secrets import mask, register
-from .rules import SEVERITIES
+from medical_etl.monitoring.rules import SEVERITIES
+from medical_etl.secrets import mask, register
 
 _VAR = re.compile(r"\$\{([A-Z0-9_]+)\}")
 SECRET_FIELDS = {"token"}

@@ -9,6 +9,8 @@ import string
 from dataclasses import dataclass
 from pathlib import Path
 
+from medical_etl.errors import PermanentError
+
 COMPARISONS = {"gt": operator.gt, "ge": operator.ge, "lt": operator.lt, "le": operator.le, "eq": operator.eq}
 SEVERITIES = {"info": 0, "warning": 1, "error": 2, "critical": 3}
 RULE_KEYS = {"alert_type", "metric", "threshold", "comparison", "window", "job", "stage",
@@ -20,8 +22,8 @@ DELIVERY_KEYS = {"webhook": {"url", "timeout_s", "retries"},
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(m|h|d)")
 
 
-class RulesError(ValueError):
-    pass
+class RulesError(PermanentError, ValueError):
+    """The alert rules file cannot be used (the message names the rule)."""
 
 
 @dataclass(frozen=True)

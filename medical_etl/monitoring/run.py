@@ -4,8 +4,10 @@ from __future__ import annotations
 import os
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .alerts import (
+from medical_etl import resources
+from medical_etl.monitoring.alerts import (
     COMMON_FIELDS,
     METRIC_FIELDS,
     METRICS,
@@ -15,19 +17,21 @@ from .alerts import (
     save_state,
     worst_severity,
 )
-from .deliver import deliver, expand
-from .html import render
-from .rules import load_rules
-from .stats import read_log, summarize
-from .verdict import LIVE_FEED_METRICS, recorded_source, verdict
+from medical_etl.monitoring.deliver import deliver, expand
+from medical_etl.monitoring.html import render
+from medical_etl.monitoring.rules import load_rules
+from medical_etl.monitoring.stats import read_log, summarize
+from medical_etl.monitoring.verdict import LIVE_FEED_METRICS, recorded_source, verdict
 
-REPO = Path(__file__).resolve().parents[2]
-DEFAULT_RULES = REPO / "monitor" / "pipeline_alerts.json"
+if TYPE_CHECKING:
+    from medical_etl.db import ConnParams
+
+DEFAULT_RULES = resources.alert_rules()
 
 
-def warehouse_metrics(db, timeout: int = 3) -> dict | None:
+def warehouse_metrics(db: ConnParams, timeout: int = 3) -> dict | None:
     """Freshness per channel and completeness; None when the warehouse cannot be reached."""
-    from ..db import connect
+    from medical_etl.db import connect
 
     try:
         conn = connect(db, attempts=1, connect_timeout=timeout)
@@ -97,7 +101,7 @@ def run_monitor(log_path: Path, *, rules_path: Path = DEFAULT_RULES, state_path:
             Path(html_path).write_text(render(stats, summary, active, freshness, now), encoding="utf-8")
         except OSError as exc:
             problems.append(f"cannot write the report {html_path}: {exc.strerror or exc}")
-    result = {"generated_at": now.isoformat(), "worst_severity": worst,
+    result = {"generated_at": now.isoformat(), "rules_file": str(rules_path), "worst_severity": worst,
               "active_alerts": [a.as_dict() for a in active],
               "sent": [a.as_dict() for a in to_send] if delivered else [],
               "deliveries": deliveries, "metrics": summary, "problems": problems}

@@ -63,7 +63,7 @@ class LogStats:
 
 def read_log(path: str | Path) -> LogStats:
     """Read ``path`` and its rotated segments (``runs.000001.jsonl[.gz]``, ...) as one history."""
-    from ..runlog import RunLog
+    from medical_etl.runlog import RunLog
 
     path = Path(path)
     stats = LogStats(path=path)

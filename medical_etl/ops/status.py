@@ -14,9 +14,9 @@ from contextlib import AbstractContextManager
 from datetime import date, datetime, timezone
 from pathlib import Path
 
-from . import lake
-from .runlog import RunLog
-from .secrets import mask
+from medical_etl import lake
+from medical_etl.runlog import RunLog
+from medical_etl.secrets import mask
 
 ASSETS = {  # asset -> (stage that materialises it, upstream asset)
     "telegram_data": ("scrape", None),

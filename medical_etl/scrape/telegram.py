@@ -9,14 +9,32 @@ import asyncio
 import os
 from pathlib import Path
 
-from .config import Settings
+from medical_etl.config import Settings
+from medical_etl.errors import PermanentError
 
 
-class TelegramConfigError(RuntimeError):
-    """Credentials or session missing or not authorised."""
+class TelegramConfigError(PermanentError):
+    """Credentials or session missing or not authorised (``setting`` names which)."""
 
 
-def _build(settings: Settings):
+def string_session_problem(value: str) -> str | None:
+    from telethon.sessions import StringSession
+
+    try:
+        StringSession(value)
+    except Exception:  # noqa: BLE001 - Telethon raises struct/binascii errors on bad strings
+        return ("not a valid Telethon string session (truncated or not from StringSession.save()): "
+                "create one with `medical-etl telegram-login` or unset it to use TELEGRAM_SESSION")
+    return None
+
+
+def session_path(settings: Settings) -> Path:
+    s = str(settings.telegram_session)
+    return Path(s if s.endswith(".session") else s + ".session")
+
+
+def build_client(settings: Settings):
+    """The Telethon client the settings describe, not connected (the session file created 0600)."""
     from telethon import TelegramClient
     from telethon.sessions import StringSession
 
@@ -25,8 +43,6 @@ def _build(settings: Settings):
             "Telegram credentials missing: set TELEGRAM_API_ID and TELEGRAM_API_HASH "
             "(from https://my.telegram.org), or TELEGRAM_SOURCE=sample for the shipped sample")
     if settings.telegram_string_session:
-        from .preflight import string_session_problem
-
         if problem := string_session_problem(settings.telegram_string_session.reveal()):
             raise TelegramConfigError(f"TELEGRAM_STRING_SESSION: {problem}")
         session = StringSession(settings.telegram_string_session.reveal())
@@ -41,8 +57,6 @@ def _build(settings: Settings):
 def _private_session_file(settings: Settings) -> Path:
     """The session file holds the account's login key: create it 0600 before Telethon opens it,
     and tighten one that an older version (or another tool) left readable."""
-    from .preflight import session_path
-
     path = session_path(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
     os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
@@ -55,7 +69,7 @@ def open_client(settings: Settings, timeout_s: float = 60):
 
     Telegram hangs up on a wrong API id/hash, and Telethon then reconnects in the background
     without end: connecting and the authorisation check are bounded by ``timeout_s``."""
-    client = _build(settings)
+    client = build_client(settings)
     hint = "check the network, and TELEGRAM_API_ID / TELEGRAM_API_HASH (Telegram closes the connection on wrong ones)"
 
     async def connect_and_check() -> bool:
@@ -87,7 +101,7 @@ def _close(client) -> None:
 
 def interactive_login(settings: Settings) -> Path | None:
     """Run Telethon's interactive login and leave the session file readable by its owner only."""
-    client = _build(settings)
+    client = build_client(settings)
     client.start()
     client.disconnect()
     path = Path(f"{settings.telegram_session}.session") if not str(settings.telegram_session).endswith(

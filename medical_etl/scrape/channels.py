@@ -9,12 +9,13 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-# Telegram usernames: 5-32 characters, letters, digits and underscores, starting with a letter.
-_USERNAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{3,31}")
+from medical_etl import lake
+from medical_etl.errors import PermanentError
+
 _LINK = re.compile(r"(?:https?://)?(?:www\.)?(?:t|telegram)\.me/(?:s/)?([^/?#\s]+)/?(?:[?#].*)?", re.I)
 
 
-class ChannelNameError(ValueError):
+class ChannelNameError(PermanentError, ValueError):
     """A channel entry is not a valid public Telegram username."""
 
 
@@ -23,7 +24,7 @@ def normalize(entry: str, where: str = "") -> str:
     raw = entry.strip()
     m = _LINK.fullmatch(raw)
     name = m.group(1) if m else raw.removeprefix("@")
-    if not _USERNAME.fullmatch(name) or name.endswith("_") or "__" in name:
+    if not lake.CHANNEL_NAME.fullmatch(name) or name.endswith("_") or "__" in name:
         prefix = f"{where}: " if where else ""
         raise ChannelNameError(f"{prefix}{entry.strip()!r} is not a valid Telegram channel username")
     return name

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 
+from medical_etl.errors import EtlError
+
 DB_UNREACHABLE = "database unreachable"
 DB_RESTARTING = "database restarting"
 SERIALIZATION = "serialization failure"
@@ -46,9 +48,15 @@ def transient_reason(exc: BaseException | None, stage: str | None = None) -> str
     A dropped connection in the scrape stage is Telegram's network (the stage talks to nothing else)."""
     import psycopg2
 
+    from medical_etl.transform import TransformError
+
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
+        if isinstance(exc, TransformError):  # dbt could not run: say why only if the text does
+            return message_reason(str(exc))
+        if isinstance(exc, EtlError):  # our own errors say which kind they are
+            return getattr(exc, "reason", None) if exc.transient else None
         code = getattr(exc, "pgcode", None)
         if code in _PGCODES:
             return _PGCODES[code]
@@ -58,8 +66,6 @@ def transient_reason(exc: BaseException | None, stage: str | None = None) -> str
             return TELEGRAM_NETWORK
         if isinstance(exc, (ConnectionError, TimeoutError)):  # what Telethon raises when the network drops
             return TELEGRAM_NETWORK if stage == "scrape" else "network error"
-        if type(exc).__name__ == "TransformError":  # dbt could not run: say why only if the text does
-            return message_reason(str(exc))
         exc = exc.__cause__ or exc.__context__
     return None
 

@@ -15,13 +15,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone, tzinfo
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from medical_etl import resources
+from medical_etl.errors import PermanentError
+
+REPO = resources.CHECKOUT  # cron runs scripts/cron_run.sh of a checkout
 BEGIN, END = "# BEGIN medical_etl", "# END medical_etl"
 _ENTRY = re.compile(r"^(\d{1,2})\s+(\d{1,2})\s+\*\s+\*\s+(\*|[0-7])\s+(.+)$")
 _DAY = 24 * 60
 
 
-class CronError(RuntimeError):
+class CronError(PermanentError):
     """The crontab cannot be read, written or converted; the message says what to do."""
 
 

@@ -20,13 +20,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .images import decode_bytes, read_confined
+from medical_etl.enrich.images import decode_bytes, read_confined
+from medical_etl.errors import PermanentError
 
 _DONE = object()
 
 
-class EnrichError(RuntimeError):
-    pass
+class EnrichError(PermanentError):
+    """A photo pipeline failure that ends the stage (a decoder or the model failed)."""
 
 
 class _Stopped(Exception):

@@ -11,7 +11,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Settings
+from medical_etl.config import Settings
+from medical_etl.scrape.telegram import session_path, string_session_problem
 
 DB_STAGES = ("load", "transform", "enrich")
 
@@ -59,7 +60,7 @@ def check_weights(model: str, offline: bool) -> str | None:
 
 
 def check_database(settings: Settings) -> str | None:
-    from .db import test_connection
+    from medical_etl.db import test_connection
 
     result = test_connection(settings)
     return None if result["ok"] else f"{result['error']} (check DB_HOST, DB_PORT, DB_NAME, DB_USER)"
@@ -87,22 +88,6 @@ def check_telegram(settings: Settings) -> list[Problem]:
                                f"no session file {session}: run `make telegram-login` once, "
                                "or set TELEGRAM_STRING_SESSION"))
     return out
-
-
-def string_session_problem(value: str) -> str | None:
-    from telethon.sessions import StringSession
-
-    try:
-        StringSession(value)
-    except Exception:  # noqa: BLE001 - Telethon raises struct/binascii errors on bad strings
-        return ("not a valid Telethon string session (truncated or not from StringSession.save()): "
-                "create one with `medical-etl telegram-login` or unset it to use TELEGRAM_SESSION")
-    return None
-
-
-def session_path(settings: Settings) -> Path:
-    s = str(settings.telegram_session)
-    return Path(s if s.endswith(".session") else s + ".session")
 
 
 def preflight(stages: tuple[str, ...] | list[str], settings: Settings, *, client=None) -> list[Problem]:

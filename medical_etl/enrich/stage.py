@@ -1,6 +1,6 @@
 """Stage 4, enrich: YOLO object detection on photos not yet analysed with the current model.
 
-Pipeline (:mod:`medical_etl.detection`), each step in its own threads with bounded queues between
+Pipeline (:mod:`medical_etl.enrich.detection`), each step in its own threads with bounded queues between
 them (memory stays flat however many photos wait):
 
 - a pool of decoders (one per core; OpenCV and hashlib release the GIL) reads each photo (only
@@ -20,12 +20,11 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
 
 from psycopg2.extras import execute_values
 
-from .db import ConnParams, conn_params, connect
-from .detection import (  # noqa: F401 - EnrichError, Detector and load_model are this stage's API too
+from medical_etl.db import ConnParams, connect_warehouse
+from medical_etl.enrich.detection import (  # noqa: F401 - EnrichError, Detector and load_model are this stage's API too
     Detector,
     EnrichError,
     Outcome,
@@ -37,8 +36,7 @@ from .detection import (  # noqa: F401 - EnrichError, Detector and load_model ar
     load_model,
     weights_id,
 )
-from .images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
-from .migrate import migrate
+from medical_etl.enrich.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +98,7 @@ def _write(conn, outcomes: list[Outcome], model_id: str) -> None:
 
 
 def run_yolo_enrichment(
-    db,
+    db: ConnParams,
     lake_dir: str | Path,
     *,
     model: str = "yolov8n.pt",
@@ -115,7 +113,6 @@ def run_yolo_enrichment(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_bytes: int = DEFAULT_MAX_BYTES,
     offline: bool = True,
-    build_models: bool | Literal["if_new"] = True,
     on_batch: Callable[[dict], None] | None = None,
     progress: bool | None = None,
 ) -> dict:
@@ -127,13 +124,11 @@ def run_yolo_enrichment(
     one worker per core and one photo per call on CPU, one worker and ``batch`` photos per call on a
     GPU, and a decoder per core. Only regular files inside ``lake_dir/images`` of at most
     ``max_bytes`` are read; others are recorded unreadable and counted as refused, with the reason.
-    With ``build_models`` the detection models are then built in dbt (fct_image_detections,
-    fct_image_categories and their tests); ``"if_new"`` builds them only when photos were analysed
-    (for a job whose transform stage has just built them). ``progress`` (default: when stderr is
+    The detection models (dbt) are not built here: the job does that next, with stage 3's
+    :func:`medical_etl.transform.build_image_models`. ``progress`` (default: when stderr is
     a terminal) prints a line per written batch.
     """
     t0 = time.perf_counter()
-    params = db if isinstance(db, ConnParams) else conn_params(db)
     lake_dir = Path(lake_dir)
     first = None
     if Path(model).expanduser().is_file():
@@ -142,9 +137,8 @@ def run_yolo_enrichment(
         first = load_model(model, device, offline, imgsz=imgsz, conf=conf, iou=iou)
         weights = Path(getattr(first, "ckpt_path", None) or model)
         model_id = weights_id(weights) if weights.is_file() else Path(model).name
-    conn = connect(params)
+    conn = connect_warehouse(db)
     try:
-        migrate(conn)
         photos, already = _work_list(conn, model_id)
         summary = {"model": model_id, "photos_to_analyse": len(photos), "already_analysed": already,
                    "photos_analysed": 0, "objects_found": 0, "per_class": {}, "unreadable_photos": 0,
@@ -160,15 +154,6 @@ def run_yolo_enrichment(
         conn.close()
     infer_s = time.perf_counter() - t0
     summary["photos_per_second"] = round(summary["photos_analysed"] / infer_s, 2) if summary["photos_analysed"] else 0.0
-    if build_models is True or (build_models == "if_new" and summary["photos_analysed"]):
-        from .transform import note_image_models_built, run_dbt_transformations
-
-        dbt = run_dbt_transformations(params, select=["+fct_image_detections+", "+fct_image_categories+"],
-                                      check_freshness=False)
-        if dbt["status"] == "success":
-            note_image_models_built(params)  # the next run with nothing new need not rebuild them
-        summary["dbt"] = {k: dbt[k] for k in ("status", "models_built", "tests_passed", "tests_failed",
-                                               "failing_nodes", "duration_s")}
     summary["duration_s"] = round(time.perf_counter() - t0, 3)
     return summary
 
@@ -188,7 +173,7 @@ class _Progress:
     project's progress format (:mod:`medical_etl.progress`)."""
 
     def __init__(self, total: int, then: Callable[[dict], None] | None, t0: float, enabled: bool | None):
-        from .progress import Progress
+        from medical_etl.progress import Progress
 
         self.total, self.then, self.t0 = total, then, t0
         self.out = Progress("enrich", enabled=enabled)

@@ -1,9 +1,10 @@
-"""Doctor checks for the stage tools: dbt, the YOLO weights, the Telegram session."""
+"""``medical-etl doctor``: the configuration, the database and each stage's tools (dbt, the YOLO
+weights, the Telegram session), and the installed schedule."""
 from __future__ import annotations
 
 from pathlib import Path
 
-from .config import Settings
+from medical_etl.config import Settings
 
 
 def _dbt(settings: Settings):
@@ -13,15 +14,14 @@ def _dbt(settings: Settings):
         v = version("dbt-core")
     except Exception as exc:  # noqa: BLE001
         return ("dbt", False, True, f"dbt-core not installed: {exc}")
-    from .transform import PROJECT_DIR
-
-    ok = (PROJECT_DIR / "dbt_project.yml").is_file()
-    return ("dbt", ok, True, f"dbt-core {v}, project {PROJECT_DIR}" if ok else f"no dbt project at {PROJECT_DIR}")
+    project = settings.dbt_project_dir
+    ok = (project / "dbt_project.yml").is_file()
+    return ("dbt", ok, True, f"dbt-core {v}, project {project}" if ok else f"no dbt project at {project} (DBT_PROJECT_DIR)")
 
 
 def _yolo(settings: Settings):
     """Required: the daily pipeline ends with the enrich stage, which needs loadable weights."""
-    from .preflight import check_weights
+    from medical_etl.jobs.preflight import check_weights
 
     problem = check_weights(settings.yolo_model, settings.yolo_offline)
     if problem is None:
@@ -32,7 +32,7 @@ def _yolo(settings: Settings):
 
 
 def _cron(settings: Settings):
-    from . import cron
+    from medical_etl.ops import cron
 
     ok, detail = cron.check()
     return ("cron", ok, False, detail)
@@ -44,7 +44,7 @@ def _telegram(settings: Settings):
     if not settings.telegram_api_id or not settings.telegram_api_hash:
         return ("telegram", False, False, "TELEGRAM_API_ID / TELEGRAM_API_HASH not set")
     if settings.telegram_string_session:
-        from .preflight import string_session_problem
+        from medical_etl.scrape.telegram import string_session_problem
 
         problem = string_session_problem(settings.telegram_string_session.reveal())
         return ("telegram", problem is None, False, f"TELEGRAM_STRING_SESSION: {problem or 'configured'}")
@@ -55,8 +55,23 @@ def _telegram(settings: Settings):
     return ("telegram", mode == 0o600, False, f"session {session} (mode {mode:o})")
 
 
+def _config(settings: Settings):
+    return ("config", True, True, f"raw={settings.raw_data_path} logs={settings.logs_path} "
+                                  f"db={'embedded' if settings.embedded else settings.db_host}")
+
+
+def _database(settings: Settings):
+    from medical_etl.db import test_connection
+
+    db = test_connection(settings)
+    detail = (f"PostgreSQL {db['server_version']} at {db['target']} in {db['latency_ms']} ms"
+              if db["ok"] else db["error"])
+    return ("database", db["ok"], True, detail)
+
+
 def checks(settings: Settings):
-    for check in (_dbt, _yolo, _telegram, _cron):
+    """(name, ok, required, detail) per check; a check that crashes is a failed check."""
+    for check in (_config, _database, _dbt, _yolo, _telegram, _cron):
         try:
             yield check(settings)
         except Exception as exc:  # noqa: BLE001 - a check that crashes is a failed check

@@ -1,4 +1,4 @@
-"""The child side of a job's stage: ``python -m medical_etl.stage_process FD``.
+"""The child side of a job's stage: ``python -m medical_etl.jobs.child FD``.
 
 The job starts each stage as a fresh interpreter running this module (never the caller's
 script, so a notebook or a script without an ``if __name__ == "__main__":`` guard is never
@@ -30,7 +30,7 @@ def _register_secrets(settings) -> None:
     # Unpickling skips Settings.__post_init__, which registers the secrets for masking.
     import dataclasses
 
-    from . import secrets
+    from medical_etl import secrets
 
     for f in dataclasses.fields(settings):
         value = getattr(settings, f.name)
@@ -44,10 +44,10 @@ def main(argv: list[str]) -> int:
     # First the caller's import path (so objects of its modules unpickle, as with spawn), then the request.
     sys.path[:] = [*sys.path, *(p for p in pickle.load(sys.stdin.buffer) if p not in sys.path)]
     request = pickle.load(sys.stdin.buffer)
-    from .cli import setup_logging
-    from .retry import transient_reason
-    from .runlog import configure_rotation
-    from .secrets import mask
+    from medical_etl.cli import setup_logging
+    from medical_etl.jobs.retry import transient_reason
+    from medical_etl.runlog import configure_rotation
+    from medical_etl.secrets import mask
 
     settings = request["settings"]
     import multiprocessing
@@ -56,14 +56,15 @@ def main(argv: list[str]) -> int:
     setup_logging(request.get("verbose", False), settings.log_level)  # LOG_LEVEL travels in the settings
     configure_rotation(settings.runlog_max_mb)
     _register_secrets(settings)
-    from .stages import StageFailed, run_stage
+    from medical_etl.errors import StageFailed
+    from medical_etl.jobs.stages import run_stage
 
     try:
         summary = run_stage(request["stage"], settings, job=request["job"], run_id=request["run_id"],
                             **request["opts"])
         result = ("ok", summary)
     except StageFailed as exc:
-        result = ("failed", {"error": mask(exc), "summary": exc.summary, "transient": exc.transient})
+        result = ("failed", {"error": mask(exc), "summary": exc.summary, "transient": exc.reason})
     except BaseException as exc:  # noqa: BLE001 - reported to the job, already in the run log
         result = ("error", {"error": f"{type(exc).__name__}: {mask(exc)}",
                             "traceback": mask("".join(traceback.format_exception(exc)[-3:])),

@@ -2,7 +2,7 @@
 
 ``scrape_telegram_data`` takes any client with Telethon's async ``get_entity``,
 ``iter_messages`` and ``download_media``: the real ``TelegramClient`` in
-production, a stand-in (:mod:`medical_etl.standin`) in tests and the demo.
+production, a stand-in (:mod:`medical_etl.scrape.standin`) in tests and the demo.
 """
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ from telethon import errors
 from telethon.tl import types
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from . import lake
-from .channels import parse_channels
-from .runlog import new_run_id
+from medical_etl import lake
+from medical_etl.runlog import new_run_id
+from medical_etl.scrape.channels import parse_channels
 
 log = logging.getLogger(__name__)
 
@@ -321,7 +321,7 @@ def scrape_telegram_data(
     refresh view and forward counts; ``full_resync`` re-reads all history (idempotent
     merge, the resume point never moves back). A failing channel is reported in the
     summary and the others still run; ``status`` is ``success``, ``partial`` or
-    ``failed``. Raises :class:`~medical_etl.channels.ChannelNameError` before any
+    ``failed``. Raises :class:`~medical_etl.scrape.channels.ChannelNameError` before any
     request when a name is invalid. ``on_channel`` (progress) is called after each channel with
     ``{channel, done, total, new_messages, photos_saved, error, ...}``.
     """
@@ -370,7 +370,7 @@ def import_telegram_export(export_dir: str | Path, lake_dir: str | Path, channel
     absolute path, a symlink out, a device or FIFO) is refused, never copied, and listed with its
     reason in the summary's ``refused_files`` (the post itself is kept, media status ``refused``).
     """
-    from .standin import StandInClient, read_desktop_export
+    from medical_etl.scrape.standin import StandInClient, read_desktop_export
 
     refused: list[dict] = []
     posts = read_desktop_export(export_dir, channel, refused=refused)

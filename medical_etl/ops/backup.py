@@ -31,11 +31,12 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import lake
-from .config import Settings
-from .db import ConnParams, conn_params, connect
-from .runlog import RunLog
-from .secrets import mask
+from medical_etl import lake
+from medical_etl.config import Settings
+from medical_etl.db import ConnParams, conn_params, connect
+from medical_etl.errors import PermanentError
+from medical_etl.runlog import RunLog
+from medical_etl.secrets import mask
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +48,8 @@ LOG_FILES = ("monitor_state.json",)
 LOCK_WAIT_TIMEOUT = "60s"  # pg_dump gives up rather than queue behind a long exclusive lock
 
 
-class BackupError(RuntimeError):
-    pass
+class BackupError(PermanentError):
+    """pg_dump/pg_restore failed, or the backup is incomplete."""
 
 
 class RestoreRefused(BackupError):

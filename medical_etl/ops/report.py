@@ -1,8 +1,8 @@
 """A short, readable account of what the warehouse holds (the end of ``make demo``)."""
 from __future__ import annotations
 
-from .config import Settings
-from .db import connect
+from medical_etl.config import Settings
+from medical_etl.db import conn_params, connect
 
 TABLES = ["raw.telegram_messages", "raw.load_rejects", "raw.image_analyses", "raw.image_detections",
           "marts.dim_channels", "marts.dim_dates", "marts.fct_messages", "marts.fct_product_prices",
@@ -19,7 +19,7 @@ def _rows(cur, sql: str) -> list[tuple]:
 
 
 def print_report(settings: Settings) -> None:
-    conn = connect(settings)
+    conn = connect(conn_params(settings))
     try:
         with conn.cursor() as cur:
             print("\nRows per table")

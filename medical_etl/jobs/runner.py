@@ -1,0 +1,165 @@
+"""Jobs: ordered stages under one lock and one run id, each stage in its own process with a time limit.
+
+``run_job("pipeline", settings)`` is what Make, cron and notebooks all call. A job that finds the
+lock taken records ``skipped`` and returns; a failed stage stops the stages after it. Each stage
+runs in a child process (so a hung stage can be ended, and a stage's memory is returned to the
+system when it ends); the child dies with the job, even on ``kill -9``.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+from medical_etl import resources
+from medical_etl.config import Settings
+from medical_etl.errors import JobError
+from medical_etl.filelock import acquire_lock
+from medical_etl.jobs import retry
+from medical_etl.jobs.definitions import JOBS
+from medical_etl.jobs.process import run_with_retries
+from medical_etl.runlog import configure_rotation, new_run_id, track_run
+from medical_etl.running import mark_running, reap_dead_runs
+from medical_etl.secrets import mask
+
+WEEKLY_REFRESH_DAYS = 30
+LOCK_NAME = "pipeline.lock"
+log = logging.getLogger(__name__)
+
+
+def _housekeeping(settings: Settings) -> None:
+    from medical_etl.housekeeping import tidy_logs
+    from medical_etl.jobs.stages import dbt_paths
+
+    try:
+        done = tidy_logs(settings.logs_path, retention_days=settings.log_retention_days,
+                         dbt_log_dir=dbt_paths(settings)["log_path"])
+        log.debug("log housekeeping: %s", done)
+    except OSError as exc:  # a full or read-only disk must not fail a job that did its work
+        log.warning("log housekeeping failed: %s", exc)
+
+
+def stage_options(job: str, stage: str, *, client=None, full_refresh: bool = False,
+                  refresh_days: int | None = None) -> dict:
+    opts: dict = {}
+    if stage == "scrape":
+        if client is not None:
+            opts["client"] = client
+        if job == "weekly":
+            opts["refresh_days"] = WEEKLY_REFRESH_DAYS
+        if refresh_days is not None:
+            opts["refresh_days"] = refresh_days
+    if stage == "transform" and (full_refresh or job == "weekly"):
+        opts["full_refresh"] = True
+    if stage == "enrich" and "transform" in JOBS[job]:
+        # the transform stage has just built and tested the detection models: rebuild only for new photos
+        opts["build_models"] = "if_new"
+    return opts
+
+
+def run_job(
+    job: str,
+    settings: Settings,
+    *,
+    client=None,
+    full_refresh: bool = False,
+    refresh_days: int | None = None,
+    lock_wait_s: float = 0,
+    stage_timeout_s: float | None = None,
+    run_id: str | None = None,
+    stages: tuple[str, ...] | list[str] | None = None,
+) -> dict:
+    """Run a job's stages in order under the job lock; return the job summary.
+
+    The stages are the job's line in the Makefile (:mod:`medical_etl.jobs.definitions`); ``stages``,
+    when given (Make passes the line), must equal it. ``client`` is injected into the scrape stage
+    (a TelegramClient or a stand-in). Returns a
+    ``skipped`` summary if another job holds the lock after ``lock_wait_s``; raises
+    :class:`JobError` (with the summary) when a stage fails, or before any stage runs when an
+    input a stage needs is missing (see :mod:`medical_etl.jobs.preflight`).
+    """
+    if job not in JOBS:
+        raise ValueError(f"unknown job {job!r}; jobs: {', '.join(JOBS)}")
+    if stages is not None and tuple(stages) != JOBS[job]:  # e.g. a checkout's Makefile vs an older install
+        raise ValueError(f"job {job}: stages {' '.join(stages)} differ from the job's definition "
+                         f"({' '.join(JOBS[job])}, {resources.makefile()})")
+    timeout = stage_timeout_s or settings.stage_timeout_s
+    run_id = run_id or new_run_id()
+    configure_rotation(settings.runlog_max_mb)
+    lock = acquire_lock(settings.logs_path / LOCK_NAME, lock_wait_s)
+    if isinstance(lock, str):
+        with track_run(settings.logs_path, job=job, stage=None, run_id=run_id) as rec:
+            rec.status, rec.reason = "skipped", f"another job holds the lock ({lock})"
+            rec.metrics.update(stages=[])
+        return {"job": job, "run_id": run_id, "status": "skipped", "reason": rec.reason}
+    summary: dict = {"job": job, "run_id": run_id, "stages": {}, "status": "success"}
+    marker = None
+    retried: dict = {}
+    try:
+        reap_dead_runs(settings.logs_path)
+        marker = mark_running(settings.logs_path, job, run_id, _deadline_s(job, settings, timeout))
+        with track_run(settings.logs_path, job=job, stage=None, run_id=run_id) as rec:
+            problems = _preflight_with_retries(job, settings, client, retried)
+            if problems:
+                summary.update(status="failed", failed_stage=problems[0].stage, preflight=[str(p) for p in problems],
+                               error="not started: " + "; ".join(str(p) for p in problems))
+            for stage in JOBS[job] if not problems else ():
+                opts = stage_options(job, stage, client=client, full_refresh=full_refresh,
+                                     refresh_days=refresh_days)
+                status, result = run_with_retries(stage, settings, job, run_id, opts, timeout, retried)
+                summary["stages"][stage] = result if status == "ok" else {"status": "failed", **result}
+                if status != "ok":
+                    summary.update(status="failed", failed_stage=stage, error=result.get("error"))
+                    # Some channels failing must not hold back the others' data: the job goes on
+                    # (and still ends failed); anything else stops the stages after it.
+                    partial = (result.get("summary") or {}).get("status") == "partial"
+                    if not partial:
+                        break
+            rec.metrics.update(stages=list(summary["stages"]), failed_stage=summary.get("failed_stage"))
+            if retried:  # a success after a retry is a success; the monitor warns about it
+                rec.metrics.update(retries={k: n for k, (n, _) in retried.items()},
+                                   retry_reasons={k: why for k, (_, why) in retried.items()})
+                summary["retries"] = rec.metrics["retries"]
+            if summary["status"] == "failed":
+                rec.status, rec.reason = "failed", f"stage {summary['failed_stage']}: {summary['error']}"
+    finally:
+        if marker is not None:
+            marker.unlink(missing_ok=True)
+        _housekeeping(settings)
+        lock.release()
+    if summary["status"] == "failed":
+        raise JobError(summary)
+    return summary
+
+
+def _deadline_s(job: str, settings: Settings, timeout: float) -> float:
+    """Longest a job can legitimately run: every stage at its time limit on every attempt, plus the waits."""
+    tries = 1 + settings.stage_retries
+    waits = sum(retry.backoff_s(n, settings.stage_retry_backoff_s, settings.stage_retry_backoff_max_s)
+                for n in range(1, tries))
+    return len(JOBS[job]) * (timeout * tries + waits) + waits + 300
+
+
+def _preflight_with_retries(job: str, settings: Settings, client, retried: dict):
+    """The preflight checks; a database that is unreachable or restarting (and nothing else wrong)
+    is waited for like a stage's transient failure, up to STAGE_RETRIES times."""
+    attempt = 1
+    while True:
+        problems = _preflight(job, settings, client)
+        why = (retry.message_reason(problems[0].message) or retry.DB_UNREACHABLE) \
+            if len(problems) == 1 and problems[0].setting == "DB_*" else None
+        if not why or attempt > settings.stage_retries:
+            return problems
+        delay = retry.backoff_s(attempt, settings.stage_retry_backoff_s, settings.stage_retry_backoff_max_s)
+        log.warning("job %s: %s (%s); checking again in %g s", job, why, mask(problems[0]), delay)
+        retried["preflight"] = (attempt, why)
+        time.sleep(delay)
+        attempt += 1
+
+
+def _preflight(job: str, settings: Settings, client):
+    from medical_etl.jobs.preflight import preflight
+
+    problems = preflight(JOBS[job], settings, client=client)
+    for p in problems:
+        log.error("job %s cannot start: %s", job, mask(p))
+    return problems

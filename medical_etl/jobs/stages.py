@@ -1,0 +1,145 @@
+"""The edge between settings and stages: each stage run with explicit inputs, recorded in the run log.
+
+The CLI, the scripts and the jobs all go through :func:`run_stage`, so a stage always appends
+exactly one run-log record, whoever started it. Here, and only here, the settings become each
+stage's inputs: a lake folder, connection parameters, a client, the dbt project's paths.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from pathlib import Path
+
+from medical_etl import resources, tracing
+from medical_etl.config import Settings
+from medical_etl.db import conn_params
+from medical_etl.errors import StageFailed
+from medical_etl.jobs import retry
+from medical_etl.runlog import track_run
+
+
+def dbt_paths(settings: Settings) -> dict:
+    """The dbt project and where dbt writes: its own target/ and logs/ in a checkout, LOGS_PATH/dbt
+    for the copy an installed package carries (or any project this user cannot write to)."""
+    project = Path(settings.dbt_project_dir)
+    installed = project.resolve().is_relative_to(resources.PACKAGED)
+    out = settings.logs_path / "dbt" if installed or not os.access(project, os.W_OK) else project
+    return {"project_dir": project, "target_path": out / "target", "log_path": out / "logs"}
+
+
+def scrape(settings: Settings, run_id: str, client=None, channels=None, **opts) -> dict:
+    """Scrape from ``client`` if given, else from TELEGRAM_SOURCE: ``api``, ``sample`` or an export folder."""
+    from medical_etl.progress import Progress
+    from medical_etl.scrape.source import open_source
+    from medical_etl.scrape.stage import scrape_telegram_data
+
+    opts.setdefault("refresh_days", settings.refresh_days)
+    opts.setdefault("flood_wait_cap_s", settings.flood_wait_cap_s)
+    opts.setdefault("on_channel", Progress("scrape").channel)
+    with open_source(settings, client, channels) as source:
+        summary = scrape_telegram_data(tracing.traced_client(source.client), source.channels, settings.raw_data_path,
+                                       run_id=run_id, **opts)
+    return {**summary, **source.about}
+
+
+def _check_scrape(summary: dict) -> str | None:
+    if summary["status"] != "success":
+        errs = "; ".join(f"{n}: {c['error']}" for n, c in summary["channels"].items() if c["error"])
+        return f"{summary['status']}: {errs}"
+    return None
+
+
+def load(settings: Settings, run_id: str, **opts) -> dict:
+    from medical_etl.load import load_raw_to_postgres
+    from medical_etl.progress import Progress
+
+    opts.setdefault("batch_rows", settings.load_batch_rows)
+    opts.setdefault("on_batch", Progress("load").batch)
+    return load_raw_to_postgres(conn_params(settings), settings.raw_data_path, run_id=run_id, **opts)
+
+
+def transform(settings: Settings, run_id: str, **opts) -> dict:
+    from medical_etl.transform import run_dbt_transformations
+
+    summary = run_dbt_transformations(conn_params(settings), **dbt_paths(settings), **opts)
+    if opts.get("select") and not summary.get("nodes"):
+        summary["selected_nothing"] = list(opts["select"])
+    return summary
+
+
+def _check_transform(summary: dict) -> str | None:
+    if summary.get("selected_nothing"):
+        return (f"dbt selected no node with --select {' '.join(summary['selected_nothing'])}: "
+                "nothing was built; name models as dbt does (e.g. fct_messages, staging.*)")
+    if summary["status"] != "success":
+        names = ", ".join(f"{n['node']} ({n['status']})" for n in summary["failing_nodes"]) or "see dbt log"
+        return f"dbt build failed: {names}"
+    return None
+
+
+def enrich(settings: Settings, run_id: str, build_models: bool | str = True, **opts) -> dict:
+    """Stage 4, then stage 3's detection models: ``build_models`` True, False, or ``"if_new"`` (only
+    when photos were analysed: a job whose transform stage has just built them)."""
+    from medical_etl.enrich.stage import run_yolo_enrichment
+    from medical_etl.transform import build_image_models
+
+    params = conn_params(settings)
+    summary = run_yolo_enrichment(
+        params, settings.raw_data_path, model=settings.yolo_model, conf=settings.yolo_conf,
+        iou=settings.yolo_iou, imgsz=settings.yolo_imgsz, batch=settings.yolo_batch,
+        device=settings.yolo_device, workers=settings.yolo_workers or None,
+        offline=settings.yolo_offline, **opts)
+    if build_models is True or (build_models == "if_new" and summary["photos_analysed"]):
+        summary["dbt"] = build_image_models(params, **dbt_paths(settings))
+        summary["duration_s"] = round(summary["duration_s"] + summary["dbt"]["duration_s"], 3)
+    return summary
+
+
+def _check_enrich(summary: dict) -> str | None:
+    dbt = summary.get("dbt")
+    if dbt and dbt["status"] != "success":
+        names = ", ".join(f"{n['node']} ({n['status']})" for n in dbt["failing_nodes"]) or "see dbt log"
+        return f"dbt build of the detection models failed: {names}"
+    return None
+
+
+RUNNERS = {
+    "scrape": (scrape, _check_scrape),
+    "load": (load, None),
+    "transform": (transform, _check_transform),
+    "enrich": (enrich, _check_enrich),
+}
+
+
+def run_stage(stage: str, settings: Settings, *, job: str | None = None, run_id: str | None = None,
+              attempt: int | None = None, **opts) -> dict:
+    """Run one stage, append its run-log record, return its summary.
+
+    Raises :class:`StageFailed` (recorded as ``failed``, with the summary in the
+    metrics) when the stage ran but did not fully succeed. A failure with a transient
+    cause (see :mod:`medical_etl.jobs.retry`) is recorded with reason ``transient: ...``;
+    ``attempt`` (a job's retry count, from 1) goes into the record.
+    """
+    func, check = RUNNERS[stage]
+    with track_run(settings.logs_path, job=job or stage, stage=stage, run_id=run_id, attempt=attempt) as rec:
+        # stdout is for results: what a library prints meanwhile (dbt's console lines) goes to stderr
+        with contextlib.redirect_stdout(sys.stderr):
+            try:
+                summary = func(settings, rec.run_id, **tracing.hooks(stage, opts))
+            except Exception as exc:
+                why = retry.transient_reason(exc, stage)
+                rec.reason = f"transient: {why}" if why else None
+                raise
+        rec.metrics.update(_metrics(summary))
+        problem = check(summary) if check else None
+        if problem:
+            why = retry.summary_reason(stage, summary)
+            rec.reason = f"transient: {why}" if why else None
+            raise StageFailed(stage, summary, problem, reason=why)
+    return summary
+
+
+def _metrics(summary: dict) -> dict:
+    """Flat, log-friendly view of a summary (nested per-channel dicts kept as they are)."""
+    return {k: v for k, v in summary.items() if k not in ("run_id",)}

@@ -1,0 +1,1 @@
+"""Operations around the pipeline: status, backup/restore, schedule, report, doctor checks."""
