@@ -44,8 +44,8 @@ def main(argv: list[str]) -> int:
     # First the caller's import path (so objects of its modules unpickle, as with spawn), then the request.
     sys.path[:] = [*sys.path, *(p for p in pickle.load(sys.stdin.buffer) if p not in sys.path)]
     request = pickle.load(sys.stdin.buffer)
-    from medical_etl.cli import setup_logging
     from medical_etl.jobs.retry import transient_reason
+    from medical_etl.logsetup import configure_logging
     from medical_etl.runlog import configure_rotation
     from medical_etl.secrets import mask
 
@@ -53,7 +53,7 @@ def main(argv: list[str]) -> int:
     import multiprocessing
 
     multiprocessing.current_process().name = f"stage-{request['stage']}"  # names the log lines' process
-    setup_logging(request.get("verbose", False), settings.log_level)  # LOG_LEVEL travels in the settings
+    configure_logging("DEBUG" if request.get("verbose") else settings.log_level)  # LOG_LEVEL travels in the settings
     configure_rotation(settings.runlog_max_mb)
     _register_secrets(settings)
     from medical_etl.errors import StageFailed
