@@ -70,6 +70,11 @@ print(json.dumps({"module": medical_etl.__file__, "root": str(resources.project_
     assert found["module"].startswith(str(installed)) and found["root"].startswith(str(installed))
     assert found["dbt"] and found["rules"] and found["crontab"]
     assert found["jobs"]["pipeline"] == ["scrape", "load", "transform", "enrich"]
+    # cron entries run a checkout's scripts: an installed package says so instead of writing broken lines
+    r = subprocess.run([str(installed / "bin" / "medical-etl"), "cron", "show"], cwd=tmp_path, capture_output=True,
+                       text=True, env={"PATH": os.environ["PATH"], "RAW_DATA_PATH": str(tmp_path / "raw"),
+                                       "LOGS_PATH": str(tmp_path / "logs")})
+    assert r.returncode == 1 and "is not a checkout" in r.stderr and r.stdout == ""
 
 
 def test_the_installed_command_runs_the_pipeline_from_another_folder(installed, settings, tmp_path):

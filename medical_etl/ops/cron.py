@@ -91,6 +91,9 @@ def block(project_dir: Path = REPO, zone: tzinfo | None = None, zone_name: str |
     zone_name = zone_name or str(zone)
     now = now or datetime.now(timezone.utc)
     offsets = _offsets(zone, now)
+    if not (project_dir / "scripts" / "cron_run.sh").is_file():
+        raise CronError(f"{project_dir} is not a checkout (no scripts/cron_run.sh): the entries run a checkout's "
+                        "jobs through Make; install them from a checkout, or use deploy/systemd")
     template = (project_dir / "crontab").read_text(encoding="utf-8").replace("@PROJECT_DIR@", str(project_dir))
     lines, notes = [], []
     for line in template.splitlines():
