@@ -7,7 +7,8 @@ The four stages take explicit inputs and return a summary dict:
   ``StandInClient`` serves recorded posts through Telethon's types.
 - ``load_raw_to_postgres(db, lake_dir)``: the lake to the ``raw`` tables, validated, idempotent.
 - ``run_dbt_transformations(db)``: dbt build of the star schema (models and tests).
-- ``run_yolo_enrichment(db, lake_dir, model=...)``: YOLO object detection on new photos.
+- ``run_yolo_enrichment(db, lake_dir, model=...)``: YOLO object detection on new photos; then
+  ``build_image_models(db)`` builds and tests the detection models (the jobs do both).
 
 ``db`` is a :class:`~medical_etl.db.ConnParams` (``conn_params(load_settings())`` makes one from the
 environment, starting the embedded PostgreSQL when ``DB_HOST`` is empty).
@@ -16,7 +17,8 @@ Jobs: ``run_job("pipeline", settings)`` runs the stages in order under the job l
 process with a time limit and retries (``"weekly"``, ``"scrape-load"``, ``"transform"``,
 ``"enrich"``: ``make jobs`` lists them); ``run_stage`` runs one stage with its run-log record.
 Monitoring: ``run_monitor``. Errors: ``EtlError``, split into ``TransientError`` (worth retrying)
-and ``PermanentError``; ``ConfigError``, ``StageFailed`` and ``JobError`` among the latter kinds.
+and ``PermanentError`` (``ConfigError`` among them); ``StageFailed`` and ``JobError`` carry the failed
+stage's transient reason, or None.
 
 Stages are imported on first use, so ``import medical_etl`` stays fast; ``help(medical_etl)`` and
 ``dir(medical_etl)`` show them all.
@@ -34,7 +36,7 @@ _API = {
     "scrape_telegram_data": "scrape.stage", "import_telegram_export": "scrape.stage",
     "StandInClient": "scrape.standin",
     "load_raw_to_postgres": "load",
-    "run_dbt_transformations": "transform",
+    "run_dbt_transformations": "transform", "build_image_models": "transform",
     "run_yolo_enrichment": "enrich.stage",
     "run_job": "jobs.runner", "run_stage": "jobs.stages",
     "run_monitor": "monitoring.run",

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 
 from medical_etl import __version__
 from medical_etl.config import ConfigError, Settings, load_settings
-from medical_etl.errors import EtlError, StageFailed
+from medical_etl.errors import EtlError, JobError, StageFailed
 from medical_etl.jobs.stages import run_stage
 from medical_etl.secrets import mask
 
@@ -74,6 +74,14 @@ def _seconds(value: str) -> float:
     return x
 
 
+def _failed(exc: StageFailed | JobError) -> int:
+    """1, or 75 when the failure was transient (the job already retried it STAGE_RETRIES times)."""
+    if exc.reason:
+        print(f"(transient: {exc.reason}; retrying later may succeed)", file=sys.stderr)
+        return EX_TEMPFAIL
+    return 1
+
+
 def _print(summary: dict) -> None:
     print(json.dumps(summary, indent=2, default=str, ensure_ascii=False))
 
@@ -85,7 +93,7 @@ def _stage(name: str, opts_from_args):
         except StageFailed as exc:
             _print(exc.summary)
             print(f"error: {exc}", file=sys.stderr)
-            return 1
+            return _failed(exc)
         _print(summary)
         return 0
     return run
@@ -122,7 +130,7 @@ def cmd_telegram_login(args, settings: Settings) -> int:
 
 
 def cmd_job(args, settings: Settings) -> int:
-    from medical_etl.jobs import JobError, run_job
+    from medical_etl.jobs import run_job
 
     try:
         summary = run_job(args.name, settings, full_refresh=args.full_refresh, refresh_days=args.refresh_days,
@@ -130,7 +138,7 @@ def cmd_job(args, settings: Settings) -> int:
     except JobError as exc:
         print(json.dumps(_brief(exc.summary), indent=2, default=str, ensure_ascii=False))
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return _failed(exc)
     print(json.dumps(_brief(summary), indent=2, default=str, ensure_ascii=False))
     return 0
 
@@ -167,18 +175,29 @@ def cmd_cron(args, settings: Settings) -> int:
     return 0
 
 
+def _warehouse(settings: Settings):
+    """The warehouse's connection parameters, or None when they cannot be had (an embedded server that
+    does not start): the monitor then judges the run log alone, as for an unreachable server."""
+    from medical_etl.db import conn_params
+
+    try:
+        return conn_params(settings)
+    except Exception as exc:  # noqa: BLE001 - the monitor must still report
+        logging.getLogger("medical_etl.monitoring").warning("warehouse not checked: %s", mask(exc))
+        return None
+
+
 def cmd_monitor(args, settings: Settings) -> int:
     """Exit code by the worst active severity: 0 none/info, 1 warning, 2 error, 3 critical; 4 bad rules."""
     from pathlib import Path
 
-    from medical_etl.db import conn_params
     from medical_etl.monitoring.rules import RulesError
     from medical_etl.monitoring.run import DEFAULT_RULES, format_text, run_monitor
 
     try:
         result, rc = run_monitor(settings.logs_path / "runs.jsonl", rules_path=Path(args.rules or DEFAULT_RULES),
                                  state_path=Path(args.state) if args.state else None,
-                                 db=None if args.no_warehouse else conn_params(settings),
+                                 db=None if args.no_warehouse else _warehouse(settings),
                                  html_path=Path(args.html) if args.html else None, send=not args.no_deliver)
     except RulesError as exc:
         print(f"monitor: refusing the rules file: {exc}", file=sys.stderr)
@@ -300,13 +319,12 @@ def cmd_serve(args, settings: Settings) -> int:
 
 
 def register(sub) -> None:
-    from medical_etl.jobs.definitions import JOBS
-
     p = sub.add_parser("doctor", help="check configuration, database and tools")
     p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("job", help="run a job: its stages in order, under the job lock")
-    p.add_argument("name", choices=list(JOBS))
+    p.add_argument("name", help="pipeline, weekly, scrape-load, transform or enrich (`make jobs` lists the jobs "
+                                "and their stages, as the Makefile defines them)")
     p.add_argument("--full-refresh", action="store_true", help="rebuild incremental dbt models")
     p.add_argument("--refresh-days", type=_non_negative_int, help="re-read the last N days of posts (counts)")
     p.add_argument("--lock-wait", type=_seconds, default=0, help="seconds to wait for a running job (default 0: skip)")

@@ -48,6 +48,14 @@ class ConnParams:
         return kw
 
 
+def expect_params(db, func: str, connection_ok: bool = False) -> None:
+    """Refuse, naming ``func``, anything but ConnParams (or an open connection where ``connection_ok``)."""
+    if isinstance(db, ConnParams) or (connection_ok and isinstance(db, psycopg2.extensions.connection)):
+        return
+    raise TypeError(f"{func}() takes the database as ConnParams (conn_params(settings) makes them"
+                    f"{', or an open psycopg2 connection' if connection_ok else ''}), not {type(db).__name__}")
+
+
 def start_embedded(settings: Settings):
     """Start (or reuse) the embedded server and return its pgserver handle."""
     import warnings
@@ -98,8 +106,7 @@ def connect(
     Errors other than ``OperationalError`` (bad SQL, missing privileges) are not
     retried. Secrets are masked in the error raised after the last attempt.
     """
-    if not isinstance(params, ConnParams):
-        raise TypeError(f"connect() takes ConnParams (conn_params(settings) makes them), not {type(params).__name__}")
+    expect_params(params, "connect")
     timeout = connect_timeout or params.connect_timeout
     retrying = Retrying(
         retry=retry_if_exception_type(psycopg2.OperationalError),

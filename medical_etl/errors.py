@@ -5,7 +5,10 @@
   reruns the stage (``STAGE_RETRIES``); the CLI exits 75 (``EX_TEMPFAIL``).
 - :class:`PermanentError`: it fails the same way until something is changed (a setting, a file, a
   model, the data); ``setting`` names the variable to look at when one is to blame. The CLI exits 1
-  (2 for a :class:`ConfigError`).
+  (2 for a :class:`ConfigError`). One raised from a transient library error (a ``LoadError`` after
+  the connection dropped for good) counts as transient: its cause decides.
+- :class:`StageFailed` (a stage ran but did not fully succeed) and :class:`JobError` carry the
+  failed stage's transient ``reason``, or None.
 
 Each carries the ``stage`` it happened in when there is one. Errors of libraries (psycopg2,
 Telethon) are classified the same way by :func:`medical_etl.jobs.retry.transient_reason`.
@@ -61,9 +64,14 @@ class StageFailed(EtlError):
 
 
 class JobError(EtlError):
-    """A job failed: ``summary`` is the job summary (``failed_stage``, ``error``, each stage's result)."""
+    """A job failed: ``summary`` is the job summary (``failed_stage``, ``error``, each stage's result);
+    ``reason`` is the failed stage's transient reason (None: permanent)."""
 
     def __init__(self, summary: dict):
         failed = summary.get("failed_stage")
         super().__init__(f"job {summary['job']} failed at stage {failed}: {summary.get('error')}", stage=failed)
-        self.summary = summary
+        self.summary, self.reason = summary, summary.get("transient")
+
+    @property
+    def transient(self) -> bool:  # type: ignore[override]
+        return self.reason is not None

@@ -8,8 +8,9 @@ Layout under ``RAW_DATA_PATH``::
     manifests/<run_id>.json                       what each scrape run wrote
 
 A message record (one object of a partition's array) has the same fields whether it was scraped
-through the API or imported from a Telegram Desktop export (``RECORD_FIELDS``); the load stage
-validates them into ``raw.telegram_messages``.
+through the API or imported from a Telegram Desktop export. ``RECORD`` is their one description:
+name, column in ``raw.telegram_messages``, validation kind; the scrape stage writes it, the load
+stage validates it with those kinds, and a test holds the table's columns to it.
 """
 from __future__ import annotations
 
@@ -73,6 +74,12 @@ MEDIA_STATUSES = ("saved", "not_included", "missing", "refused", "not_saved")
 # Telegram usernames: 5-32 characters, letters, digits and underscores, starting with a letter. A channel
 # name becomes a file name in the lake, so the rule is also what keeps lake paths inside the lake.
 CHANNEL_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{3,31}")
+
+
+def is_channel_name(value) -> bool:
+    """A Telegram channel username: CHANNEL_NAME, not ending in ``_``, no ``__``."""
+    return isinstance(value, str) and bool(CHANNEL_NAME.fullmatch(value)) and not value.endswith("_") \
+        and "__" not in value
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

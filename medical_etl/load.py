@@ -29,7 +29,7 @@ from psycopg2.extras import execute_values
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from medical_etl import lake
-from medical_etl.db import ConnParams, connect, connect_warehouse
+from medical_etl.db import ConnParams, connect, connect_warehouse, expect_params
 from medical_etl.errors import PermanentError
 from medical_etl.migrate import migrate
 from medical_etl.runlog import new_run_id
@@ -132,7 +132,7 @@ def validate(rec, nul: _NulCounter, latest: datetime | None = None) -> list:
             continue
         base = kind.rstrip("?")
         if base == "channel":
-            if not isinstance(v, str) or not lake.CHANNEL_NAME.fullmatch(v):
+            if not lake.is_channel_name(v):
                 raise Reject(f"{name}: not a valid channel username: {str(v)[:40]!r}")
         elif base == "id":
             v = _int(v, name)
@@ -599,6 +599,7 @@ def load_raw_to_postgres(
     are applied first. Unchanged files (size and mtime, else content hash) are
     skipped. ``records_loaded`` = rows inserted + rows updated.
     """
+    expect_params(db, "load_raw_to_postgres", connection_ok=True)
     if batch_rows < 1:
         raise ValueError(f"batch_rows must be at least 1, got {batch_rows}")
     t0 = time.perf_counter()

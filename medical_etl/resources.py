@@ -11,13 +11,6 @@ from pathlib import Path
 
 PACKAGED = Path(__file__).resolve().with_name("project")
 CHECKOUT = Path(__file__).resolve().parents[1]
-# the files a built package carries: name in the project -> what it is
-FILES = {
-    "medical_warehouse": "the dbt project",
-    "monitor/pipeline_alerts.json": "the alert rules",
-    "crontab": "the schedule template",
-    "Makefile": "the jobs and their stages",
-}
 
 
 def project_root() -> Path:

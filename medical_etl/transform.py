@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -25,7 +26,7 @@ from pathlib import Path
 from psycopg2.extras import Json
 
 from medical_etl import resources
-from medical_etl.db import ConnParams, connect, connect_warehouse
+from medical_etl.db import ConnParams, connect, connect_warehouse, expect_params
 from medical_etl.errors import PermanentError
 
 PROJECT_DIR = resources.dbt_project()  # the default; jobs pass the DBT_PROJECT_DIR setting
@@ -81,10 +82,11 @@ def run_dbt_transformations(
     ``status`` is ``success`` or ``failed`` (then ``failing_nodes`` names them).
     """
     t0 = time.perf_counter()
-    params = db
+    expect_params(db, "run_dbt_transformations")
     project_dir = Path(project_dir).resolve()
+    out = _writable_home(project_dir)
     whole = not select  # only a build of the whole project records (or may skip on) its inputs
-    conn = connect_warehouse(params)  # the sources (raw tables) must exist, even before the first load
+    conn = connect_warehouse(db)  # the sources (raw tables) must exist, even before the first load
     try:
         state = _state(conn, project_dir) if whole else None
     finally:
@@ -96,20 +98,20 @@ def run_dbt_transformations(
         if state["new_day"]:  # only the calendar moved: dim_dates runs to today, and its tests
             select, scope = ["dim_dates+"], "dim_dates+: nothing changed but the day"
     common = ["--project-dir", str(project_dir), "--profiles-dir", str(project_dir),
-              "--target-path", str(target_path or project_dir / "target")]
+              "--target-path", str(target_path or out / "target")]
     # progress goes to dbt.log (and each node into the summary); the console gets warnings and errors,
     # and each node as it runs when LOG_LEVEL=DEBUG (the level this process logs at)
     from medical_etl.logsetup import dbt_log_levels
 
     console_level, file_level = dbt_log_levels()
-    flags = ["--log-path", str(log_path or project_dir / "logs"), "--no-use-colors", "--log-level", console_level,
+    flags = ["--log-path", str(log_path or out / "logs"), "--no-use-colors", "--log-level", console_level,
              "--log-level-file", file_level]
     args = ["build", *common]
     if full_refresh:
         args.append("--full-refresh")
     if select:
         args += ["--select", *select]
-    with _dbt_env(params, threads):
+    with _dbt_env(db, threads):
         res = _invoke([*flags, *args])
         if scope != "all":  # same rows: the freshness facts recorded are still the facts
             freshness, facts = (_judge(state["freshness"], state["now"]) if check_freshness else {}), state["freshness"]
@@ -133,7 +135,7 @@ def run_dbt_transformations(
                     and k.split(":")[1] == s) for s in ("pass", "warn", "fail", "error", "skipped")}
     ok = res.success and not failing
     if ok and state:
-        _record_state(params, state, facts)
+        _record_state(db, state, facts)
     summary = {
         "status": "success" if ok else "failed",
         "full_refresh": full_refresh,
@@ -214,6 +216,14 @@ def _record_state(params: ConnParams, state: dict, freshness_facts: dict | None)
                          is not None else None))
     finally:
         conn.close()
+
+
+def _writable_home(project_dir: Path) -> Path:
+    """Where dbt writes target/ and logs/ when the caller does not say: the project itself, unless it
+    is the copy an installed package carries (or read-only), then a folder of this user's in /tmp."""
+    if project_dir.is_relative_to(resources.PACKAGED) or not os.access(project_dir, os.W_OK):
+        return Path(tempfile.gettempdir()) / f"medical_etl-dbt-{os.getuid()}"
+    return project_dir
 
 
 IMAGE_MODELS = ("+fct_image_detections+", "+fct_image_categories+")

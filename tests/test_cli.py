@@ -42,11 +42,13 @@ def test_console_script_and_module_are_the_same_cli():
     assert a.stdout == b.stdout and a.stdout.startswith("medical-etl ")
 
 
-def test_public_api_resolves_to_the_modules_that_define_it_and_help_shows_it():
+def test_public_api_resolves_to_the_modules_that_define_it_and_help_shows_it(monkeypatch):
     import importlib
     import pydoc
 
     import medical_etl
+
+    monkeypatch.setenv("HELP_LEAK_CANARY", "canary-secret-7731")  # no default may render the environment
 
     for name, module in medical_etl._API.items():
         defined = getattr(importlib.import_module(f"medical_etl.{module}"), name)
@@ -58,3 +60,4 @@ def test_public_api_resolves_to_the_modules_that_define_it_and_help_shows_it():
         first_line = getattr(medical_etl, func).__doc__.strip().splitlines()[0]
         assert f"{func}(" in text and first_line in text, func
     assert "class TransientError" in text and "__getattr__" not in text
+    assert "canary-secret-7731" not in text

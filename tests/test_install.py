@@ -31,8 +31,12 @@ def installed(tmp_path_factory) -> Path:
     not the package itself: the test venv's editable finder is not loaded there."""
     tmp = tmp_path_factory.mktemp("install")
     src = _source_copy(tmp / "src")
+    # source distribution first, then the wheel from it: both must carry the project's files
+    subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(tmp / "sdist")], cwd=src, check=True,
+                   capture_output=True)
+    sdist = next((tmp / "sdist").glob("medical*etl-*.tar.gz"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                    "-w", str(tmp / "dist"), str(src)], check=True, capture_output=True)
+                    "-w", str(tmp / "dist"), str(sdist)], check=True, capture_output=True)
     venv = tmp / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     wheel = next((tmp / "dist").glob("medical_etl-*.whl"))
@@ -60,11 +64,11 @@ def test_the_installed_package_carries_its_project_files(installed, tmp_path):
     out = subprocess.run([str(installed / "bin" / "python"), "-c", """
 import json, medical_etl
 from medical_etl import resources
-from medical_etl.jobs import JOBS
+from medical_etl.jobs import jobs
 print(json.dumps({"module": medical_etl.__file__, "root": str(resources.project_root()),
                   "dbt": (resources.dbt_project() / "dbt_project.yml").is_file(),
                   "rules": resources.alert_rules().is_file(), "crontab": resources.crontab_template().is_file(),
-                  "jobs": JOBS}))
+                  "jobs": jobs()}))
 """], cwd=tmp_path, env={"PATH": os.environ["PATH"]}, capture_output=True, text=True, check=True)
     found = json.loads(out.stdout)
     assert found["module"].startswith(str(installed)) and found["root"].startswith(str(installed))

@@ -14,7 +14,7 @@ from helpers import REPO, query, scratch_database, settings_env
 
 from medical_etl.db import conn_params
 from medical_etl.filelock import acquire_lock
-from medical_etl.jobs import JOBS, JobError, run_job
+from medical_etl.jobs import JobError, jobs, run_job
 from medical_etl.runlog import RunLog
 from medical_etl.scrape.standin import Post, StandInClient, read_message_list
 
@@ -248,7 +248,7 @@ def test_make_j4_two_jobs_never_interleave_their_stages(job_settings):
     skipped = [name for name, rec in jobs.items() if rec["status"] == "skipped"]
     assert len(ran) == 1 and len(skipped) == 1 and "lock" in jobs[skipped[0]]["reason"]
     stages = [x for x in recs if x["stage"]]
-    assert [x["stage"] for x in stages] == list(JOBS[ran[0]])
+    assert [x["stage"] for x in stages] == list(jobs()[ran[0]])
     assert all(x["job"] == ran[0] and x["run_id"] == jobs[ran[0]]["run_id"] for x in stages)
     spans = sorted((x["started_at"], x["finished_at"]) for x in stages)
     assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False)), spans   # one after the other
@@ -258,7 +258,7 @@ def test_the_job_table_is_read_as_make_reads_it():
     shown = subprocess.run(["make", "-s", "--no-print-directory", "jobs"], cwd=REPO, capture_output=True, text=True,
                            check=True, env={**os.environ, "MAKEFLAGS": ""}).stdout
     by_make = {line.split()[0]: tuple(line.split()[1:]) for line in shown.splitlines() if line.strip()}
-    assert by_make == dict(JOBS) and by_make["pipeline"] == ("scrape", "load", "transform", "enrich")
+    assert by_make == jobs() and by_make["pipeline"] == ("scrape", "load", "transform", "enrich")
     dry = subprocess.run(["make", "-n", "pipeline"], cwd=REPO, capture_output=True, text=True,
                          env={**os.environ, "MAKEFLAGS": ""}).stdout
     assert "job pipeline --stages 'scrape load transform enrich'" in dry

@@ -253,3 +253,26 @@ def test_lost_bookkeeping_falls_back_to_merge(settings, conn, sample_lake):
     s = load_raw_to_postgres(conn_params(settings), sample_lake)  # every file looks new; rows already there
     assert s["rows_inserted"] == 0 and s["rows_updated"] == 0 and s["rows_unchanged"] == 276
     assert table_snapshot(conn) == before
+
+
+def test_the_raw_table_and_the_loader_follow_the_lake_record_contract(settings, conn, tmp_path):
+    from medical_etl import lake
+    from medical_etl.load import FIELDS
+    from medical_etl.migrate import migrate
+
+    migrate(conn)
+    columns = [r[0] for r in query(conn, "SELECT column_name FROM information_schema.columns WHERE table_schema = "
+                                         "'raw' AND table_name = 'telegram_messages' ORDER BY ordinal_position")]
+    assert {f.column for f in lake.RECORD} <= set(columns)  # every field has its column (migrations add them)
+    assert [(c, n) for c, n, _ in FIELDS] == [(f.column, f.name) for f in lake.RECORD]
+    # one channel-name rule for configured channels and lake records
+    lake_dir = tmp_path / "lake"
+    names = ["CheMed123", "ends_", "two__under", "ab"]
+    write_messages(lake_dir, "2026-01-10", "CheMed123", [msg(i, channel_username=n) for i, n in enumerate(names, 1)])
+    s = load_raw_to_postgres(conn_params(settings), lake_dir)
+    assert s["rows_inserted"] == 1 and s["rows_rejected"] == 3
+    from medical_etl.scrape.channels import ChannelNameError, normalize
+
+    for bad in names[1:]:
+        with pytest.raises(ChannelNameError):
+            normalize(bad)

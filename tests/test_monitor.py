@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -286,3 +287,18 @@ def test_failed_delivery_is_reported_not_fatal(tmp_path):
 
 
 # The HTML report (ECharts) is rendered in headless Chromium in tests/test_dashboard.py.
+
+
+def test_monitor_judges_the_log_alone_when_the_embedded_server_cannot_start(tmp_path):
+    log_dir = tmp_path / "logs"
+    log_dir.mkdir()
+    write_log(log_dir / "runs.jsonl", [rec()])
+    (tmp_path / "not-a-folder").write_text("the embedded server's folder is a file")
+    env = {**os.environ, "DB_HOST": "", "EMBEDDED_PG_PATH": str(tmp_path / "not-a-folder"),
+           "LOGS_PATH": str(log_dir), "RAW_DATA_PATH": str(tmp_path / "raw")}
+    r = subprocess.run([sys.executable, "-m", "medical_etl", "monitor", "--json", "--no-deliver"], env=env,
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode in (0, 1), r.stderr[-2000:]
+    result = json.loads(r.stdout)
+    assert result["metrics"]["data_quality"]["warehouse_reachable"] is False
+    assert "warehouse not checked" in r.stderr

@@ -279,14 +279,16 @@ def test_our_errors_say_their_kind_and_the_cli_exit_code_follows_it(tmp_path):
     assert retry.transient_reason(ConfigError("DB_PORT", "not a number")) is None
     assert retry.transient_reason(StageFailed("transform", {}, "a test failed")) is None
     assert StageFailed("scrape", {}, "network", reason=retry.TELEGRAM_NETWORK).transient
-    # a permanent error of ours raised while handling a dropped connection stays permanent
-    try:
+    # an error of ours raised from a dropped connection is as transient as its cause; a setting is not
+    for ours, expected in ((PermanentError("loading 3 files failed", stage="load"), retry.DB_RESTARTING),
+                           (ConfigError("DB_HOST", "unreachable host name"), None)):
         try:
-            raise psycopg2.OperationalError("server closed the connection unexpectedly")
-        except psycopg2.OperationalError as exc:
-            raise PermanentError("the lake file is refused", stage="load") from exc
-    except PermanentError as exc:
-        assert retry.transient_reason(exc) is None
+            try:
+                raise psycopg2.OperationalError("server closed the connection unexpectedly")
+            except psycopg2.OperationalError as exc:
+                raise ours from exc
+        except PermanentError as exc:
+            assert retry.transient_reason(exc) == expected
 
     # the CLI: an unreachable database is transient (75), a bad setting is a configuration error (2)
     closed = socket.socket()
@@ -299,6 +301,9 @@ def test_our_errors_say_their_kind_and_the_cli_exit_code_follows_it(tmp_path):
                        text=True, timeout=120)
     assert r.returncode == 75, r.stderr[-2000:]
     assert "transient: database unreachable" in r.stderr and "retrying later may succeed" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "medical_etl", "job", "scrape-load"], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=120, env={**env, "TELEGRAM_SOURCE": "sample", "STAGE_RETRIES": "0"})
+    assert r.returncode == 75 and "transient: database unreachable" in r.stderr, r.stderr[-2000:]
     r = subprocess.run([sys.executable, "-m", "medical_etl", "enrich"], cwd=tmp_path, capture_output=True,
                        text=True, timeout=120, env={**env, "YOLO_MODEL": str(tmp_path / "no-weights.onnx")})
     assert r.returncode == 1 and "transient" not in r.stderr, r.stderr[-2000:]  # missing weights: permanent

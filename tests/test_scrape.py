@@ -295,18 +295,20 @@ def test_script_exit_code_nonzero_on_failed_channels(settings, tmp_path):
 
 def test_telegram_session_is_not_used_by_two_processes(tmp_path):
     from medical_etl.config import Settings
-    from medical_etl.errors import PermanentError
+    from medical_etl.errors import TransientError
     from medical_etl.filelock import acquire_lock
+    from medical_etl.jobs.retry import transient_reason
     from medical_etl.scrape.source import open_source
 
     s = Settings(raw_data_path=tmp_path, logs_path=tmp_path, telegram_api_id=1, telegram_api_hash="x" * 32,
                  telegram_session=tmp_path / "tg.session", telegram_channels=("CheMed123",))
     lock = acquire_lock(tmp_path / "tg.session.lock")
     try:
-        with pytest.raises(PermanentError, match="is in use by another process") as info:
+        with pytest.raises(TransientError, match="is in use by another process") as info:
             with open_source(s):
                 pass
-        assert info.value.setting == "TELEGRAM_SESSION"
+        assert info.value.setting == "TELEGRAM_SESSION"  # the job retries it: the other user ends
+        assert transient_reason(info.value) == "telegram session in use"
     finally:
         lock.release()
 

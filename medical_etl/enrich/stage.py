@@ -23,7 +23,7 @@ from pathlib import Path
 
 from psycopg2.extras import execute_values
 
-from medical_etl.db import ConnParams, connect_warehouse
+from medical_etl.db import ConnParams, connect_warehouse, expect_params
 from medical_etl.enrich.detection import (  # noqa: F401 - EnrichError, Detector and load_model are this stage's API too
     Detector,
     EnrichError,
@@ -128,6 +128,7 @@ def run_yolo_enrichment(
     :func:`medical_etl.transform.build_image_models`. ``progress`` (default: when stderr is
     a terminal) prints a line per written batch.
     """
+    expect_params(db, "run_yolo_enrichment")
     t0 = time.perf_counter()
     lake_dir = Path(lake_dir)
     first = None

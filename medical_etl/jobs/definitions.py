@@ -2,12 +2,13 @@
 
 The Makefile holds one line per job, ``JOB_STAGES.<job> := <stage> <stage> ...``, in run order;
 each job target passes its line to ``medical-etl job`` (so ``make -n pipeline`` shows the stages),
-and ``run_job()`` reads the same lines from the Makefile of the checkout, or from the copy an
+and ``run_job()`` reads the same lines (:func:`jobs`, when a job first runs) from the Makefile of the checkout, or from the copy an
 installed medical-etl carries (:mod:`medical_etl.resources`).
 """
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from pathlib import Path
 
 from medical_etl import resources
@@ -21,7 +22,11 @@ def read_jobs(makefile: Path) -> dict[str, tuple[str, ...]]:
     """``{job: stages}`` from ``makefile``'s ``JOB_STAGES.<job> := ...`` lines; refuses lines it
     cannot read exactly as Make does (other assignment kinds, continuations, unknown stages)."""
     jobs: dict[str, tuple[str, ...]] = {}
-    for n, line in enumerate(makefile.read_text(encoding="utf-8").splitlines(), 1):
+    try:
+        text = makefile.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PermanentError(f"cannot read the job definitions in {makefile}: {exc.strerror or exc}") from None
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.startswith("JOB_STAGES."):
             continue
         m = _LINE.fullmatch(line)
@@ -40,4 +45,7 @@ def read_jobs(makefile: Path) -> dict[str, tuple[str, ...]]:
     return jobs
 
 
-JOBS: dict[str, tuple[str, ...]] = read_jobs(resources.makefile())
+@lru_cache(maxsize=1)
+def jobs() -> dict[str, tuple[str, ...]]:
+    """``{job: stages}`` of this checkout's (or this installed package's) Makefile, read on first use."""
+    return read_jobs(resources.makefile())

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from medical_etl.errors import EtlError
+from medical_etl.errors import ConfigError, JobError, StageFailed, TransientError
 
 DB_UNREACHABLE = "database unreachable"
 DB_RESTARTING = "database restarting"
@@ -45,6 +45,10 @@ def _telegram_network(exc: BaseException) -> bool:
 def transient_reason(exc: BaseException | None, stage: str | None = None) -> str | None:
     """The transient reason of ``exc`` (or of an exception it was raised from), else None.
 
+    A :class:`~medical_etl.errors.TransientError` (and a failed stage or job) carries its reason; a
+    :class:`~medical_etl.errors.ConfigError` is never transient; any other error is as transient as
+    the library error it was raised from (psycopg2's, Telethon's, the network's).
+
     A dropped connection in the scrape stage is Telegram's network (the stage talks to nothing else)."""
     import psycopg2
 
@@ -55,8 +59,11 @@ def transient_reason(exc: BaseException | None, stage: str | None = None) -> str
         seen.add(id(exc))
         if isinstance(exc, TransformError):  # dbt could not run: say why only if the text does
             return message_reason(str(exc))
-        if isinstance(exc, EtlError):  # our own errors say which kind they are
-            return getattr(exc, "reason", None) if exc.transient else None
+        if isinstance(exc, (TransientError, StageFailed, JobError)):  # these say which kind they are
+            return exc.reason
+        if isinstance(exc, ConfigError):  # a setting to change: waiting does not help, whatever the cause
+            return None
+        # any other error of ours (a LoadError after a dropped connection, say) is as transient as its cause
         code = getattr(exc, "pgcode", None)
         if code in _PGCODES:
             return _PGCODES[code]

@@ -15,7 +15,7 @@ from medical_etl.config import Settings
 from medical_etl.errors import JobError
 from medical_etl.filelock import acquire_lock
 from medical_etl.jobs import retry
-from medical_etl.jobs.definitions import JOBS
+from medical_etl.jobs.definitions import jobs
 from medical_etl.jobs.process import run_with_retries
 from medical_etl.runlog import configure_rotation, new_run_id, track_run
 from medical_etl.running import mark_running, reap_dead_runs
@@ -50,7 +50,7 @@ def stage_options(job: str, stage: str, *, client=None, full_refresh: bool = Fal
             opts["refresh_days"] = refresh_days
     if stage == "transform" and (full_refresh or job == "weekly"):
         opts["full_refresh"] = True
-    if stage == "enrich" and "transform" in JOBS[job]:
+    if stage == "enrich" and "transform" in jobs()[job]:
         # the transform stage has just built and tested the detection models: rebuild only for new photos
         opts["build_models"] = "if_new"
     return opts
@@ -77,11 +77,12 @@ def run_job(
     :class:`JobError` (with the summary) when a stage fails, or before any stage runs when an
     input a stage needs is missing (see :mod:`medical_etl.jobs.preflight`).
     """
-    if job not in JOBS:
-        raise ValueError(f"unknown job {job!r}; jobs: {', '.join(JOBS)}")
-    if stages is not None and tuple(stages) != JOBS[job]:  # e.g. a checkout's Makefile vs an older install
+    defined = jobs()
+    if job not in defined:
+        raise ValueError(f"unknown job {job!r}; jobs: {', '.join(defined)}")
+    if stages is not None and tuple(stages) != defined[job]:  # e.g. a checkout's Makefile vs an older install
         raise ValueError(f"job {job}: stages {' '.join(stages)} differ from the job's definition "
-                         f"({' '.join(JOBS[job])}, {resources.makefile()})")
+                         f"({' '.join(defined[job])}, {resources.makefile()})")
     timeout = stage_timeout_s or settings.stage_timeout_s
     run_id = run_id or new_run_id()
     configure_rotation(settings.runlog_max_mb)
@@ -98,17 +99,18 @@ def run_job(
         reap_dead_runs(settings.logs_path)
         marker = mark_running(settings.logs_path, job, run_id, _deadline_s(job, settings, timeout))
         with track_run(settings.logs_path, job=job, stage=None, run_id=run_id) as rec:
-            problems = _preflight_with_retries(job, settings, client, retried)
+            problems, why = _preflight_with_retries(job, settings, client, retried)
             if problems:
                 summary.update(status="failed", failed_stage=problems[0].stage, preflight=[str(p) for p in problems],
-                               error="not started: " + "; ".join(str(p) for p in problems))
-            for stage in JOBS[job] if not problems else ():
+                               error="not started: " + "; ".join(str(p) for p in problems), transient=why)
+            for stage in defined[job] if not problems else ():
                 opts = stage_options(job, stage, client=client, full_refresh=full_refresh,
                                      refresh_days=refresh_days)
                 status, result = run_with_retries(stage, settings, job, run_id, opts, timeout, retried)
                 summary["stages"][stage] = result if status == "ok" else {"status": "failed", **result}
                 if status != "ok":
-                    summary.update(status="failed", failed_stage=stage, error=result.get("error"))
+                    summary.update(status="failed", failed_stage=stage, error=result.get("error"),
+                                   transient=result.get("transient"))
                     # Some channels failing must not hold back the others' data: the job goes on
                     # (and still ends failed); anything else stops the stages after it.
                     partial = (result.get("summary") or {}).get("status") == "partial"
@@ -136,7 +138,7 @@ def _deadline_s(job: str, settings: Settings, timeout: float) -> float:
     tries = 1 + settings.stage_retries
     waits = sum(retry.backoff_s(n, settings.stage_retry_backoff_s, settings.stage_retry_backoff_max_s)
                 for n in range(1, tries))
-    return len(JOBS[job]) * (timeout * tries + waits) + waits + 300
+    return len(jobs()[job]) * (timeout * tries + waits) + waits + 300
 
 
 def _preflight_with_retries(job: str, settings: Settings, client, retried: dict):
@@ -148,7 +150,7 @@ def _preflight_with_retries(job: str, settings: Settings, client, retried: dict)
         why = (retry.message_reason(problems[0].message) or retry.DB_UNREACHABLE) \
             if len(problems) == 1 and problems[0].setting == "DB_*" else None
         if not why or attempt > settings.stage_retries:
-            return problems
+            return problems, why
         delay = retry.backoff_s(attempt, settings.stage_retry_backoff_s, settings.stage_retry_backoff_max_s)
         log.warning("job %s: %s (%s); checking again in %g s", job, why, mask(problems[0]), delay)
         retried["preflight"] = (attempt, why)
@@ -159,7 +161,7 @@ def _preflight_with_retries(job: str, settings: Settings, client, retried: dict)
 def _preflight(job: str, settings: Settings, client):
     from medical_etl.jobs.preflight import preflight
 
-    problems = preflight(JOBS[job], settings, client=client)
+    problems = preflight(jobs()[job], settings, client=client)
     for p in problems:
         log.error("job %s cannot start: %s", job, mask(p))
     return problems

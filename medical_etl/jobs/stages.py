@@ -1,8 +1,9 @@
 """The edge between settings and stages: each stage run with explicit inputs, recorded in the run log.
 
-The CLI, the scripts and the jobs all go through :func:`run_stage`, so a stage always appends
-exactly one run-log record, whoever started it. Here, and only here, the settings become each
-stage's inputs: a lake folder, connection parameters, a client, the dbt project's paths.
+The CLI, the scripts and the jobs all go through :func:`run_stage` (``import-export`` records its
+own run), so a stage always appends exactly one run-log record, whoever started it. Here the settings
+become each stage's inputs: a lake folder, connection parameters, the dbt project's paths, and a
+client (through :mod:`medical_etl.scrape.source`, which reads the Telegram settings).
 """
 from __future__ import annotations
 

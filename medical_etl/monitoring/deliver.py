@@ -9,6 +9,7 @@ import os
 import re
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
@@ -19,8 +20,9 @@ _VAR = re.compile(r"\$\{([A-Z0-9_]+)\}")
 SECRET_FIELDS = {"token"}
 
 
-def expand(conf: dict, env=os.environ) -> dict:
+def expand(conf: dict, env: Mapping[str, str] | None = None) -> dict:
     """Replace ``${VAR}`` with the environment's value (empty when unset); register secret fields."""
+    env = os.environ if env is None else env
     out = {}
     for channel, fields in conf.items():
         out[channel] = {}

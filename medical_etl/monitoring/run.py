@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -63,9 +64,13 @@ def warehouse_metrics(db: ConnParams, timeout: int = 3) -> dict | None:
 
 
 def run_monitor(log_path: Path, *, rules_path: Path = DEFAULT_RULES, state_path: Path | None = None,
-                db=None, env=os.environ, html_path: Path | None = None, send: bool = True,
+                db: ConnParams | None = None, env: Mapping[str, str] | None = None,
+                html_path: Path | None = None, send: bool = True,
                 now: datetime | None = None) -> tuple[dict, int]:
-    """Evaluate once; return (result, exit code: 0 none/info, 1 warning, 2 error, 3 critical)."""
+    """Evaluate once; return (result, exit code: 0 none/info, 1 warning, 2 error, 3 critical).
+
+    ``env`` (default: the environment) fills the delivery settings' ``${VAR}`` placeholders."""
+    env = os.environ if env is None else env
     now = now or datetime.now(timezone.utc)
     rules, delivery_conf = load_rules(rules_path, metric_fields())
     stats = read_log(log_path)

@@ -24,7 +24,7 @@ def normalize(entry: str, where: str = "") -> str:
     raw = entry.strip()
     m = _LINK.fullmatch(raw)
     name = m.group(1) if m else raw.removeprefix("@")
-    if not lake.CHANNEL_NAME.fullmatch(name) or name.endswith("_") or "__" in name:
+    if not lake.is_channel_name(name):
         prefix = f"{where}: " if where else ""
         raise ChannelNameError(f"{prefix}{entry.strip()!r} is not a valid Telegram channel username")
     return name

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medical_etl.config import Settings
-from medical_etl.errors import ConfigError, PermanentError
+from medical_etl.errors import ConfigError, TransientError
 from medical_etl.filelock import acquire_lock
 from medical_etl.scrape.channels import parse_channels, read_channels_file
 from medical_etl.scrape.standin import StandInClient, read_desktop_export
@@ -65,8 +65,8 @@ def open_source(settings: Settings, client=None, channels: list[str] | None = No
     # job lock; this also covers a single stage started by hand).
     lock = acquire_lock(Path(f"{settings.telegram_session}.lock"))
     if isinstance(lock, str):
-        raise PermanentError(f"Telegram session {settings.telegram_session} is in use by another process ({lock})",
-                             stage="scrape", setting="TELEGRAM_SESSION")
+        raise TransientError(f"Telegram session {settings.telegram_session} is in use by another process ({lock})",
+                             reason="telegram session in use", stage="scrape", setting="TELEGRAM_SESSION")
     try:
         real = open_client(settings)
         try:
