@@ -40,7 +40,6 @@ SAMPLE_CHANNELS = ["CheMed123", "lobelia4cosmetics", "tikvahpharma"]
 
 def build_sample_marts(params, workdir: Path) -> None:
     """The real sample through load and dbt: the templates the synthetic marts are made from."""
-    from medical_etl.db import conn_params
     from medical_etl.load import load_raw_to_postgres
     from medical_etl.scrape.stage import scrape_telegram_data
     from medical_etl.scrape.standin import StandInClient, read_message_list
@@ -49,11 +48,7 @@ def build_sample_marts(params, workdir: Path) -> None:
     posts = read_message_list(SAMPLE / "messages", SAMPLE / "images")
     lake = workdir / "lake"
     scrape_telegram_data(StandInClient(posts), SAMPLE_CHANNELS, lake, download_photos=False)
-    from medical_etl.config import Settings
-
-    s = Settings(db_host=params.host, db_port=params.port, db_name=params.dbname, db_user=params.user,
-                 db_password=params.password, raw_data_path=lake, logs_path=workdir / "logs")
-    load_raw_to_postgres(conn_params(s), lake)
+    load_raw_to_postgres(params, lake)
     r = run_dbt_transformations(params, check_freshness=False, target_path=workdir / "target",
                                 log_path=workdir / "dbtlogs")
     assert r["status"] == "success", r["failing_nodes"]
