@@ -65,13 +65,3 @@
             '\s*(price|ዋጋ|only|for|at)\s*[:=-]?$', '', 'i'),
             '\s+', ' ', 'g')), '')
 {%- endmacro %}
-
-{#- Incremental pre-hook of fct_product_prices: drop the rows of every message changed since the last
-    run, so a post edited to hold no price loses its old rows. -#}
-{% macro delete_prices_of_changed_messages() -%}
-    delete from {{ this }}
-    where message_key in (
-        select message_key from {{ ref('stg_telegram_messages') }}
-        where updated_at > (select coalesce(max(source_updated_at), '-infinity'::timestamptz) from {{ this }})
-    )
-{%- endmacro %}

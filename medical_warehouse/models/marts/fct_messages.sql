@@ -10,9 +10,7 @@
 with messages as (
 
     select * from {{ ref('stg_telegram_messages') }}
-    {% if is_incremental() %}
-    where updated_at > (select coalesce(max(source_updated_at), '-infinity'::timestamptz) from {{ this }})
-    {% endif %}
+    where {{ changed_since_last_run('updated_at') }}
 
 ),
 

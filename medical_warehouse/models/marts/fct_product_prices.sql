@@ -18,9 +18,7 @@ with messages as (
     from {{ ref('stg_telegram_messages') }}
     where message_text ~* {{ price_pattern() }}
       and message_text !~* {{ job_post_pattern() }}
-    {% if is_incremental() %}
-      and updated_at > (select coalesce(max(source_updated_at), '-infinity'::timestamptz) from {{ this }})
-    {% endif %}
+      and {{ changed_since_last_run('updated_at') }}
 
 ),
 
