@@ -15,7 +15,7 @@
 {% macro delete_prices_of_changed_messages() -%}
     delete from {{ this }}
     where message_key in (
-        select message_key from {{ ref('stg_telegram_messages') }}
+        select message_key from {{ ref('int_messages_deduplicated') }}
         where {{ changed_since_last_run('updated_at') }}
     )
 {%- endmacro %}

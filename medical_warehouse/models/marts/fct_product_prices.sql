@@ -13,9 +13,9 @@
 
 with messages as (
 
-    select message_key, channel_username, message_id, message_date, date_key, updated_at,
+    select message_key, channel_key, channel_username, message_id, message_date, date_key, updated_at,
            replace(replace(message_text, chr(160), ' '), chr(13), '') as message_text
-    from {{ ref('stg_telegram_messages') }}
+    from {{ ref('int_messages_deduplicated') }}
     where message_text ~* {{ price_pattern() }}
       and message_text !~* {{ job_post_pattern() }}
       and {{ changed_since_last_run('updated_at') }}
@@ -58,6 +58,7 @@ priced as (
     -- no self-join, so the plan stays linear however many lines match.
     select
         p.message_key,
+        p.channel_key,
         p.channel_username,
         p.message_id,
         p.message_date,
@@ -104,7 +105,7 @@ final as (
     select distinct on (message_key, lower(product_name), price_birr)
         {{ surrogate_key(['message_key', 'line_no', 'match_no']) }} as price_key,
         message_key,
-        {{ surrogate_key(['channel_username']) }}                 as channel_key,
+        channel_key,
         date_key,
         channel_username,
         message_id,
