@@ -1,5 +1,6 @@
 {#-
-  Price recognition, shared by the price model and its tests. A price is either
+  Price recognition, shared by the price models (models/intermediate/int_price_*, int_named_prices) and
+  their tests. A price is either
     * a number (thousands separators allowed) followed by a currency word: birr, br, ETB or ብር,
       not followed by another letter ("450birr", "1,500 ብር", "100 ETB"), or
     * a number after the banknote emoji, the channels' price marker ("💵280", "💵3,000 birr"), or
@@ -38,10 +39,11 @@
 {%- endmacro %}
 
 {#- The product a line names for a price below it (its cleaned text), or NULL when it names none: no
-    letter, a price of its own, or a job advert line. -#}
-{% macro product_text(line) -%}
+    letter, a price of its own (has_price: the line matches price_pattern, computed once per line in
+    int_price_lines), or a job advert line. -#}
+{% macro product_text(line, has_price) -%}
     (select c from (select {{ clean_product(line) }} as c) as candidate
-     where {{ has_letter('c') }} and {{ line }} !~* {{ price_pattern() }} and {{ line }} !~* {{ job_line_pattern() }})
+     where {{ has_letter('c') }} and not {{ has_price }} and {{ line }} !~* {{ job_line_pattern() }})
 {%- endmacro %}
 
 {#- A range of amounts ("70 birr - 500 birr", "ከ70 - 500 ብር") is a fee scale, not a product price. -#}
@@ -64,14 +66,4 @@
             '^(price|ዋጋ)\s*[:=-]?\s*', '', 'i'),
             '\s*(price|ዋጋ|only|for|at)\s*[:=-]?$', '', 'i'),
             '\s+', ' ', 'g')), '')
-{%- endmacro %}
-
-{#- Incremental pre-hook of fct_product_prices: drop the rows of every message changed since the last
-    run, so a post edited to hold no price loses its old rows. -#}
-{% macro delete_prices_of_changed_messages() -%}
-    delete from {{ this }}
-    where message_key in (
-        select message_key from {{ ref('stg_telegram_messages') }}
-        where updated_at > (select coalesce(max(source_updated_at), '-infinity'::timestamptz) from {{ this }})
-    )
 {%- endmacro %}

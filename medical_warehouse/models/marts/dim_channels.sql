@@ -1,6 +1,6 @@
 with messages as (
 
-    select * from {{ ref('stg_telegram_messages') }}
+    select * from {{ ref('int_messages_deduplicated') }}
 
 ),
 
@@ -16,6 +16,7 @@ latest_title as (
 stats as (
 
     select
+        channel_key,
         channel_username,
         min(message_date)                                         as first_post_at,
         max(message_date)                                         as last_post_at,
@@ -24,12 +25,12 @@ stats as (
         round(avg(views), 1)                                      as avg_views,
         round(count(*) filter (where has_image)::numeric / count(*), 4) as image_post_share
     from messages
-    group by channel_username
+    group by channel_key, channel_username
 
 )
 
 select
-    {{ surrogate_key(['s.channel_username']) }} as channel_key,
+    s.channel_key,
     s.channel_username,
     coalesce(t.channel_title, s.channel_username) as channel_title,
     s.first_post_at,

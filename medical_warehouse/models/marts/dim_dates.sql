@@ -3,7 +3,7 @@ with bounds as (
     select
         coalesce(min(message_date), current_date)::date as first_day,
         greatest(coalesce(max(message_date), current_date)::date, current_date) as last_day
-    from {{ ref('stg_telegram_messages') }}
+    from {{ ref('int_messages_deduplicated') }}
 
 ),
 

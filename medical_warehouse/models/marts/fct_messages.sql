@@ -9,10 +9,8 @@
 
 with messages as (
 
-    select * from {{ ref('stg_telegram_messages') }}
-    {% if is_incremental() %}
-    where updated_at > (select coalesce(max(source_updated_at), '-infinity'::timestamptz) from {{ this }})
-    {% endif %}
+    select * from {{ ref('int_messages_deduplicated') }}
+    where {{ changed_since_last_run('updated_at') }}
 
 ),
 
@@ -33,7 +31,7 @@ prices as (
 
 select
     m.message_key,
-    {{ surrogate_key(['m.channel_username']) }} as channel_key,
+    m.channel_key,
     m.date_key,
     m.channel_username,
     m.message_id,

@@ -12,9 +12,7 @@
 with messages as (
 
     select * from {{ ref('fct_messages') }}
-    {% if is_incremental() %}
-    where source_updated_at > (select coalesce(max(source_updated_at), '-infinity'::timestamptz) from {{ this }})
-    {% endif %}
+    where {{ changed_since_last_run('source_updated_at') }}
 
 )
 

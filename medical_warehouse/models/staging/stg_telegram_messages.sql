@@ -7,10 +7,16 @@ with source as (
 renamed as (
 
     select
+        ---------- keys
         {{ surrogate_key(['channel', 'message_id']) }}       as message_key,
+        {{ surrogate_key(['trim(channel)']) }}                as channel_key,
+
+        ---------- channel
         trim(channel)                                         as channel_username,
         nullif(trim(channel_title), '')                       as channel_title,
         channel_id,
+
+        ---------- message
         message_id,
         message_date,
         {{ date_key('message_date') }}                        as date_key,
@@ -24,6 +30,8 @@ renamed as (
         edit_date is not null                                 as is_edited,
         grouped_id,
         reply_to_msg_id,
+
+        ---------- media and forwards
         media_type,
         media_status,
         forward_from_id,
@@ -31,17 +39,16 @@ renamed as (
         (forward_from_id is not null or nullif(trim(forward_from_name), '') is not null) as is_forwarded,
         image_path,
         image_path is not null                                as has_image,
+
+        ---------- loader bookkeeping (the deduplication's precedence, the incremental filter)
+        scraped_at,
+        source_file,
+        source_position,
         loaded_at,
-        updated_at,
-        -- Deduplicate case variants of a username (Telegram's usernames ignore case).
-        row_number() over (
-            -- the loader's precedence (newest scrape, then file path, then position): the same
-            -- winner whatever order the lake was loaded in
-            partition by lower(trim(channel)), message_id
-            order by scraped_at desc nulls last, source_file desc, source_position desc nulls last
-        )                                                     as _row_rank
+        updated_at
+
     from source
 
 )
 
-select * from renamed where _row_rank = 1
+select * from renamed
