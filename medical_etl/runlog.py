@@ -125,16 +125,19 @@ class RunLog:
         out = [numbered[k] for k in sorted(numbered)]
         return out + ([self.path] if self.path.exists() else [])
 
-    def open_segments(self) -> list[io.BufferedIOBase]:
-        """Open every segment under a shared lock: a rotation meanwhile cannot hide records from the reader."""
+    def open_segments(self) -> list[tuple[io.BufferedIOBase, int | None]]:
+        """Open every segment under a shared lock, each with its size then (None: a gzipped segment,
+        complete): a rotation meanwhile cannot hide records from the reader, and a record appended
+        meanwhile (perhaps half written yet) is beyond the size and not read."""
         lock = self._lock(fcntl.LOCK_SH) if self.path.parent.is_dir() else None
         files = []
         try:
             for p in self.segments():
                 try:
-                    files.append(gzip.open(p, "rb") if p.suffix == ".gz" else open(p, "rb"))
+                    fh = gzip.open(p, "rb") if p.suffix == ".gz" else open(p, "rb")
                 except FileNotFoundError:
                     continue
+                files.append((fh, None if p.suffix == ".gz" else os.fstat(fh.fileno()).st_size))
         finally:
             self._unlock(lock)
         return files
@@ -160,10 +163,17 @@ class RunLog:
         return [name for name, _, _ in opened]
 
     def lines(self) -> Iterator[bytes]:
-        """Every line of the history, oldest segment first."""
-        for fh in self.open_segments():
+        """Every line of the history, oldest segment first, as it was when the segments were opened."""
+        for fh, size in self.open_segments():
             with fh:
-                yield from fh
+                if size is None:
+                    yield from fh
+                    continue
+                for line in fh:
+                    if size <= 0:
+                        break
+                    yield line[:size]
+                    size -= len(line)
 
     def records(self) -> Iterator[dict]:
         """Yield every well-formed record of every segment; torn or malformed lines are skipped."""
