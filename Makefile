@@ -61,7 +61,7 @@ system-deps: ## install Debian's chromium and systemd (browser and unit tests) w
 	$(call apt_install,systemd-analyze,systemd,the tests check deploy/systemd's units with systemd-analyze)
 
 lint: $(STAMP) ## ruff over the code
-	$(BIN)/ruff check medical_etl scripts monitor tests bench
+	$(BIN)/ruff check medical_etl scripts monitor tests bench setup.py
 
 doctor: $(STAMP) ## check configuration, database and tools
 	$(ETL) doctor
