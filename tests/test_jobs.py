@@ -242,14 +242,14 @@ def test_make_j4_two_jobs_never_interleave_their_stages(job_settings):
                        text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     recs = records(job_settings)
-    jobs = {x["job"]: x for x in recs if x["stage"] is None}
-    assert set(jobs) == {"pipeline", "scrape-load"}
-    ran = [name for name, rec in jobs.items() if rec["status"] == "success"]
-    skipped = [name for name, rec in jobs.items() if rec["status"] == "skipped"]
-    assert len(ran) == 1 and len(skipped) == 1 and "lock" in jobs[skipped[0]]["reason"]
+    job_recs = {x["job"]: x for x in recs if x["stage"] is None}
+    assert set(job_recs) == {"pipeline", "scrape-load"}
+    ran = [name for name, rec in job_recs.items() if rec["status"] == "success"]
+    skipped = [name for name, rec in job_recs.items() if rec["status"] == "skipped"]
+    assert len(ran) == 1 and len(skipped) == 1 and "lock" in job_recs[skipped[0]]["reason"]
     stages = [x for x in recs if x["stage"]]
     assert [x["stage"] for x in stages] == list(jobs()[ran[0]])
-    assert all(x["job"] == ran[0] and x["run_id"] == jobs[ran[0]]["run_id"] for x in stages)
+    assert all(x["job"] == ran[0] and x["run_id"] == job_recs[ran[0]]["run_id"] for x in stages)
     spans = sorted((x["started_at"], x["finished_at"]) for x in stages)
     assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False)), spans   # one after the other
 
