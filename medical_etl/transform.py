@@ -218,12 +218,16 @@ def _record_state(params: ConnParams, state: dict, freshness_facts: dict | None)
         conn.close()
 
 
+def writes_in_place(project_dir: Path) -> bool:
+    """Whether dbt may write target/ and logs/ inside the project: not in the copy an installed
+    package carries, nor in a folder this user cannot write to."""
+    project_dir = Path(project_dir)
+    return not project_dir.resolve().is_relative_to(resources.PACKAGED) and os.access(project_dir, os.W_OK)
+
+
 def _writable_home(project_dir: Path) -> Path:
-    """Where dbt writes target/ and logs/ when the caller does not say: the project itself, unless it
-    is the copy an installed package carries (or read-only), then a folder of this user's in /tmp."""
-    if project_dir.is_relative_to(resources.PACKAGED) or not os.access(project_dir, os.W_OK):
-        return Path(tempfile.gettempdir()) / f"medical_etl-dbt-{os.getuid()}"
-    return project_dir
+    """Where dbt writes when the caller does not say: the project, else a folder of this user's in /tmp."""
+    return project_dir if writes_in_place(project_dir) else Path(tempfile.gettempdir()) / f"medical_etl-dbt-{os.getuid()}"
 
 
 IMAGE_MODELS = ("+fct_image_detections+", "+fct_image_categories+")

@@ -8,11 +8,10 @@ client (through :mod:`medical_etl.scrape.source`, which reads the Telegram setti
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 from pathlib import Path
 
-from medical_etl import resources, tracing
+from medical_etl import tracing
 from medical_etl.config import Settings
 from medical_etl.db import conn_params
 from medical_etl.errors import StageFailed
@@ -23,9 +22,10 @@ from medical_etl.runlog import track_run
 def dbt_paths(settings: Settings) -> dict:
     """The dbt project and where dbt writes: its own target/ and logs/ in a checkout, LOGS_PATH/dbt
     for the copy an installed package carries (or any project this user cannot write to)."""
+    from medical_etl.transform import writes_in_place
+
     project = Path(settings.dbt_project_dir)
-    installed = project.resolve().is_relative_to(resources.PACKAGED)
-    out = settings.logs_path / "dbt" if installed or not os.access(project, os.W_OK) else project
+    out = project if writes_in_place(project) else settings.logs_path / "dbt"
     return {"project_dir": project, "target_path": out / "target", "log_path": out / "logs"}
 
 
