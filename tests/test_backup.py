@@ -1,10 +1,12 @@
 """Backup and restore round trips on a real PostgreSQL (and the embedded one), through the CLI."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import psycopg2
 import pytest
@@ -246,3 +248,104 @@ def test_client_tools_match_the_server_major_or_are_newer(settings):
         find_tool("pg_dump", 99, settings)
     own = replace(settings, pg_bin_dir=exe.parent)
     assert find_tool("pg_dump", server_major, own)[0] == exe  # PG_BIN_DIR is looked at first
+
+
+def _live_state(s) -> dict:
+    """Row counts and checksums of the live tables, and every lake and log file with its checksum."""
+    import hashlib
+
+    files = {}
+    for root in (s.raw_data_path, s.logs_path):
+        for p in sorted(root.rglob("*")):
+            if p.is_file():
+                files[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return {"tables": table_fingerprint(conn_params(s)), "files": files}
+
+
+@pytest.mark.parametrize("damage", ["truncated_dump", "corrupt_dump_same_size", "bad_manifest", "lake_file_missing"])
+def test_a_restore_from_a_damaged_backup_leaves_everything_as_it_was(settings, tmp_path, damage):
+    s = replace(settings, telegram_source="sample", backup_path=tmp_path / "backups")
+    assert run_job("scrape-load", s)["status"] == "success"
+    backup(s)
+    (b,) = list_backups(s.backup_path)
+    dump = b / "database.dump"
+    if damage == "truncated_dump":
+        data = dump.read_bytes()
+        dump.write_bytes(data[: len(data) // 2])
+    elif damage == "corrupt_dump_same_size":
+        data = bytearray(dump.read_bytes())
+        data[len(data) // 2:] = b"\0" * (len(data) - len(data) // 2)
+        dump.write_bytes(bytes(data))
+    elif damage == "bad_manifest":
+        (b / "manifest.json").write_text('{"created_at": "2026-01-01T00:00:00+00:00", "tables": 7}')
+    else:
+        next(p for p in (b / "lake").rglob("*.json") if p.is_file()).unlink()
+    before = _live_state(s)
+    assert before["tables"]["raw.telegram_messages"][0] > 0
+    r = _cli(_env(s), "restore", "latest", "--force")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"backup {b.name}" in r.stderr
+    assert _live_state(s) == before  # the database, the lake and the run log exactly as they were
+    assert not list(s.raw_data_path.parent.glob("*before-restore*"))
+
+
+def test_a_restore_that_fails_after_the_swap_puts_everything_back(settings, tmp_path, monkeypatch):
+    from medical_etl.ops import backup as backup_mod
+
+    s = replace(settings, telegram_source="sample", backup_path=tmp_path / "backups")
+    assert run_job("scrape-load", s)["status"] == "success"
+    backup(s)
+    before = _live_state(s)
+
+    def fail(*args, **kwargs):
+        raise BackupError("restored row counts differ (simulated)")
+
+    monkeypatch.setattr(backup_mod, "_table_counts", fail)
+    with pytest.raises(BackupError, match="simulated"):
+        restore(s, resolve_backup("latest", s), force=True)
+    assert _live_state(s) == before
+    with psycopg2.connect(**conn_params(s).kwargs()) as c:
+        assert not query(c, "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'before_restore%'")
+
+
+def test_backups_are_private_whatever_the_umask(settings, tmp_path):
+    s = replace(settings, telegram_source="sample", backup_path=tmp_path / "backups")
+    run_job("scrape-load", s)
+    old = os.umask(0o022)
+    try:
+        backup(s)
+        backup(s)
+    finally:
+        os.umask(old)
+    paths = [s.backup_path, *s.backup_path.rglob("*")]
+    assert len(paths) > 10
+    for p in paths:
+        mode = p.stat().st_mode & 0o777
+        assert mode == (0o700 if p.is_dir() else 0o600), (p, oct(mode))
+
+
+def test_links_and_misnamed_folders_are_never_backups(settings, tmp_path, caplog):
+    s = replace(settings, telegram_source="sample", backup_path=tmp_path / "backups", backup_keep=1)
+    run_job("scrape-load", s)
+    outside = tmp_path / "outside"
+    backup(replace(s, backup_path=outside))
+    (elsewhere,) = list_backups(outside)
+    real = backup(s)["backup"]
+    s.backup_path.joinpath("medical_etl-29990101T000000Z").symlink_to(elsewhere)  # a link, future-dated
+    # a folder whose name says the future but whose manifest says the past is older than the real one
+    fake = s.backup_path / "medical_etl-29980101T000000Z"
+    shutil.copytree(elsewhere, fake)
+    manifest = json.loads((fake / "manifest.json").read_text())
+    manifest["created_at"] = "2001-01-01T00:00:00+00:00"
+    (fake / "manifest.json").write_text(json.dumps(manifest))
+    (s.backup_path / "medical_etl-20990101T000000Z").mkdir()  # no manifest: incomplete
+
+    assert list_backups(s.backup_path) == [fake, Path(real)]
+    assert resolve_backup("latest", s) == Path(real)
+    with pytest.raises(BackupError, match="not a backup"):
+        resolve_backup("medical_etl-29990101T000000Z", s)
+    assert "links are never followed" in caplog.text and "no readable manifest" in caplog.text
+    newest = backup(s)  # prunes to one: the fake and the first real one go, the link and its target stay
+    assert sorted(newest["pruned"]) == sorted([fake.name, Path(real).name])
+    assert s.backup_path.joinpath("medical_etl-29990101T000000Z").is_symlink() and elsewhere.is_dir()
+    assert list_backups(s.backup_path) == [Path(newest["backup"])]

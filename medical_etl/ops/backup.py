@@ -9,7 +9,9 @@ One backup is one folder ``BACKUP_PATH/medical_etl-YYYYmmddTHHMMSSZ/``::
     logs/            the run log (every segment) and the monitor's state
 
 It is written as ``.medical_etl-...partial`` and renamed when complete, so a crash never leaves
-something that looks like a backup. A backup taken while a job runs neither blocks it for long
+something that looks like a backup. Every file of a backup is 0600 and every folder 0700, whatever
+the umask: a backup holds the whole warehouse. Only real folders of BACKUP_PATH (never a link) with
+a readable manifest count as backups, ordered by the manifest's time, not by their names. A backup taken while a job runs neither blocks it for long
 nor captures a half-written batch: the database is dumped from one exported snapshot (pg_dump
 takes only ACCESS SHARE locks, which writers do not wait for), and the lake is copied *after*
 the snapshot, resume points first, so the lake in a backup is never older than its database and
@@ -46,6 +48,8 @@ SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "pg_toast")
 LAKE_ORDER = (lake.STATE_DIR, lake.MESSAGES_DIR, lake.IMAGES_DIR, lake.MANIFESTS_DIR)  # resume points first
 LOG_FILES = ("monitor_state.json",)
 LOCK_WAIT_TIMEOUT = "60s"  # pg_dump gives up rather than queue behind a long exclusive lock
+FILE_MODE, DIR_MODE = 0o600, 0o700
+ASIDE_SCHEMA = "before_restore_{stamp}_{schema}"  # a live schema during a restore, until it succeeds
 
 
 class BackupError(PermanentError):
@@ -187,14 +191,52 @@ def _copy_logs(logs_path: Path, dst: Path) -> list[str]:
     return names
 
 
+def _make_private(root: Path) -> None:
+    """Every folder under ``root`` (itself included) 0700, every file 0600; links are left alone."""
+    os.chmod(root, DIR_MODE)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = os.path.join(dirpath, name)
+            if not os.path.islink(p):
+                os.chmod(p, DIR_MODE if name in dirnames else FILE_MODE)
+
+
 # --- backup ---------------------------------------------------------------------
 
+def _manifest_time(folder: Path) -> datetime | None:
+    """The ``created_at`` of a folder's manifest (a regular file, written last), or None."""
+    m = folder / "manifest.json"
+    try:
+        if m.is_symlink() or not m.is_file():
+            return None
+        created = datetime.fromisoformat(json.loads(m.read_text(encoding="utf-8"))["created_at"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return created if created.tzinfo else created.replace(tzinfo=timezone.utc)
+
+
 def list_backups(backup_path: str | Path) -> list[Path]:
-    """Complete backups, oldest first."""
+    """Complete backups of ``backup_path``, oldest first by their manifest's time.
+
+    A backup is a real folder (a link is never followed) named ``medical_etl-<time>`` whose manifest
+    reads; anything else is skipped with a warning, and never deleted by pruning.
+    """
     root = Path(backup_path)
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if _NAME.fullmatch(p.name) and (p / "manifest.json").is_file())
+    found = []
+    for p in root.iterdir():
+        if p.name.startswith("."):  # the lock, a backup being written
+            continue
+        if not _NAME.fullmatch(p.name):
+            log.warning("backups: skipping %s: not a backup folder's name", p)
+        elif p.is_symlink() or not p.is_dir():
+            log.warning("backups: skipping %s: not a real folder (links are never followed)", p)
+        elif (created := _manifest_time(p)) is None:
+            log.warning("backups: skipping %s: no readable manifest.json (an incomplete backup)", p)
+        else:
+            found.append((created, p.name, p))
+    return [p for _, _, p in sorted(found)]
 
 
 def _table_counts(cur) -> dict[str, int]:
@@ -213,8 +255,10 @@ def backup(settings: Settings, *, backup_path: str | Path | None = None, keep: i
     t0 = time.perf_counter()
     root = Path(backup_path or settings.backup_path)
     keep = keep or settings.backup_keep
-    root.mkdir(parents=True, exist_ok=True)
-    lock_fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    if not root.is_dir():
+        root.mkdir(parents=True, mode=DIR_MODE)
+        os.chmod(root, DIR_MODE)
+    lock_fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT, FILE_MODE)
     try:
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -227,12 +271,17 @@ def backup(settings: Settings, *, backup_path: str | Path | None = None, keep: i
         while (root / name).exists():
             name, n = f"{PREFIX}{stamp}-{n}", n + 1
         work = root / f".{name}.partial"
-        work.mkdir()
+        work.mkdir(mode=DIR_MODE)
         previous = (list_backups(root) or [None])[-1]
         try:
             manifest = _write_backup(settings, work, previous)
             manifest.update(name=name, duration_s=round(time.perf_counter() - t0, 3))
-            (work / "manifest.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+            _make_private(work)
+            fd = os.open(work / "manifest.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(json.dumps(manifest, indent=1))
+                f.flush()
+                os.fsync(f.fileno())
             os.rename(work, root / name)
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)  # no half backup left behind
@@ -287,8 +336,8 @@ def resolve_backup(name: str, settings: Settings) -> Path:
         if not backups:
             raise BackupError(f"no backup in {root}")
         return backups[-1]
-    path = (root / name).resolve() if not Path(name).is_absolute() else Path(name).resolve()
-    if path.parent != root or path not in [b.resolve() for b in backups]:
+    path = Path(os.path.abspath(name if Path(name).is_absolute() else root / name))  # links not followed
+    if path not in backups:
         raise BackupError(f"{name!r} is not a backup in BACKUP_PATH={root} "
                           f"(backups: {', '.join(b.name for b in backups) or 'none'})")
     return path
@@ -301,20 +350,61 @@ def _user_tables(cur) -> int:
     return cur.fetchone()[0]
 
 
+def _user_schemas(cur) -> list[str]:
+    cur.execute("SELECT nspname FROM pg_namespace WHERE nspname NOT IN %s AND nspname NOT LIKE 'pg_%%' "
+                "ORDER BY 1", (SYSTEM_SCHEMAS,))
+    return [r[0] for r in cur.fetchall()]
+
+
 def _nonempty_dir(path: Path) -> bool:
     return path.is_dir() and any(path.iterdir())
+
+
+def verify_backup(src: Path, settings: Settings, params: ConnParams, server_major: int) -> dict:
+    """Prove a backup whole without touching anything live, and return its manifest.
+
+    The manifest must read and name its parts; the dump must have the size the manifest recorded
+    and pg_restore must read it to its end (its table of contents and every data block, written to
+    /dev/null); the lake and log copies must hold the files the manifest counted.
+    """
+    try:
+        manifest = json.loads((src / "manifest.json").read_text(encoding="utf-8"))
+        dump_bytes = int(manifest["database"]["bytes"])
+        dump_major = int(manifest["database"]["pg_dump_major"])
+        tables = {str(t): int(n) for t, n in manifest["tables"].items()}
+        lake_files = int(manifest["lake"]["files"])
+        log_files = [str(f) for f in manifest["logs"]]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise BackupError(f"backup {src.name}: manifest.json is unreadable or incomplete ({exc!r})") from None
+    dump = src / "database.dump"
+    size = dump.stat().st_size if dump.is_file() and not dump.is_symlink() else None
+    if size != dump_bytes:
+        raise BackupError(f"backup {src.name}: database.dump is {size if size is not None else 'missing'}"
+                          f"{' bytes' if size is not None else ''}, the manifest recorded {dump_bytes} bytes")
+    pg_restore, _ = find_tool("pg_restore", server_major, settings, at_least=dump_major)
+    _run([str(pg_restore), "--list", str(dump)], params, f"backup {src.name}: pg_restore --list")
+    _run([str(pg_restore), "--file=/dev/null", str(dump)], params, f"backup {src.name}: reading database.dump")
+    have = len(_files(src / "lake"))
+    if have != lake_files:
+        raise BackupError(f"backup {src.name}: lake/ holds {have} files, the manifest counted {lake_files}")
+    missing = [f for f in log_files if not (src / "logs" / f).is_file()]
+    if missing:
+        raise BackupError(f"backup {src.name}: logs/ lacks {', '.join(missing)}")
+    return {**manifest, "tables": tables, "pg_restore": pg_restore}
 
 
 def restore(settings: Settings, backup_dir: str | Path, *, force: bool = False) -> dict:
     """Restore a backup into the configured database, lake (RAW_DATA_PATH) and run log (LOGS_PATH).
 
-    Refuses (:class:`RestoreRefused`) when the database holds tables, the lake holds files or the
-    run log holds records, unless ``force``: then the database's schemas are dropped, and the lake
-    and run log are moved aside (``<folder>.before-restore-<time>``), not deleted.
+    The backup is proved whole first (:func:`verify_backup`); nothing live is touched before. Refuses
+    (:class:`RestoreRefused`) when the database holds tables, the lake holds files or the run log
+    holds records, unless ``force``: then the database's schemas are renamed aside and the lake and
+    run log are moved aside (``<folder>.before-restore-<time>``). If the restore then fails at any
+    point, everything is put back as it was; on success the renamed schemas are dropped and the old
+    lake and run log stay aside.
     """
     t0 = time.perf_counter()
     src = Path(backup_dir)
-    manifest = json.loads((src / "manifest.json").read_text(encoding="utf-8"))
     params = conn_params(settings)
     conn = connect(params)
     conn.autocommit = True
@@ -322,6 +412,7 @@ def restore(settings: Settings, backup_dir: str | Path, *, force: bool = False) 
         with conn.cursor() as cur:
             cur.execute("SHOW server_version")
             server_major = _major(cur.fetchone()[0])
+            manifest = verify_backup(src, settings, params, server_major)
             busy = []
             if _user_tables(cur):
                 busy.append(f"database {params.dbname} has tables")
@@ -331,37 +422,75 @@ def restore(settings: Settings, backup_dir: str | Path, *, force: bool = False) 
                 busy.append(f"run log in {settings.logs_path} is not empty")
             if busy and not force:
                 raise RestoreRefused("refusing to overwrite: " + "; ".join(busy) + " (use --force)")
-            moved = {}
-            if force:
-                cur.execute("SELECT nspname FROM pg_namespace WHERE nspname NOT IN %s "
-                            "AND nspname NOT LIKE 'pg_%%'", (SYSTEM_SCHEMAS,))
-                for (schema,) in cur.fetchall():
-                    cur.execute(f'DROP SCHEMA "{schema}" CASCADE')
-                cur.execute("CREATE SCHEMA IF NOT EXISTS public")
-                moved = _move_aside(settings)
+            stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+            aside = _schemas_aside(cur, stamp) if force else {}
+            moved, written = (_move_aside(settings, stamp) if force else {}), []
+            try:
+                _run([str(manifest["pg_restore"]), "--no-owner", "--no-privileges", "--exit-on-error",
+                      "--single-transaction", "--no-password", f"--dbname={params.dbname}",
+                      str(src / "database.dump")], params, "pg_restore")
+                _restore_files(src / "lake", settings.raw_data_path, written)
+                _restore_files(src / "logs", settings.logs_path, written)
+                counts = _table_counts(cur)
+                mismatched = {t: (n, counts.get(t)) for t, n in manifest["tables"].items() if counts.get(t) != n}
+                if mismatched:
+                    raise BackupError(f"restored row counts differ from the backup's: {mismatched}")
+            except BaseException:
+                _put_back(cur, aside, moved, written, settings)
+                raise
+            for old in aside.values():
+                cur.execute(f'DROP SCHEMA "{old}" CASCADE')
     finally:
         conn.close()
-    pg_restore, _ = find_tool("pg_restore", server_major, settings, at_least=manifest["database"]["pg_dump_major"])
-    _run([str(pg_restore), "--no-owner", "--no-privileges", "--exit-on-error", "--single-transaction",
-          "--no-password", f"--dbname={params.dbname}", str(src / "database.dump")], params, "pg_restore")
-    lake_stats = _restore_files(src / "lake", settings.raw_data_path)
-    log_stats = _restore_files(src / "logs", settings.logs_path)
-    conn = connect(params)
-    try:
-        with conn.cursor() as cur:
-            counts = _table_counts(cur)
-    finally:
-        conn.close()
-    mismatched = {t: (n, counts.get(t)) for t, n in manifest["tables"].items() if counts.get(t) != n}
-    if mismatched:
-        raise BackupError(f"restored row counts differ from the backup's: {mismatched}")
     return {"status": "success", "backup": str(src), "tables": len(counts), "rows": sum(counts.values()),
-            "lake_files": lake_stats, "log_files": log_stats, "moved_aside": moved,
-            "duration_s": round(time.perf_counter() - t0, 3)}
+            "lake_files": sum(1 for p in written if p.is_relative_to(settings.raw_data_path)),
+            "log_files": sum(1 for p in written if p.is_relative_to(settings.logs_path)),
+            "moved_aside": moved, "duration_s": round(time.perf_counter() - t0, 3)}
 
 
-def _move_aside(settings: Settings) -> dict:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+def _schemas_aside(cur, stamp: str) -> dict[str, str]:
+    """Rename every user schema aside (one transaction); an empty ``public`` takes its place."""
+    aside = {}
+    cur.execute("BEGIN")
+    for schema in _user_schemas(cur):
+        old = ASIDE_SCHEMA.format(stamp=stamp, schema=schema)[:63]
+        cur.execute(f'ALTER SCHEMA "{schema}" RENAME TO "{old}"')
+        aside[schema] = old
+    cur.execute("CREATE SCHEMA public")
+    cur.execute("COMMIT")
+    return aside
+
+
+def _put_back(cur, aside: dict[str, str], moved: dict, written: list[Path], settings: Settings) -> None:
+    """Undo a failed restore: the live schemas, lake and run log as they were before it."""
+    try:
+        cur.connection.rollback()
+    except Exception:  # noqa: BLE001 - a lost connection: the reconnect below says so
+        pass
+    if cur.connection.closed:
+        log.error("restore failed and the database connection is lost: rename %s back by hand", aside)
+    else:
+        cur.execute("BEGIN")
+        for schema in _user_schemas(cur):
+            if schema not in aside.values():
+                cur.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        for schema, old in aside.items():
+            cur.execute(f'ALTER SCHEMA "{old}" RENAME TO "{schema}"')
+        if not aside:
+            cur.execute("CREATE SCHEMA public")
+        cur.execute("COMMIT")
+    for p in written:
+        p.unlink(missing_ok=True)
+    if "lake" in moved:
+        shutil.rmtree(settings.raw_data_path)
+        os.rename(moved["lake"], settings.raw_data_path)
+    if "logs" in moved:
+        for p in Path(moved["logs"]).iterdir():
+            os.rename(p, settings.logs_path / p.name)
+        Path(moved["logs"]).rmdir()
+
+
+def _move_aside(settings: Settings, stamp: str) -> dict:
     moved = {}
     raw = settings.raw_data_path
     if _nonempty_dir(raw):
@@ -380,15 +509,13 @@ def _move_aside(settings: Settings) -> dict:
     return moved
 
 
-def _restore_files(src: Path, dst: Path) -> int:
-    """Copy every file (contents and mtime: the loader then sees the lake as already loaded)."""
-    n = 0
+def _restore_files(src: Path, dst: Path, written: list[Path]) -> None:
+    """Copy every file (contents and mtime: the loader then sees the lake as already loaded) into ``written``."""
     for rel in _files(src):
         d = dst / rel
         d.parent.mkdir(parents=True, exist_ok=True)
         tmp = d.with_name(f".{d.name}.restore")
         shutil.copy2(src / rel, tmp)
+        written.append(d)
         os.replace(tmp, d)
-        n += 1
-    return n
 
