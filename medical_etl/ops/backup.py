@@ -11,8 +11,9 @@ One backup is one folder ``BACKUP_PATH/medical_etl-YYYYmmddTHHMMSSZ/``::
 It is written as ``.medical_etl-...partial`` and renamed when complete, so a crash never leaves
 something that looks like a backup. Every file of a backup is 0600 and every folder 0700, whatever
 the umask: a backup holds the whole warehouse. Only real folders of BACKUP_PATH (never a link) with
-a readable manifest count as backups, ordered by the manifest's time, not by their names. A backup taken while a job runs neither blocks it for long
-nor captures a half-written batch: the database is dumped from one exported snapshot (pg_dump
+a readable manifest count as backups, ordered by the manifest's time, not by their names.
+
+A backup taken while a job runs neither blocks it for long nor captures a half-written batch: the database is dumped from one exported snapshot (pg_dump
 takes only ACCESS SHARE locks, which writers do not wait for), and the lake is copied *after*
 the snapshot, resume points first, so the lake in a backup is never older than its database and
 a re-run after a restore redoes at most some idempotent work.
@@ -360,8 +361,8 @@ def _nonempty_dir(path: Path) -> bool:
     return path.is_dir() and any(path.iterdir())
 
 
-def verify_backup(src: Path, settings: Settings, params: ConnParams, server_major: int) -> dict:
-    """Prove a backup whole without touching anything live, and return its manifest.
+def verify_backup(src: Path, settings: Settings, params: ConnParams, server_major: int) -> tuple[dict, Path]:
+    """Prove a backup whole without touching anything live; its manifest and the pg_restore to use.
 
     The manifest must read and name its parts; the dump must have the size the manifest recorded
     and pg_restore must read it to its end (its table of contents and every data block, written to
@@ -382,7 +383,6 @@ def verify_backup(src: Path, settings: Settings, params: ConnParams, server_majo
         raise BackupError(f"backup {src.name}: database.dump is {size if size is not None else 'missing'}"
                           f"{' bytes' if size is not None else ''}, the manifest recorded {dump_bytes} bytes")
     pg_restore, _ = find_tool("pg_restore", server_major, settings, at_least=dump_major)
-    _run([str(pg_restore), "--list", str(dump)], params, f"backup {src.name}: pg_restore --list")
     _run([str(pg_restore), "--file=/dev/null", str(dump)], params, f"backup {src.name}: reading database.dump")
     have = len(_files(src / "lake"))
     if have != lake_files:
@@ -390,7 +390,7 @@ def verify_backup(src: Path, settings: Settings, params: ConnParams, server_majo
     missing = [f for f in log_files if not (src / "logs" / f).is_file()]
     if missing:
         raise BackupError(f"backup {src.name}: logs/ lacks {', '.join(missing)}")
-    return {**manifest, "tables": tables, "pg_restore": pg_restore}
+    return {**manifest, "tables": tables}, pg_restore
 
 
 def restore(settings: Settings, backup_dir: str | Path, *, force: bool = False) -> dict:
@@ -412,7 +412,7 @@ def restore(settings: Settings, backup_dir: str | Path, *, force: bool = False) 
         with conn.cursor() as cur:
             cur.execute("SHOW server_version")
             server_major = _major(cur.fetchone()[0])
-            manifest = verify_backup(src, settings, params, server_major)
+            manifest, pg_restore = verify_backup(src, settings, params, server_major)
             busy = []
             if _user_tables(cur):
                 busy.append(f"database {params.dbname} has tables")
@@ -425,8 +425,9 @@ def restore(settings: Settings, backup_dir: str | Path, *, force: bool = False) 
             stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
             aside = _schemas_aside(cur, stamp) if force else {}
             moved, written = (_move_aside(settings, stamp) if force else {}), []
+            existing = _user_schemas(cur)
             try:
-                _run([str(manifest["pg_restore"]), "--no-owner", "--no-privileges", "--exit-on-error",
+                _run([str(pg_restore), "--no-owner", "--no-privileges", "--exit-on-error",
                       "--single-transaction", "--no-password", f"--dbname={params.dbname}",
                       str(src / "database.dump")], params, "pg_restore")
                 _restore_files(src / "lake", settings.raw_data_path, written)
@@ -436,7 +437,7 @@ def restore(settings: Settings, backup_dir: str | Path, *, force: bool = False) 
                 if mismatched:
                     raise BackupError(f"restored row counts differ from the backup's: {mismatched}")
             except BaseException:
-                _put_back(cur, aside, moved, written, settings)
+                _put_back(conn, params, existing, aside, moved, written, settings)
                 raise
             for old in aside.values():
                 cur.execute(f'DROP SCHEMA "{old}" CASCADE')
@@ -461,24 +462,31 @@ def _schemas_aside(cur, stamp: str) -> dict[str, str]:
     return aside
 
 
-def _put_back(cur, aside: dict[str, str], moved: dict, written: list[Path], settings: Settings) -> None:
-    """Undo a failed restore: the live schemas, lake and run log as they were before it."""
+def _put_back(conn, params: ConnParams, existing: list[str], aside: dict[str, str], moved: dict,
+              written: list[Path], settings: Settings) -> None:
+    """Undo a failed restore: the schemas, lake and run log as they were before it.
+
+    Every schema the restore may have filled is dropped, the renamed ones get their names back, and
+    the schemas that existed (empty) before a restore without ``force`` are created again.
+    """
     try:
-        cur.connection.rollback()
-    except Exception:  # noqa: BLE001 - a lost connection: the reconnect below says so
-        pass
-    if cur.connection.closed:
-        log.error("restore failed and the database connection is lost: rename %s back by hand", aside)
-    else:
-        cur.execute("BEGIN")
-        for schema in _user_schemas(cur):
-            if schema not in aside.values():
-                cur.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        for schema, old in aside.items():
-            cur.execute(f'ALTER SCHEMA "{old}" RENAME TO "{schema}"')
-        if not aside:
-            cur.execute("CREATE SCHEMA public")
-        cur.execute("COMMIT")
+        if conn.closed:  # the server went away mid-restore: a new session puts the schemas back
+            conn = connect(params)
+        conn.rollback()
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("BEGIN")
+            for schema in _user_schemas(cur):
+                if schema not in aside.values():
+                    cur.execute(f'DROP SCHEMA "{schema}" CASCADE')
+            for schema, old in aside.items():
+                cur.execute(f'ALTER SCHEMA "{old}" RENAME TO "{schema}"')
+            for schema in set(existing) - set(aside.values()) - set(aside):
+                cur.execute(f'CREATE SCHEMA "{schema}"')
+            cur.execute("COMMIT")
+    except Exception:  # noqa: BLE001 - the files are still put back; the caller raises the first failure
+        log.exception("restore failed and the schemas could not be put back: rename these back by hand "
+                      "(ALTER SCHEMA <aside> RENAME TO <name>): %s", aside)
     for p in written:
         p.unlink(missing_ok=True)
     if "lake" in moved:
