@@ -65,7 +65,12 @@ def evaluate(texts, labels, resolver: Resolver, show: int = 0) -> dict:
     generic_ok = generic_n = kind_ok = false_generic = non_medicine = 0
     misses, extras, wrong = [], [], []
     for key, text in texts.items():
-        offers = read_offers(text)
+        offers, seen = [], set()
+        for o in read_offers(text):  # as the mart keeps them: a product at one price once per post
+            p = resolver.resolve(o.product_text)
+            if (p.identity_key, o.price_birr) not in seen:
+                seen.add((p.identity_key, o.price_birr))
+                offers.append(o)
         gold = list(labels.get(key, []))
         n_read += len(offers)
         n_labels += len(gold)

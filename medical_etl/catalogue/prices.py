@@ -88,7 +88,7 @@ _NOT_GOODS = re.compile(r"(?:pharmac\w*\s+(?:for\s+sale|to\s+be\s+sold)|(?:to\s+
                         r"workshop|seminar|scholarship)", re.I)
 # A line that names no product of its own: price words, quantities, tiers.
 _FILLER = re.compile(r"\b(?:price|prize|cost|ዋጋ(?:ው)?|only|each|per|now|new|birr|br|etb|ብር|retail|wholesale|"
-                     r"special|offer|just|at|for|is|the|of|with|limited|quantity|long|available|in stock)\b", re.I)
+                     r"special|offer|just|at|for|is|the|of|with|limited|quantity|long|available|in stock|size|small|medium|large|xl|xxl)\b", re.I | re.X)
 _TIER = re.compile(r"^(?:(?:with|without|w/o|plus|or|and|per|for|if|above|below|more than|less than)\b|[+&>]|w/|"
                    r"[0-9]+\s*(?:box|boxes|pcs?|packs?|pk|ctn|cartons?|strips?|tests?|amps?|vials?|dozens?|"
                    r"pieces?|units?|bottles?|and above)\b|[0-9]+\s*\+)", re.I)
@@ -165,6 +165,8 @@ class _Reader:
 
     def _product_for(self, i: int, own: str | None) -> str | None:
         line = self.lines[i]
+        if own and _is_origin(own):
+            own = None
         if own and _has_words(own) and not _is_variant(own):
             if _TIER.match(own) and self._item_above_priced(i):
                 return None
