@@ -1,4 +1,6 @@
-"""Stage 3, transform: run the dbt project ``medical_warehouse/`` in process (``dbt build``).
+"""Stage 3, transform: the catalogue (:mod:`medical_etl.catalogue.stage`: the offers of new post texts and
+what their products are, into raw tables), then the dbt project ``medical_warehouse/`` in process
+(``dbt build``).
 
 Models and their tests run in DAG order; the results (models built, tests
 passed, warned and failed, each node's time) become the stage summary. A
@@ -26,6 +28,7 @@ from pathlib import Path
 from psycopg2.extras import Json
 
 from medical_etl import resources
+from medical_etl.catalogue.stage import build_catalogue
 from medical_etl.db import ConnParams, connect, connect_warehouse, expect_params
 from medical_etl.errors import PermanentError
 
@@ -86,6 +89,8 @@ def run_dbt_transformations(
     project_dir = Path(project_dir).resolve()
     out = _writable_home(project_dir)
     whole = not select  # only a build of the whole project records (or may skip on) its inputs
+    # the text understanding first: the product models are built on what it writes
+    catalogue = None if select and set(select) <= set(IMAGE_MODELS) else build_catalogue(db)
     conn = connect_warehouse(db)  # the sources (raw tables) must exist, even before the first load
     try:
         state = _state(conn, project_dir) if whole else None
@@ -94,7 +99,7 @@ def run_dbt_transformations(
     scope = "all"
     if state and not full_refresh and (state["freshness"] is not None or not check_freshness):
         if state["unchanged"]:
-            return _skipped(state, check_freshness, t0)
+            return {**_skipped(state, check_freshness, t0), "catalogue": catalogue}
         if state["new_day"]:  # only the calendar moved: dim_dates runs to today, and its tests
             select, scope = ["dim_dates+"], "dim_dates+: nothing changed but the day"
     common = ["--project-dir", str(project_dir), "--profiles-dir", str(project_dir),
@@ -153,6 +158,7 @@ def run_dbt_transformations(
         "nodes": nodes,
         "build_skipped": None,
         "build_scope": scope if whole else "selected",
+        "catalogue": catalogue,
         "duration_s": round(time.perf_counter() - t0, 3),
     }
     return summary
@@ -175,6 +181,8 @@ def _project_hash(project_dir: Path) -> str:
 _RAW_STATE = """
 SELECT concat_ws('|',
     (SELECT concat_ws('/', count(*), sum(xmin::text::bigint), max(updated_at)) FROM raw.telegram_messages),
+    (SELECT concat_ws('/', count(*), sum(xmin::text::bigint)) FROM raw.catalogue_texts),
+    (SELECT concat_ws('/', count(*), sum(xmin::text::bigint)) FROM raw.product_resolutions),
     (SELECT concat_ws('/', count(*), sum(xmin::text::bigint)) FROM raw.image_analyses),
     (SELECT concat_ws('/', count(*), sum(xmin::text::bigint)) FROM raw.image_detections)), current_date, now()
 """

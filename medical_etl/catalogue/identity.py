@@ -223,7 +223,7 @@ class Resolver:
         from rapidfuzz import fuzz, process
 
         def usable(w: str, n: int) -> bool:
-            return bool(re.fullmatch(r"[a-z]{%d,}" % n, w)) and w not in self.vocabulary and w not in self.not_drug
+            return len(w) >= n and w.isalpha() and w.isascii() and w not in self.vocabulary and w not in self.not_drug
 
         out, done = [], set()
         for i in range(len(words) - 1):

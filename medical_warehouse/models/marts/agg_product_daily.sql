@@ -6,18 +6,23 @@
 with prices as (
 
     select
-        product_name_normalized,
-        channel_username,
+        p.product_key,
+        d.generic_name,
+        d.product_kind,
+        p.channel_username,
         (message_date at time zone 'UTC')::date as date_day,
         message_key,
         message_date,
         price_birr
-    from {{ ref('fct_product_prices') }}
+    from {{ ref('fct_product_prices') }} as p
+    inner join {{ ref('dim_products') }} as d on d.product_key = p.product_key
 
 )
 
 select
-    product_name_normalized,
+    product_key,
+    generic_name,
+    product_kind,
     channel_username,
     date_day,
     count(*)                                                           as mentions,
@@ -31,4 +36,5 @@ select
     -- every price, sorted: exact medians over any window of days without reading the facts
     array_agg(price_birr order by price_birr)                          as prices
 from prices
-group by grouping sets ((product_name_normalized, channel_username, date_day), (product_name_normalized, date_day))
+group by grouping sets ((product_key, generic_name, product_kind, channel_username, date_day),
+                        (product_key, generic_name, product_kind, date_day))

@@ -1,4 +1,4 @@
-{#- Rollup behind the API's top-products report: one row per product (channel_username null: all
+{#- Rollup behind the API's top-products report: one row per product of dim_products (channel_username null: all
     channels) and one per product and channel, with mentions and min / median / max price in birr.
     A few thousand rows however many posts, so the report reads an index, not the fact table. -#}
 
@@ -6,12 +6,19 @@ with prices as (
 
     select * from {{ ref('fct_product_prices') }}
 
-)
+),
+
+products as (
+
+    select * from {{ ref('dim_products') }}
+
+),
+
+rolled as (
 
 select
-    product_name_normalized,
+    product_key,
     channel_username,
-    mode() within group (order by product_name)                        as product_name,
     count(*)                                                           as mentions,
     count(distinct message_key)                                        as posts,
     min(price_birr)                                                    as min_price_birr,
@@ -21,4 +28,26 @@ select
     min(message_date)                                                  as first_seen_at,
     max(message_date)                                                  as last_seen_at
 from prices
-group by grouping sets ((product_name_normalized), (product_name_normalized, channel_username))
+group by grouping sets ((product_key), (product_key, channel_username))
+
+)
+
+select
+    r.product_key,
+    r.channel_username,
+    d.product_name,
+    lower(d.product_name)                                              as product_name_normalized,
+    d.generic_name,
+    d.product_kind,
+    d.strength,
+    d.dosage_form,
+    r.mentions,
+    r.posts,
+    r.min_price_birr,
+    r.median_price_birr,
+    r.max_price_birr,
+    r.channels,
+    r.first_seen_at,
+    r.last_seen_at
+from rolled as r
+inner join products as d on d.product_key = r.product_key

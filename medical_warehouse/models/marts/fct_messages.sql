@@ -9,8 +9,13 @@
 
 with messages as (
 
+    -- posts changed since the last run, and posts whose offers were re-read or re-resolved since
     select * from {{ ref('int_messages_deduplicated') }}
     where {{ changed_since_last_run('updated_at') }}
+    {% if is_incremental() %}
+       or message_key in (select message_key from {{ ref('fct_product_prices') }}
+                          where {{ changed_since_last_run('source_updated_at') }})
+    {% endif %}
 
 ),
 
@@ -20,7 +25,8 @@ prices as (
         message_key,
         count(*)        as price_count,
         min(price_birr) as min_price_birr,
-        max(price_birr) as max_price_birr
+        max(price_birr) as max_price_birr,
+        max(source_updated_at) as prices_updated_at
     from {{ ref('fct_product_prices') }}
     {% if is_incremental() %}
     where message_key in (select message_key from messages)
@@ -48,6 +54,6 @@ select
     coalesce(p.price_count, 0) as price_count,
     p.min_price_birr,
     p.max_price_birr,
-    m.updated_at               as source_updated_at
+    greatest(m.updated_at, p.prices_updated_at) as source_updated_at
 from messages as m
 left join prices as p on p.message_key = m.message_key

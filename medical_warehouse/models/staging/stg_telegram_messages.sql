@@ -23,6 +23,7 @@ renamed as (
         extract(hour from message_date at time zone 'UTC')::int as hour_of_day,
         coalesce(message_text, '')                            as message_text,
         char_length(coalesce(message_text, ''))               as text_length,
+        md5(message_text)                                     as text_hash,  -- the catalogue's key
         coalesce(views, 0)                                    as views,
         coalesce(forwards, 0)                                 as forwards,
         coalesce(replies, 0)                                  as replies,

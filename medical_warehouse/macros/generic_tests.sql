@@ -1,3 +1,4 @@
+{#- The project's generic tests (no hub packages: dbt deps cannot reach the hub). -#}
 {#- Generic test: every non-null value of the column lies in [min_value, max_value] (either bound may
     be left out; inclusive=false makes both bounds strict). A row returned is a value out of range. -#}
 {% test accepted_range(model, column_name, min_value=none, max_value=none, inclusive=true) %}
@@ -12,4 +13,12 @@ where {{ column_name }} is not null
     {%- if max_value is not none %} {{ column_name }} {{ op_max }} {{ max_value }}{% endif %}
     {%- if min_value is none and max_value is none %} true{% endif %}
   )
+{% endtest %}
+
+{#- Generic test: no two rows share the values of `columns`. A row returned is a duplicated combination. -#}
+{% test unique_combination(model, columns) %}
+select {{ columns | join(', ') }}, count(*) as n
+from {{ model }}
+group by {{ columns | join(', ') }}
+having count(*) > 1
 {% endtest %}
