@@ -56,11 +56,15 @@ def num(v):
 
 # --- reports -------------------------------------------------------------------------------------
 
+# the facts with their product's name as the API names it (dim_products.product_name, lower case)
+PRICES = """(SELECT f.*, lower(d.product_name) AS product_name_normalized, d.generic_name, d.product_kind
+             FROM marts.fct_product_prices AS f JOIN marts.dim_products AS d USING (product_key)) AS fp"""
+
 TOP_SQL = """
     SELECT product_name_normalized, count(*), min(price_birr),
            percentile_cont(0.5) WITHIN GROUP (ORDER BY price_birr), max(price_birr),
            array_agg(DISTINCT channel_username ORDER BY channel_username)
-    FROM marts.fct_product_prices
+    FROM """ + PRICES + """
     WHERE channel_username = coalesce(%(c)s, channel_username)
       AND message_date >= coalesce(%(lo)s::timestamptz, '-infinity')
       AND message_date < coalesce(%(hi)s::timestamptz, 'infinity')
@@ -81,7 +85,7 @@ def test_top_products_match_sql(client, db):
     r = ok(client, "/api/reports/top-products?limit=10")
     assert r["currency"] == "ETB" and len(r["items"]) == 10
     assert _top(r) == _top_sql(db)
-    assert r["page"]["total"] == query(db, "SELECT count(DISTINCT product_name_normalized) FROM marts.fct_product_prices")[0][0]
+    assert r["page"]["total"] == query(db, f"SELECT count(DISTINCT product_name_normalized) FROM {PRICES}")[0][0]
     page2 = ok(client, "/api/reports/top-products?limit=10&offset=10")
     assert _top(page2) == _top_sql(db, off=10) and page2["page"]["next_offset"] == 20
 
@@ -95,13 +99,16 @@ def test_top_products_match_sql(client, db):
 
 
 def test_price_history_matches_sql(client, db):
-    (name,) = query(db, """SELECT product_name_normalized FROM marts.fct_product_prices GROUP BY 1
+    # a product's name that is no generic's (a generic's name gives all its products: the next test)
+    (name,) = query(db, f"""SELECT product_name_normalized FROM {PRICES}
+                            WHERE product_name_normalized NOT IN (SELECT generic_name FROM marts.dim_products
+                                                                  WHERE generic_name IS NOT NULL) GROUP BY 1
                            HAVING count(DISTINCT message_date::date) > 2 ORDER BY count(*) DESC, 1 LIMIT 1""")[0]
     r = ok(client, f"/api/products/{urllib.request.quote(name.upper())}/prices")  # any case finds it
-    expected = query(db, """
+    expected = query(db, f"""
         SELECT (message_date AT TIME ZONE 'UTC')::date, channel_username, count(*), min(price_birr),
                percentile_cont(0.5) WITHIN GROUP (ORDER BY price_birr), max(price_birr)
-        FROM marts.fct_product_prices WHERE product_name_normalized = %s GROUP BY 1, 2 ORDER BY 1, 2""", (name,))
+        FROM {PRICES} WHERE product_name_normalized = %s GROUP BY 1, 2 ORDER BY 1, 2""", (name,))
     got = [(p["date"], p["channel"], p["mentions"], p["min_price_birr"], p["median_price_birr"], p["max_price_birr"])
            for p in r["points"]]
     assert got == [(d.isoformat(), c, n, num(lo), round(float(m), 2), num(hi)) for d, c, n, lo, m, hi in expected]
@@ -112,10 +119,29 @@ def test_price_history_matches_sql(client, db):
 
 
 def test_price_history_of_a_name_with_a_slash(client, db):
-    (name, n) = query(db, """SELECT product_name_normalized, count(*) FROM marts.fct_product_prices
+    (name, n) = query(db, f"""SELECT product_name_normalized, count(*) FROM {PRICES}
                              WHERE product_name_normalized LIKE '%%/%%' GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 1""")[0]
     r = ok(client, f"/api/products/{urllib.request.quote(name, safe='')}/prices")
     assert r["product"] == name and sum(p["mentions"] for p in r["points"]) == n
+
+
+def test_top_products_by_generic_and_kind_match_sql(client, db):
+    r = ok(client, "/api/reports/top-products?group=generic&limit=5")
+    expected = query(db, f"""SELECT generic_name, count(*), count(DISTINCT product_key) FROM {PRICES}
+                             WHERE generic_name IS NOT NULL GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 5""")
+    assert [(p["product"], p["mentions"], p["products"]) for p in r["items"]] == expected
+    assert all(p["product_kind"] == "medicine" and p["generic_name"] == p["product"] for p in r["items"])
+    assert any(p["products"] > 1 for p in r["items"])  # a generic gathers several products
+    devices = ok(client, "/api/reports/top-products?kind=device&limit=200")["items"]
+    assert devices and all(p["product_kind"] == "device" and p["generic_name"] is None for p in devices)
+    assert len(devices) == query(db, f"SELECT count(DISTINCT product_key) FROM {PRICES} WHERE product_kind = 'device'")[0][0]
+    generic = expected[0][0]
+    of_generic = ok(client, f"/api/reports/top-products?generic={urllib.request.quote(generic.upper())}&limit=200")
+    assert {p["generic_name"] for p in of_generic["items"]} == {generic} and len(of_generic["items"]) == expected[0][2]
+    # the price history of a generic covers all its products
+    h = ok(client, f"/api/products/{urllib.request.quote(generic)}/prices")
+    assert h["matched"] == "generic" and h["generic_name"] == generic and len(h["products"]) == expected[0][2]
+    assert sum(p["mentions"] for p in h["points"]) == expected[0][1]
 
 
 def test_channels_and_activity_match_sql(client, db):

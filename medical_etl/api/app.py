@@ -171,17 +171,27 @@ def create_app(
              tags=["reports"])
     def top_products(limit: Annotated[int, Query(ge=1, le=200)] = 10,
                      offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
-                     channel: Channel = None, since: Since = None, until: Until = None):
-        """Products by number of price mentions, with min / median / max price in birr and their channels."""
+                     channel: Channel = None, since: Since = None, until: Until = None,
+                     kind: Annotated[Literal["medicine", "cosmetic", "baby_food", "device", "other"] | None,
+                                     Query(description="only products of this kind")] = None,
+                     generic: Annotated[str | None, Query(max_length=200, description="only the products of this "
+                                                          "generic (WHO INN, e.g. amoxicillin)")] = None,
+                     group: Annotated[Literal["product", "generic"],
+                                      Query(description="rank products, or generics (all their products "
+                                                        "together)")] = "product"):
+        """Products (or generics) by number of price mentions, with generic, kind, strength and form, min /
+        median / max price in birr and their channels."""
         _check_range(since, until)
         with pool.cursor() as cur:
-            return queries.top_products(cur, limit=limit, offset=offset, channel=channel, since=since, until=until)
+            return queries.top_products(cur, limit=limit, offset=offset, channel=channel, since=since, until=until,
+                                        kind=kind, generic=generic, group=group)
 
     @app.get("/api/products/{name:path}/prices", response_model=models.PriceHistory, dependencies=guarded,
              tags=["reports"])
     def product_prices(name: Annotated[str, PathParam(min_length=1, max_length=300)],
                        channel: Channel = None, since: Since = None, until: Until = None):
-        """One product's price in birr per day and channel (min / median / max and mentions)."""
+        """One product's price in birr per day and channel (min / median / max and mentions); a generic name
+        (e.g. amoxicillin) gives all its products' prices together."""
         _check_range(since, until)
         with pool.cursor() as cur:
             return queries.price_history(cur, name, channel=channel, since=since, until=until)

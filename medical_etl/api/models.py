@@ -22,8 +22,16 @@ class Page(BaseModel):
 
 
 class TopProduct(BaseModel):
-    product: str = Field(description="normalised (lower-case) product name; use it in /api/products/{name}/prices")
-    display_name: str = Field(description="the most common spelling in the posts")
+    product: str = Field(description="normalised (lower-case) product name, or the generic with group=generic; "
+                                     "use it in /api/products/{name}/prices")
+    product_key: str | None = Field(description="the product in marts.dim_products (null with group=generic)")
+    display_name: str = Field(description="the product's clean name (a medicine's from its generic, strength "
+                                          "and form), or the generic")
+    generic_name: str | None = Field(description="WHO INN(s), lower case; null unless a medicine")
+    product_kind: Literal["medicine", "cosmetic", "baby_food", "device", "other"]
+    strength: str | None
+    dosage_form: str | None
+    products: int = Field(description="products counted together (more than 1 only with group=generic)")
     mentions: int = Field(description="price mentions in posts")
     posts: int
     min_price_birr: float
@@ -39,6 +47,9 @@ class TopProducts(BaseModel):
     channel: str | None
     since: date | None
     until: date | None
+    kind: str | None
+    generic: str | None
+    group: Literal["product", "generic"]
     page: Page
     items: list[TopProduct]
 
@@ -55,6 +66,10 @@ class PricePoint(BaseModel):
 class PriceHistory(BaseModel):
     product: str
     display_name: str
+    generic_name: str | None
+    matched: Literal["product", "generic"] = Field(description="whether the name was a product's or a generic's "
+                                                               "(then the points cover all its products)")
+    products: list[str] = Field(description="the products the points cover")
     currency: Literal["ETB"] = "ETB"
     channel: str | None
     since: date | None

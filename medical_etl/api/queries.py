@@ -27,94 +27,131 @@ def require_channel(cur, channel: str | None) -> None:
 
 
 def top_products(cur, *, limit: int, offset: int, channel: str | None, since: date | None,
-                 until: date | None) -> dict:
+                 until: date | None, kind: str | None = None, generic: str | None = None,
+                 group: str = "product") -> dict:
+    """Products (``group="product"``: one per dim_products row) or generics (``group="generic"``: all the
+    products of one WHO INN together) by price mentions, filtered by channel, date window, kind and generic."""
     require_channel(cur, channel)
-    if since is None and until is None:
-        where = "channel_username = %(channel)s" if channel else "channel_username IS NULL"
+    p = dict(channel=channel, since=since, until=until, limit=limit, offset=offset, kind=kind,
+             generic=generic.strip().lower() if generic else None)
+    where = "channel_username = %(channel)s" if channel else "channel_username IS NULL"
+    filters = """(%(kind)s::text IS NULL OR product_kind = %(kind)s)
+                 AND (%(generic)s::text IS NULL OR generic_name = %(generic)s)"""
+    if since is None and until is None and group == "product":
         cur.execute(f"""
-            SELECT count(*) OVER () AS total, product_name_normalized AS product, product_name AS display_name,
-                   mentions, posts, min_price_birr, median_price_birr, max_price_birr, channels,
+            SELECT count(*) OVER () AS total, product_name_normalized AS product, product_key,
+                   product_name AS display_name, generic_name, product_kind, strength, dosage_form,
+                   1 AS products, mentions, posts, min_price_birr, median_price_birr, max_price_birr, channels,
                    first_seen_at, last_seen_at
-            FROM marts.agg_product_prices WHERE {where}
+            FROM marts.agg_product_prices WHERE {where} AND {filters}
             ORDER BY mentions DESC, product_name_normalized
-            LIMIT %(limit)s OFFSET %(offset)s""", dict(channel=channel, limit=limit, offset=offset))
+            LIMIT %(limit)s OFFSET %(offset)s""", p)
     else:
-        # A date window, answered from the per-day rollup alone (the all-channel rows, or the channel's):
-        # rank the products, then sum this page's days; the median comes from the days' sorted prices.
-        where = "channel_username = %(channel)s" if channel else "channel_username IS NULL"
-        days = f"""{where}
+        # From the per-day rollup alone (the all-channel rows, or the channel's): rank the products or
+        # generics in the window, then sum this page's days; the median comes from the days' sorted prices.
+        key = "product_key" if group == "product" else "generic_name"
+        days = f"""{where} AND {filters} AND {key} IS NOT NULL
                   AND (%(since)s::date IS NULL OR date_day >= %(since)s::date)
                   AND (%(until)s::date IS NULL OR date_day <= %(until)s::date)"""
+        # ties in the order of the names shown (a product's normalised name, or the generic)
+        order = ("(SELECT a.product_name_normalized FROM marts.agg_product_prices AS a "
+                 "WHERE a.product_key = agg_product_daily.product_key AND a.channel_username IS NULL)"
+                 if group == "product" else "1")
+        if group == "product":
+            names = """a.product_name_normalized AS product, r.key AS product_key, a.product_name AS display_name,
+                       a.generic_name, a.product_kind, a.strength, a.dosage_form, 1 AS products"""
+            join = """JOIN marts.agg_product_prices AS a ON a.product_key = r.key AND a.channel_username IS NULL"""
+        else:
+            names = """r.key AS product, NULL AS product_key, r.key AS display_name, r.key AS generic_name,
+                       'medicine' AS product_kind, NULL AS strength, NULL AS dosage_form, r.products"""
+            join = ""
         cur.execute(f"""
             WITH ranked AS (
-                SELECT product_name_normalized AS product, sum(mentions)::bigint AS mentions,
+                SELECT {key} AS key, sum(mentions)::bigint AS mentions, count(DISTINCT product_key) AS products,
                        count(*) OVER () AS total
                 FROM marts.agg_product_daily WHERE {days}
-                GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT %(limit)s OFFSET %(offset)s
+                GROUP BY 1 ORDER BY 2 DESC, {order} LIMIT %(limit)s OFFSET %(offset)s
             )
-            SELECT r.total, r.product, a.product_name AS display_name, r.mentions, d.posts, d.min_price_birr,
+            SELECT r.total, {names}, r.mentions, d.posts, d.min_price_birr,
                    m.median_price_birr, d.max_price_birr, c.channels, d.first_seen_at, d.last_seen_at
             FROM ranked AS r
-            JOIN marts.agg_product_prices AS a
-              ON a.product_name_normalized = r.product AND a.channel_username IS NULL
+            {join}
             CROSS JOIN LATERAL (
                 SELECT sum(posts)::bigint AS posts, min(min_price_birr) AS min_price_birr,
                        max(max_price_birr) AS max_price_birr, min(first_seen_at) AS first_seen_at,
                        max(last_seen_at) AS last_seen_at
-                FROM marts.agg_product_daily WHERE product_name_normalized = r.product AND {days}
+                FROM marts.agg_product_daily WHERE {key} = r.key AND {days}
             ) AS d
             CROSS JOIN LATERAL (
                 SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY x.price)::numeric(14, 2) AS median_price_birr
                 FROM marts.agg_product_daily AS p, unnest(p.prices) AS x (price)
-                WHERE p.product_name_normalized = r.product AND {days.replace("channel_username", "p.channel_username")}
+                WHERE p.{key} = r.key AND {days.replace("channel_username", "p.channel_username")}
             ) AS m
             CROSS JOIN LATERAL (
                 SELECT array_agg(DISTINCT channel_username ORDER BY channel_username) AS channels
                 FROM marts.agg_product_daily
-                WHERE product_name_normalized = r.product AND channel_username IS NOT NULL
+                WHERE {key} = r.key AND channel_username IS NOT NULL AND {filters}
                   AND (%(channel)s::text IS NULL OR channel_username = %(channel)s)
                   AND (%(since)s::date IS NULL OR date_day >= %(since)s::date)
                   AND (%(until)s::date IS NULL OR date_day <= %(until)s::date)
             ) AS c
-            ORDER BY r.mentions DESC, r.product""",
-                    dict(channel=channel, since=since, until=until, limit=limit, offset=offset))
+            ORDER BY r.mentions DESC, 2""", p)
     rows = cur.fetchall()
-    total = rows[0]["total"] if rows else _count_products(cur, channel, since, until) if offset else 0
+    total = rows[0]["total"] if rows else _count_products(cur, p, where, filters, group) if offset else 0
     items = [{k: v for k, v in r.items() if k != "total"} for r in rows]
-    return {"channel": channel, "since": since, "until": until, "items": items,
+    return {"channel": channel, "since": since, "until": until, "kind": kind, "generic": p["generic"],
+            "group": group, "items": items,
             "page": {"limit": limit, "offset": offset, "total": total,
                      "next_offset": offset + limit if offset + limit < total else None}}
 
 
-def _count_products(cur, channel, since, until) -> int:
+def _count_products(cur, p: dict, where: str, filters: str, group: str) -> int:
     """Products in the filters (for a page past the end, which has no row to carry the total)."""
-    where = "channel_username = %(channel)s" if channel else "channel_username IS NULL"
-    cur.execute(f"""SELECT count(DISTINCT product_name_normalized) AS n FROM marts.agg_product_daily
-                    WHERE {where} AND (%(since)s::date IS NULL OR date_day >= %(since)s::date)
-                      AND (%(until)s::date IS NULL OR date_day <= %(until)s::date)""",
-                dict(channel=channel, since=since, until=until))
+    key = "product_key" if group == "product" else "generic_name"
+    cur.execute(f"""SELECT count(DISTINCT {key}) AS n FROM marts.agg_product_daily
+                    WHERE {where} AND {filters} AND (%(since)s::date IS NULL OR date_day >= %(since)s::date)
+                      AND (%(until)s::date IS NULL OR date_day <= %(until)s::date)""", p)
     return cur.fetchone()["n"]
 
 
 def price_history(cur, name: str, *, channel: str | None, since: date | None, until: date | None) -> dict:
+    """A product's (its name as top-products gives it) or a generic's (all its products') price per day and
+    channel."""
     product = name.strip().lower()
-    cur.execute("""SELECT product_name, channels FROM marts.agg_product_prices
-                   WHERE product_name_normalized = %s AND channel_username IS NULL""", (product,))
-    head = cur.fetchone()
-    if head is None:
-        raise NotFound(f"unknown product {name!r} (use a name from /api/reports/top-products)")
+    # a generic first (all its products: "amoxicillin" is also the name of the product without strength)
+    cur.execute("""SELECT product_key, product_name, generic_name, channels FROM marts.agg_product_prices
+                   WHERE generic_name = %s AND channel_username IS NULL ORDER BY mentions DESC""", (product,))
+    heads, matched = cur.fetchall(), "generic"
+    if not heads:
+        cur.execute("""SELECT product_key, product_name, generic_name, channels FROM marts.agg_product_prices
+                       WHERE product_name_normalized = %s AND channel_username IS NULL""", (product,))
+        heads, matched = cur.fetchall(), "product"
+    if not heads:
+        raise NotFound(f"unknown product {name!r} (use a product or generic from /api/reports/top-products)")
     require_channel(cur, channel)
+    keys = [h["product_key"] for h in heads]
     cur.execute("""
-        SELECT date_day AS date, channel_username AS channel, mentions, min_price_birr, median_price_birr,
-               max_price_birr
-        FROM marts.agg_product_daily
-        WHERE product_name_normalized = %(p)s AND channel_username IS NOT NULL
-          AND (%(channel)s::text IS NULL OR channel_username = %(channel)s)
-          AND (%(since)s::date IS NULL OR date_day >= %(since)s::date)
-          AND (%(until)s::date IS NULL OR date_day <= %(until)s::date)
-        ORDER BY date_day, channel_username""", dict(p=product, channel=channel, since=since, until=until))
-    return {"product": product, "display_name": head["product_name"], "channel": channel, "since": since,
-            "until": until, "channels": head["channels"], "points": cur.fetchall()}
+        SELECT d.date_day AS date, d.channel_username AS channel, sum(d.mentions)::bigint AS mentions,
+               min(d.min_price_birr) AS min_price_birr,
+               -- the median of all the products' prices of the day, from their sorted prices
+               (SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY x.price)::numeric(14, 2)
+                FROM marts.agg_product_daily AS p, unnest(p.prices) AS x (price)
+                WHERE p.product_key = ANY(%(keys)s) AND p.channel_username = d.channel_username
+                  AND p.date_day = d.date_day) AS median_price_birr,
+               max(d.max_price_birr) AS max_price_birr
+        FROM marts.agg_product_daily AS d
+        WHERE d.product_key = ANY(%(keys)s) AND d.channel_username IS NOT NULL
+          AND (%(channel)s::text IS NULL OR d.channel_username = %(channel)s)
+          AND (%(since)s::date IS NULL OR d.date_day >= %(since)s::date)
+          AND (%(until)s::date IS NULL OR d.date_day <= %(until)s::date)
+        GROUP BY d.date_day, d.channel_username
+        ORDER BY d.date_day, d.channel_username""", dict(keys=keys, channel=channel, since=since, until=until))
+    points = cur.fetchall()
+    channels_ = sorted({c for h in heads for c in h["channels"]})
+    return {"product": product, "display_name": heads[0]["product_name"] if matched == "product" else product,
+            "generic_name": heads[0]["generic_name"], "matched": matched,
+            "products": [h["product_name"] for h in heads], "channel": channel, "since": since,
+            "until": until, "channels": channels_, "points": points}
 
 
 def channels(cur, *, limit: int, offset: int) -> dict:
