@@ -141,6 +141,46 @@ def test_dashboard_draws_every_chart_offline(wh, browser):
     assert "276 messages" in health and "fresh" in health
 
 
+def _switch(browser, select_id: str, value: str, expect_first: str) -> dict:
+    """Choose ``value`` in a control and wait until the top chart shows ``expect_first`` at its top."""
+    browser.evaluate(f"""(function () {{ var s = document.getElementById({select_id!r}); s.value = {value!r};
+                         s.dispatchEvent(new Event('change')); }})()""")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        names = browser.evaluate("window.__dashboard.charts['chart-top'].getOption().yAxis[0].data")
+        if names and names[-1] == expect_first:
+            return browser.evaluate(CHART_INFO)["chart-top"]
+        time.sleep(0.1)
+    raise AssertionError(f"{select_id}={value}: the chart still shows {names[-3:]}")
+
+
+def test_dashboard_top_products_switch_to_generics_and_kinds(wh, browser):
+    app = create_app(wh.params, logs_path=wh.settings.logs_path, lake_path=wh.settings.raw_data_path)
+    server = Server(app)
+    try:
+        from fastapi.testclient import TestClient
+
+        api = TestClient(app)
+        generics = api.get("/api/reports/top-products?limit=15&group=generic").json()["items"]
+        devices = api.get("/api/reports/top-products?limit=15&kind=device").json()["items"]
+        browser.open(server.url + "/", "document.body.dataset.state !== 'loading'")
+        by_generic = _switch(browser, "top-group", "generic", generics[0]["display_name"])
+        browser.screenshot(artifact("dashboard-generics.png"))
+        tooltip = browser.evaluate("""window.__dashboard.charts['chart-top'].getOption().tooltip[0]
+                                      .formatter([{dataIndex: 14}])""")
+        _switch(browser, "top-group", "product", api.get("/api/reports/top-products?limit=1").json()["items"][0]["display_name"])
+        by_kind = _switch(browser, "top-kind", "device", devices[0]["display_name"])
+        browser.screenshot(artifact("dashboard-devices.png"))
+    finally:
+        server.stop()
+    assert browser.errors() == []
+    assert by_generic["yAxis"][0]["data"] == [p["display_name"] for p in reversed(generics)]
+    assert all(p["product_kind"] == "medicine" and p["generic_name"] for p in generics)
+    assert f"{generics[0]['products']} products" in tooltip and "(medicine)" in tooltip
+    assert by_kind["yAxis"][0]["data"] == [p["display_name"] for p in reversed(devices)]
+    assert all(p["product_kind"] == "device" for p in devices)
+
+
 def test_dashboard_asks_for_a_key_when_the_api_needs_one(wh, browser):
     app = create_app(wh.params, logs_path=wh.settings.logs_path, lake_path=wh.settings.raw_data_path,
                      api=ApiSettings(keys=(KEY,)))

@@ -88,7 +88,13 @@
   // --- top products: range bars with the median ---------------------------------------------------------
   function topProducts() {
     var channel = document.getElementById("top-channel").value;
-    var q = "/api/reports/top-products?limit=15" + (channel ? "&channel=" + encodeURIComponent(channel) : "");
+    var group = document.getElementById("top-group").value;
+    var kindBox = document.getElementById("top-kind");
+    if (group === "generic") kindBox.value = "";  // generics are medicines
+    kindBox.disabled = group === "generic";
+    var kind = kindBox.value;
+    var q = "/api/reports/top-products?limit=15&group=" + group + (channel ? "&channel=" + encodeURIComponent(channel) : "") +
+      (kind ? "&kind=" + encodeURIComponent(kind) : "");
     return api(q).then(function (r) {
       var items = r.items.slice().reverse();  // largest at the top of a category y axis
       var names = items.map(function (p) { return p.display_name; });
@@ -98,7 +104,10 @@
         legend: { top: 0, data: ["price range (min – max)", "median price"] },
         tooltip: { trigger: "axis", axisPointer: { type: "shadow" }, formatter: function (ps) {
           var p = items[ps[0].dataIndex];
-          return "<b>" + esc(p.display_name) + "</b><br>" + p.mentions + " mentions in " + esc(p.channels.join(", ")) +
+          var what = p.generic_name && group === "product" ? "<br>generic: " + esc(p.generic_name) : "";
+          var many = group === "generic" ? "<br>" + p.products + " products" : "";
+          return "<b>" + esc(p.display_name) + "</b> <i>(" + esc(p.product_kind.replace("_", " ")) + ")</i>" + what + many +
+            "<br>" + p.mentions + " mentions in " + esc(p.channels.join(", ")) +
             "<br>min " + birr(p.min_price_birr) + "<br>median " + birr(p.median_price_birr) + "<br>max " + birr(p.max_price_birr);
         } },
         xAxis: { type: "value", name: "Price (ETB)", nameLocation: "middle", nameGap: 28,
@@ -116,13 +125,20 @@
       chart("chart-top").off("click");
       chart("chart-top").on("click", function (e) {
         var p = items[e.dataIndex];
-        if (p) { document.getElementById("product").value = p.product; priceHistory(); }
+        if (p) { choose(document.getElementById("product"), p.product, p.display_name); priceHistory(); }
       });
       return r;
     }).catch(function (e) { showError("chart-top", e); });
   }
 
-  // --- a product's price history ----------------------------------------------------------------------
+  // select value in a <select>, adding it when the list lacks it (a generic, or a product past the first 50)
+  function choose(select, value, label) {
+    var found = Array.prototype.some.call(select.options, function (o) { return o.value === value; });
+    if (!found) { var o = document.createElement("option"); o.value = value; o.textContent = label; select.appendChild(o); }
+    select.value = value;
+  }
+
+  // --- a product's (or a generic's) price history -----------------------------------------------------
   function priceHistory() {
     var product = document.getElementById("product").value;
     if (!product) return Promise.resolve();
@@ -227,6 +243,8 @@
   }
 
   document.getElementById("top-channel").addEventListener("change", topProducts);
+  document.getElementById("top-group").addEventListener("change", topProducts);
+  document.getElementById("top-kind").addEventListener("change", topProducts);
   document.getElementById("product").addEventListener("change", priceHistory);
   document.getElementById("activity-channel").addEventListener("change", activity);
   document.getElementById("granularity").addEventListener("change", activity);
