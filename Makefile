@@ -22,7 +22,7 @@ DEMO_ENV := DB_HOST= TELEGRAM_SOURCE=sample YOLO_MODEL=$(DEMO_YOLO_MODEL) \
 
 .PHONY: help setup test lint doctor demo dbt jobs pipeline weekly scrape-load transform enrich \
         stage-scrape stage-load stage-transform stage-enrich monitor report telegram-login \
-        install-cron uninstall-cron backup restore bench-load bench-transform bench-enrich bench-idle bench-monitor clean \
+        install-cron uninstall-cron backup restore bench-load bench-transform eval-products bench-enrich bench-idle bench-monitor clean \
         system-deps serve status bench-api
 
 help: ## list the targets
@@ -141,8 +141,11 @@ restore: $(STAMP) ## restore BACKUP=<folder of BACKUP_PATH, or latest> into an e
 bench-load: $(STAMP) ## load stage on a 200,000-message synthetic lake vs execute_values and plain COPY
 	$(BIN)/python bench/bench_load.py
 
-bench-transform: $(STAMP) ## dbt: full build vs incremental build after 1% new messages
+bench-transform: $(STAMP) ## stage 3: full vs incremental (1% new) vs a full refresh of nothing new; catalogue cold vs remembered
 	$(BIN)/python bench/bench_transform.py
+
+eval-products: $(STAMP) ## price precision / recall, generic and kind accuracy on the hand-labelled posts (bench/eval/)
+	$(BIN)/python bench/eval_products.py
 
 bench-enrich: $(STAMP) ## enrich on 480 distinct photos vs the bare per-core work and a model(path) loop
 	$(BIN)/python bench/bench_enrich.py

@@ -50,8 +50,9 @@ def real_posts() -> list[dict]:
 
 
 def build_lake(lake_dir: Path, n_messages: int, n_channels: int = 12, days: int = 365, seed: int = 7,
-               start_id: int = 1, start: datetime | None = None) -> int:
-    """Write ``n_messages`` messages, spread over channels and days, in the scrape stage's layout."""
+               start_id: int = 1, start: datetime | None = None, distinct_texts: bool = False) -> int:
+    """Write ``n_messages`` messages, spread over channels and days, in the scrape stage's layout; with
+    ``distinct_texts`` each text gets a last line of its own (no two texts alike, as if never reposted)."""
     rng = random.Random(seed)
     posts = real_posts()
     start = start or datetime(2025, 1, 1, tzinfo=timezone.utc)
@@ -68,7 +69,8 @@ def build_lake(lake_dir: Path, n_messages: int, n_channels: int = 12, days: int 
         has_photo = bool(src.get("has_media"))
         files[(when.date().isoformat(), ch)].append({
             "channel_username": ch, "channel_title": ch.replace("_", " ").title(), "channel_id": 1000 + int(ch[-2:]),
-            "message_id": mid, "date": when.isoformat(), "text": src.get("message_text") or "",
+            "message_id": mid, "date": when.isoformat(),
+            "text": (src.get("message_text") or "") + (f"\n#{ch}_{mid}" if distinct_texts else ""),
             "views": int(src.get("views") or 0) + rng.randint(0, 50), "forwards": int(src.get("forwards") or 0),
             "replies": 0, "edit_date": None, "grouped_id": None, "reply_to_msg_id": src.get("reply_to_msg_id"),
             "media_type": "photo" if has_photo else None,

@@ -54,6 +54,7 @@ class Offer:
 
 
 _L = r"A-Za-z\u1200-\u137F"     # letters: Latin and Ge'ez
+_DIGIT = re.compile(r"[0-9]")
 _NUM = r"(?:[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(?:\.[0-9]{1,2})?"
 _CUR = r"(?:birr|bir|brr|br|etb|ብር)"
 # An amount must not touch another digit, a date or size separator, or a letter that makes it a size.
@@ -99,7 +100,7 @@ _TRAIL = re.compile(r"[\s#*•:;,.|>=/\-_(\[~&+]+$")
 
 def read_offers(text: str | None) -> list[Offer]:
     """The offers of one post, in the order written; ``[]`` for a post that offers nothing at a price."""
-    if not text:
+    if not text or not _DIGIT.search(text):
         return []
     lines = fold(text).split("\n")
     head = " ".join(line for line in lines[:6])
@@ -114,15 +115,18 @@ class _Reader:
         self.lines = lines
         self.priced: set[int] = set()        # indexes of lines whose item got a price
         self.found: list[Offer] = []
+        self._any_marked: bool | None = None
         # a bare amount on a line of its own is a price only in a post that marks its prices elsewhere
-        self.marked = any(_prices_on(line, False) for line in lines if line.strip())
+        self._marked: dict[int, list] = {}    # line index -> its prices without the bare-amount rule
 
     def offers(self) -> list[Offer]:
         seen: set[tuple[str, Decimal]] = set()
         for i, raw in enumerate(self.lines):
             if not raw.strip() or _FEE_LINE.search(raw) or _RANGE.search(raw):
                 continue
-            prices = _prices_on(raw, self._bare_line_allowed(i))
+            if not _DIGIT.search(raw):
+                continue
+            prices = self._marked_prices(i) or (_prices_on(raw, True) if self._bare_line_allowed(i) else [])
             if not prices:
                 continue
             start, end, amount, currency = prices[0]
@@ -142,7 +146,7 @@ class _Reader:
                     base = self._variant_base(i, raw)
                     if base is None:
                         continue
-                    between = squash(f"{base} {between}")
+                    between = _with_variant(base, between)
                 named.append((between, amount, currency))
             for match_no, (name, amount, currency) in enumerate(named, 1):
                 key = (name.lower(), amount)
@@ -151,11 +155,24 @@ class _Reader:
                     self.found.append(Offer(i + 1, match_no, name, amount, currency, squash(raw)[:500]))
         return self.found
 
+    def _marked_prices(self, i: int) -> list:
+        """Line ``i``'s prices by their marks alone (no bare amounts), computed once per line."""
+        if i not in self._marked:
+            line = self.lines[i]
+            self._marked[i] = _prices_on(line, False) if _DIGIT.search(line) else []
+        return self._marked[i]
+
+    def post_marks_prices(self) -> bool:
+        """Whether any line of the post states a price by a mark (then a bare amount may be one too)."""
+        if self._any_marked is None:
+            self._any_marked = any(self._marked_prices(i) for i in range(len(self.lines)))
+        return self._any_marked
+
     def _bare_line_allowed(self, i: int) -> bool:
         """A line of nothing but an amount is a price under an item line (not under another amount or a
         header of a list whose items carry their own prices)."""
         j = self._previous(i)
-        return self.marked and j is not None and _has_words(_product_text(_without_details(self.lines[j])))
+        return j is not None and self.post_marks_prices() and _has_words(_product_text(_without_details(self.lines[j])))
 
     def _previous(self, i: int, limit: int = 1) -> int | None:
         j = i - 1
@@ -164,7 +181,6 @@ class _Reader:
         return j if j >= 0 else None
 
     def _product_for(self, i: int, own: str | None) -> str | None:
-        line = self.lines[i]
         if own and _is_origin(own):
             own = None
         if own and _has_words(own) and not _is_variant(own):
@@ -179,12 +195,19 @@ class _Reader:
             return None
         if above in self.priced and not own:
             return None  # a second amount under an item that already has its price
-        name = self._with_continued(above, _product_text(_without_details(self.lines[above])) or "")
+        name = self._with_continued(above, self._item_name(above) or "")
         if not name:
             return None
         self.priced.add(above)
-        return squash(f"{name} {own}") if own and _is_variant(own) else name
-        del line
+        if own and _is_variant(own) and _has_letters(own):
+            return _with_variant(name, own)
+        return name
+
+    def _item_name(self, j: int) -> str | None:
+        """The item line ``j`` names: its text before its own first price, if it has one."""
+        line = self.lines[j]
+        marked = self._marked_prices(j)
+        return _product_text(_without_details(line[:marked[0][0]] if marked else line))
 
     def _variant_base(self, i: int, line: str) -> str | None:
         """The item a line of variants (``♤18G💵1400 ♤20G💵1450``) belongs to: its own text before the first
@@ -192,7 +215,7 @@ class _Reader:
         above = self._item_above(i)
         if above is None:
             return None
-        return _product_text(_without_details(self.lines[above]))
+        return self._item_name(above)
 
     def _item_above_priced(self, i: int) -> bool:
         above = self._item_above(i)
@@ -216,7 +239,7 @@ class _Reader:
                 continue
             cleaned = _product_text(_without_details(text))
             if cleaned and _has_words(cleaned) and not _is_origin(cleaned):
-                if _prices_on(text, False) and j not in self.priced:
+                if self._marked_prices(j) and j not in self.priced:
                     return None  # an item line with a price that was not an offer (a fee, a range)
                 return j
             j -= 1
@@ -231,7 +254,7 @@ class _Reader:
         parts, j = [own], i - 1
         while j >= 0 and len(parts) < 4:
             text = self.lines[j]
-            if not text.strip() or j in self.priced or _prices_on(text, False) or _DETAIL.match(text.strip()):
+            if not text.strip() or j in self.priced or self._marked_prices(j) or _DETAIL.match(text.strip()):
                 break
             cleaned = _product_text(_without_details(text))
             if not cleaned:
@@ -247,19 +270,19 @@ def _prices_on(line: str, bare_allowed: bool) -> list[tuple[int, int, Decimal, s
     """The prices a line states: (where its amount starts, where it and its currency end, amount, currency
     as written)."""
     found = []
-    body = strip_symbols(line) if not any(m in line for m in ("💵", "💰", "💲")) else line
-    stripped = squash(strip_symbols(line))
-    dated_row = "|" in line and bool(_DATE.search(line))
+    dates = [d.span() for d in _DATE.finditer(line)] if ("/" in line or "-" in line or "." in line) else []
+    dated_row = "|" in line and bool(dates)
     for m in _AMOUNT.finditer(line):
         start, end = m.span(1)
         raw = m.group(1)
         digits = raw.replace(",", "").split(".")[0]
         if len(digits) > 7 or (len(digits) >= 9) or (digits.startswith("0") and len(digits) > 1):
             continue
-        before, after = line[:start], line[end:]
+        # the marks that matter sit right before or after the amount: look no further
+        before, after = line[max(0, start - 40):start], line[end:end + 40]
         if _FOREIGN.search(before[-4:]) or _FOREIGN.match(after.strip()[:6] or " "):
             continue
-        if _in_date(line, start, end):
+        if any(a <= start < b or a < end <= b for a, b in dates):
             continue
         cur = _CUR_AFTER.match(after)
         if cur:
@@ -268,11 +291,11 @@ def _prices_on(line: str, bare_allowed: bool) -> list[tuple[int, int, Decimal, s
             currency = "birr"
         elif _UNIT_AFTER.match(after) or _stock_marked(before):
             continue
-        elif _END_MARK.search(before) and _rest_is_empty(after) and (_has_letters(before) or bare_allowed):
+        elif _END_MARK.search(before) and _rest_is_empty(line[end:]) and (_has_letters(line[:start]) or bare_allowed):
             currency = "birr"
-        elif dated_row and _after_date_field(before) and _rest_is_empty(after):
+        elif dated_row and _after_date_field(line[:start]) and _rest_is_empty(line[end:]):
             currency = "birr"
-        elif bare_allowed and _is_bare_amount(stripped):
+        elif bare_allowed and _is_bare_amount(squash(strip_symbols(line))):
             currency = "birr"
         else:
             continue
@@ -281,15 +304,7 @@ def _prices_on(line: str, bare_allowed: bool) -> list[tuple[int, int, Decimal, s
             continue
         stop = end + (cur.end() if cur else 0)
         found.append((start, stop, amount, currency))
-    del body
     return found
-
-
-def _in_date(line: str, start: int, end: int) -> bool:
-    for d in _DATE.finditer(line):
-        if d.start() <= start < d.end() or d.start() < end <= d.end():
-            return True
-    return False
 
 
 def _stock_marked(before: str) -> bool:
@@ -316,6 +331,15 @@ def _is_bare_amount(stripped: str) -> bool:
     return bool(re.fullmatch(r"[|:=\-\s]*" + _NUM + r"(?:\s*(?:&|/|or|,)\s*" + _NUM + r")*[\s.|]*", stripped))
 
 
+def _with_variant(name: str, variant: str) -> str:
+    """``IV CANULA`` + ``20G``; a variant of the same shape ending the name is replaced (``IV CANULA 16G`` +
+    ``18G`` -> ``IV CANULA 18G``)."""
+    shape = re.fullmatch(r"[0-9.]+\s*([A-Za-z]{1,3})", variant.strip())
+    if shape:
+        name = re.sub(r"\s+[0-9.]+\s*" + re.escape(shape.group(1)) + r"$", "", name, flags=re.I)
+    return squash(f"{name} {variant}")
+
+
 def _without_details(line: str) -> str:
     """A line with its stock and expiry fields (``📦 100``, ``🕰 08/28``) removed."""
     return _STOCK_OR_DATE.sub(" ", line)
@@ -324,7 +348,7 @@ def _without_details(line: str) -> str:
 def _product_text(fragment: str) -> str | None:
     """The item text of a line fragment: emoji, bullets, numbering, stock and date fields, price words and
     trailing separators removed; None when nothing is left."""
-    text = _without_details(fragment)
+    text = _DATE.sub(" ", _without_details(fragment))
     text = strip_symbols(text)
     text = re.sub(r"\.{2,}|…|_+", " ", text)
     text = squash(text)

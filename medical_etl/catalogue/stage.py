@@ -62,6 +62,7 @@ def build_catalogue(db: ConnParams, *, batch: int = BATCH, resolver: Resolver | 
         "read_seconds": round(t1 - t0, 3),
         "resolve_seconds": round(t2 - t1, 3),
         "texts_per_s": round(read["texts"] / (t1 - t0), 1) if read["texts"] else None,
+        "resolver_load_seconds": round(resolved["load_seconds"], 3),
         "resolutions_per_s": round(resolved["resolved"] / resolved["seconds"], 1) if resolved["resolved"] else None,
     }
 
@@ -144,9 +145,13 @@ def _resolve(conn, version: str, keys: set[str] | None, batch: int, resolver: Re
         if remembered is None:
             cur.execute("SELECT count(*) FROM raw.product_resolutions WHERE resolver_version = %s", (version,))
             remembered = cur.fetchone()[0]
+    load_s = 0.0
+    if todo and resolver is None:
+        t = time.perf_counter()
+        resolver = Resolver()
+        load_s = time.perf_counter() - t
     t0 = time.perf_counter()
     if todo:
-        resolver = resolver or Resolver()
         for i in range(0, len(todo), batch):
             rows = []
             for key, text in todo[i:i + batch]:
@@ -162,4 +167,5 @@ def _resolve(conn, version: str, keys: set[str] | None, batch: int, resolver: Re
                         strength = EXCLUDED.strength, dosage_form = EXCLUDED.dosage_form,
                         product_kind = EXCLUDED.product_kind, identity_key = EXCLUDED.identity_key,
                         match = EXCLUDED.match, resolved_at = clock_timestamp()""", rows)
-    return {"resolved": len(todo), "remembered": remembered, "seconds": time.perf_counter() - t0}
+    return {"resolved": len(todo), "remembered": remembered, "seconds": time.perf_counter() - t0,
+            "load_seconds": load_s}
