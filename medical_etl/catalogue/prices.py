@@ -174,7 +174,8 @@ class _Reader:
         j = self._previous(i)
         return j is not None and self.post_marks_prices() and _has_words(_product_text(_without_details(self.lines[j])))
 
-    def _previous(self, i: int, limit: int = 1) -> int | None:
+    def _previous(self, i: int) -> int | None:
+        """The nearest non-empty line above ``i``."""
         j = i - 1
         while j >= 0 and not self.lines[j].strip():
             j -= 1

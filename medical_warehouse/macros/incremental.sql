@@ -9,20 +9,29 @@
     {%- endif -%}
 {%- endmacro %}
 
-{#- Incremental pre-hook of fct_product_prices: drop the rows of every message changed since the last
-    run (its post, its text's reading or one of its products' resolution), so a post edited to hold no
-    price loses its old rows (delete+insert only deletes the keys it re-inserts). -#}
+{#- The posts whose offers may have changed since fct_product_prices' last run: posts changed, posts whose
+    text was (re-)read by the catalogue, posts with an offer whose product was (re-)resolved. Each set is
+    found from its own small side first (texts read, products resolved since), never by testing every
+    offer, so the cost follows the day's changes. -#}
+{% macro messages_with_changed_offers() -%}
+    select message_key from {{ ref('int_messages_deduplicated') }}
+    where {{ changed_since_last_run('updated_at') }}
+    union
+    select message_key from {{ ref('int_messages_deduplicated') }}
+    where text_hash in (
+        select text_hash from {{ ref('stg_catalogue_offers') }}
+        where {{ changed_since_last_run('read_at') }}
+        union
+        select o.text_hash from {{ ref('stg_catalogue_offers') }} as o
+        inner join {{ ref('stg_product_resolutions') }} as r on r.product_text_key = o.product_text_key
+        where {{ changed_since_last_run('r.resolved_at') }}
+    )
+{%- endmacro %}
+
+{#- Incremental pre-hook of fct_product_prices: drop the rows of every post whose offers may have changed,
+    so a post edited to hold no price loses its old rows (delete+insert only deletes the keys it
+    re-inserts). -#}
 {% macro delete_prices_of_changed_messages() -%}
     delete from {{ this }}
-    where message_key in (
-        select message_key from {{ ref('int_messages_deduplicated') }}
-        where {{ changed_since_last_run('updated_at') }}
-    )
-    or message_key in (
-        select p.message_key from {{ this }} as p
-        inner join {{ ref('int_messages_deduplicated') }} as m on m.message_key = p.message_key
-        inner join {{ ref('stg_catalogue_offers') }} as o on o.text_hash = m.text_hash
-        inner join {{ ref('stg_product_resolutions') }} as r on r.product_text_key = o.product_text_key
-        where {{ changed_since_last_run('greatest(o.read_at, r.resolved_at)') }}
-    )
+    where message_key in ({{ messages_with_changed_offers() }})
 {%- endmacro %}

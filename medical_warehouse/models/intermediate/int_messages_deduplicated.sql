@@ -1,7 +1,7 @@
 {{
     config(
         materialized='table',
-        post_hook='analyze {{ this }}'
+        post_hook=['create index on {{ this }} (text_hash)', 'analyze {{ this }}']
     )
 }}
 {#- One row per post. Telegram usernames ignore case, so rows of "CheMed123" and "chemed123" with the same

@@ -9,12 +9,17 @@
 
 with messages as (
 
-    -- posts changed since the last run, and posts whose offers were re-read or re-resolved since
     select * from {{ ref('int_messages_deduplicated') }}
-    where {{ changed_since_last_run('updated_at') }}
     {% if is_incremental() %}
-       or message_key in (select message_key from {{ ref('fct_product_prices') }}
-                          where {{ changed_since_last_run('source_updated_at') }})
+    -- posts changed since the last run, and posts whose offers were re-read or re-resolved since: one
+    -- set of keys (a semi-join; an OR of two conditions would test every post against a subplan)
+    where message_key in (
+        select message_key from {{ ref('int_messages_deduplicated') }}
+        where {{ changed_since_last_run('updated_at') }}
+        union
+        select message_key from {{ ref('fct_product_prices') }}
+        where {{ changed_since_last_run('source_updated_at') }}
+    )
     {% endif %}
 
 ),

@@ -16,7 +16,9 @@
 with offers as (
 
     select * from {{ ref('int_message_offers') }}
-    where {{ changed_since_last_run('changed_at') }}
+    {% if is_incremental() %}
+    where message_key in ({{ messages_with_changed_offers() }})
+    {% endif %}
 
 ),
 
