@@ -119,6 +119,27 @@ def test_amharic_prices():
     assert offers_on(text) == {2: [("የሕፃናት ወተት 400ግ", 850)], 3: [("አሞክሲሲሊን 500mg", 1200)]}
 
 
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("text", [
+    "1x" * 40 + " Gloves 💵 200",                      # nested quantifiers once backtracked exponentially
+    "Gauze 💵 100 " + "1x" * 40 + " Gloves 💵 200",
+    "Gauze 💵 100\n1" + ",000" * 40 + " & 5 ~",
+    "Item 💵 5\n" + "1 " * 2000,                        # many amounts on one line: linear, not quadratic
+    "Item = " + "= 1 " * 1000,
+])
+def test_hostile_lines_are_read_in_bounded_time(text):
+    read_offers(text * 2)
+
+
+def test_old_and_new_prices_fees_in_a_clause_and_ethiopic_colons():
+    assert prices_of("Amoxicillin 500mg was 300 birr now 250 birr") == {"Amoxicillin 500mg": [250]}
+    assert prices_of("Amoxicillin 500mg\nOld price 300 birr\nNew price 250 birr") == {"Amoxicillin 500mg": [250]}
+    assert prices_of("Amoxicillin 500mg Price: 450 birr, Delivery: 50 birr") == {"Amoxicillin 500mg": [450]}
+    assert prices_of("Examination Gloves ዋጋ፡ 300 ብር") == {"Examination Gloves": [300]}
+    assert prices_of("Omeprazole 20 mg 💵 95 ETB / strip, 900 ETB / box") == {"Omeprazole 20 mg": [95]}
+    assert prices_of("HBsAg/Syphilis 💵 300") == {"HBsAg/Syphilis": [300]}  # no word cut short
+
+
 def test_sizes_dates_euro_and_percent_are_no_price():
     text = "Gauze 10*5\n12.5cm bandage\nMinoxidil 5%\nExpiry 09/2028\nJul-28\nCream 100ml\nMask €15\n0911562031"
     assert read_offers(text) == []
@@ -152,6 +173,20 @@ def test_generics(resolver, text, generic):
 def test_no_generic_for_devices_cosmetics_and_food(resolver, text, kind):
     p = resolver.resolve(text)
     assert p.product_kind == kind and p.generic_name is None, p
+
+
+@pytest.mark.parametrize("text, generic", [
+    ("Paracetamol 500mg 10x10 strip", "paracetamol"), ("Clotrimazole cream 20g tube", "clotrimazole"),
+    ("Normal saline 0.9% 1000ml bag", "sodium chloride"),
+])
+def test_a_pack_word_does_not_make_a_medicine_a_device(resolver, text, generic):
+    p = resolver.resolve(text)
+    assert (p.product_kind, p.generic_name) == ("medicine", generic)
+
+
+@pytest.mark.parametrize("text", ["Syrringe 5ml", "Ceramide cream", "Whey protein", "Glucose test strips"])
+def test_misspelt_or_compound_non_drug_words_get_no_generic(resolver, text):
+    assert resolver.resolve(text).generic_name is None
 
 
 def test_a_drug_in_a_cosmetic_form_stays_a_medicine(resolver):
@@ -214,11 +249,11 @@ def test_crash_mid_read_then_rerun_leaves_the_rows_of_a_clean_run(settings, conn
 
     real, calls = stage._write_batch, []
 
-    def failing(cur, parser, pending):
+    def failing(cur, parser, pending, resolving):
         calls.append(len(pending))
         if len(calls) == 3:
             raise RuntimeError("killed mid-run")
-        return real(cur, parser, pending)
+        return real(cur, parser, pending, resolving)
 
     monkeypatch.setattr(stage, "_write_batch", failing)
     with pytest.raises(RuntimeError):
@@ -232,6 +267,51 @@ def test_crash_mid_read_then_rerun_leaves_the_rows_of_a_clean_run(settings, conn
                       for h, t in query(conn, "SELECT DISTINCT md5(message_text), message_text FROM raw.telegram_messages")
                       for o in read_offers(t))
     assert got == expected
+
+
+def test_crash_mid_resolution_on_a_later_run_loses_no_resolution(settings, conn, posts, monkeypatch):
+    db = conn_params(settings)
+    _messages(conn, [("e", 1, "Panadol 500mg tab\nPrice 60 birr")])
+    build_catalogue(db)  # the state now exists: later runs resolve per batch
+    texts = [t for t in posts.values() if t and read_offers(t)][:12]
+    _messages(conn, [("e", 10 + i, t) for i, t in enumerate(texts)])
+    import medical_etl.catalogue.identity as identity
+
+    real, calls = identity.Resolver.resolve, []
+
+    def failing(self, text):
+        calls.append(text)
+        if len(calls) == 40:
+            raise RuntimeError("killed mid-resolution")
+        return real(self, text)
+
+    monkeypatch.setattr(identity.Resolver, "resolve", failing)
+    with pytest.raises(RuntimeError):
+        build_catalogue(db, batch=3)
+    monkeypatch.setattr(identity.Resolver, "resolve", real)
+    build_catalogue(db, batch=3)
+    assert query(conn, """SELECT count(DISTINCT o.product_text_key) FROM raw.catalogue_offers o
+                          LEFT JOIN raw.product_resolutions r USING (product_text_key)
+                          WHERE r.product_text_key IS NULL""")[0][0] == 0
+
+
+def test_a_text_re_read_with_no_offer_left_loses_its_price_rows(settings, conn):
+    """A new reader version finds nothing in a text it priced before: the next incremental build drops the
+    post's price rows and its price count (and the relationships test stays green)."""
+    db = conn_params(settings)
+    _messages(conn, [("f", 1, "Panadol 500mg tab\nPrice 60 birr"), ("f", 2, "ENSURE 850GM\nPrice 5000 birr")])
+    assert run_dbt_transformations(db, check_freshness=False)["status"] == "success"
+    assert query(conn, "SELECT count(*) FROM marts.fct_product_prices WHERE message_id = 1")[0][0] == 1
+    with conn.cursor() as cur:  # what a reader version that reads no offer in post 1 would leave
+        cur.execute("""DELETE FROM raw.catalogue_offers WHERE text_hash = md5('Panadol 500mg tab' || chr(10) || 'Price 60 birr')""")
+        cur.execute("""UPDATE raw.catalogue_texts SET offers = 0, read_at = clock_timestamp()
+                       WHERE text_hash = md5('Panadol 500mg tab' || chr(10) || 'Price 60 birr')""")
+    conn.commit()
+    s = run_dbt_transformations(db, check_freshness=False)
+    assert s["status"] == "success", s["failing_nodes"]
+    assert query(conn, "SELECT count(*) FROM marts.fct_product_prices WHERE message_id = 1")[0][0] == 0
+    assert query(conn, "SELECT price_count FROM marts.fct_messages WHERE message_id = 1")[0][0] == 0
+    assert query(conn, "SELECT count(*) FROM marts.fct_product_prices WHERE message_id = 2")[0][0] == 1
 
 
 def test_full_refresh_after_nothing_changed_re_resolves_nothing(settings, conn, posts):

@@ -13,10 +13,12 @@ otherwise (WHO INN spellings, local brands, the words that mark a device, a cosm
    lexicon's ``not_drug`` words (``caps``, ``citrate``: salts and forms alone are no drug);
 3. a word left over may be a misspelt generic (``Azitromicin``, ``Metrendazol``): rapidfuzz ratio >= 80 against
    the generics of the same first letter, for words of six letters or more that are no device, cosmetic or
-   food word, and never in a text that names a device, a cosmetic or a food;
+   food word nor close to one (``Syrringe``), and never in a text that names a device or a food;
 4. the names found become WHO INNs (``acetaminophen`` -> ``paracetamol``), a combination its INNs sorted and
    joined by `` + ``;
-5. the kind: a device word makes a device, a baby-food word baby food; a generic makes a medicine unless a
+5. the kind: a device word makes a device (a pack word such as ``strip``, ``tube`` or ``bag`` only when no
+   generic is named: ``Paracetamol 500mg 10x10 strip`` is a medicine), a baby-food word baby food; a generic
+   makes a medicine unless a
    cosmetic word is there too and the drug is no topical drug (``ketoconazole shampoo`` stays a medicine,
    a niacinamide serum is a cosmetic); a food word makes ``other``, a cosmetic word a cosmetic, a dosage form
    or a strength a medicine (generic unknown), anything else ``other``. Only a medicine has a generic.
@@ -127,9 +129,10 @@ class Resolver:
         self.inn = lex.get("inn", {})
         self.not_drug = set(lex.get("not_drug", {}))
         self.topical = set(lex.get("topical", {}))
-        self.kind_words = {k: set(lex.get(k, {})) for k in ("device", "cosmetic", "baby_food", "food", "other",
-                                                             "medicine")}
+        self.kind_words = {k: set(lex.get(k, {})) for k in ("device", "device_pack", "cosmetic", "baby_food", "food",
+                                                             "other", "medicine")}
         self.vocabulary = set().union(*(v for k, v in self.kind_words.items() if k != "medicine"))
+        self.vocabulary_words = sorted(w for w in self.vocabulary if " " not in w and len(w) >= 5)
         names: dict[str, str] = {}
         data = dictionary.drug_canonical_to_data
         drugs = {c for c, d in data.items() if d.get("drugbank_id") or d.get("medline_plus_id") or d.get("nhs_url")}
@@ -143,12 +146,14 @@ class Resolver:
                 names.setdefault(_key(variant), usable[0])
         for term, generic in lex.get("brand", {}).items():
             names[term] = generic
-        self.names = {k: v for k, v in names.items() if k not in self.not_drug and k not in self.vocabulary}
+        food = self.kind_words["food"] | self.kind_words["other"]
+        self.names = {k: v for k, v in names.items() if k not in self.not_drug and k not in self.vocabulary
+                      and not food & set(k.split())}  # "whey protein" is a food whatever a dictionary says
         # what a misspelt word may be: a generic of one or two words, or a brand of the lexicon
         self.fuzzy_generic: dict[str, str] = {}
         for name in set(self.drugs) | set(self.inn.values()):
             self.fuzzy_generic[name] = name
-        self.fuzzy_generic.update(lex.get("brand", {}))
+        self.fuzzy_generic.update({k: v for k, v in lex.get("brand", {}).items() if v})
         self.fuzzy_choices: dict[str, list[str]] = {}  # by first letter
         for name in self.fuzzy_generic:
             if re.fullmatch(r"[a-z]{6,}|[a-z]{4,} [a-z]{4,}", name):
@@ -172,7 +177,7 @@ class Resolver:
         words = _words(norm)
         kinds = self._kind_words(words)
         found, used, match = self._exact(words)
-        if not kinds - {"cosmetic", "medicine"}:
+        if not kinds - {"cosmetic", "medicine", "device_pack"}:
             fuzzy = self._fuzzy([w for i, w in enumerate(words) if i not in used],
                                 bool(_dosage_form(norm) or _strength(norm)))
             if fuzzy:
@@ -210,10 +215,12 @@ class Resolver:
                 generic = self.names.get(gram)
                 if generic is None and "-" in gram:
                     generic = self.names.get(gram.replace("-", " "))
-                if generic:
-                    found.append(generic)
+                if generic is not None:
+                    # a lexicon brand with no generic ("vitamin b complex"): a medicine, its words used up
+                    if generic:
+                        found.append(generic)
+                        match = "exact"
                     used |= set(span)
-                    match = "exact"
         return found, used, match
 
     def _fuzzy(self, words: list[str], medicine_signal: bool) -> list[str]:
@@ -239,6 +246,10 @@ class Resolver:
                 continue
             choices = self.fuzzy_choices.get(w[0], [])
             hit = process.extractOne(w, choices, scorer=fuzz.ratio, score_cutoff=81) if len(w) >= 6 else None
+            # a misspelt device, cosmetic or food word is that word, not a drug ("syrringe", not syringate)
+            near = process.extractOne(w, self.vocabulary_words, scorer=fuzz.ratio) if hit else None
+            if near and near[1] >= hit[1]:
+                continue
             if hit and abs(len(hit[0]) - len(w)) <= 3:
                 out.append(self.fuzzy_generic[hit[0]])
             elif medicine_signal and len(w) >= 5:
@@ -248,7 +259,7 @@ class Resolver:
         return out
 
     def _kind(self, kinds: set[str], generics: list[str], form: str | None, strength: str | None) -> str:
-        if "device" in kinds:
+        if "device" in kinds or ("device_pack" in kinds and not generics):
             return "device"
         if "baby_food" in kinds:
             return "baby_food"

@@ -55,7 +55,8 @@ class Offer:
 
 _L = r"A-Za-z\u1200-\u137F"     # letters: Latin and Ge'ez
 _DIGIT = re.compile(r"[0-9]")
-_NUM = r"(?:[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(?:\.[0-9]{1,2})?"
+_MAX_LINE = 2000  # characters of a line read for prices (Telegram posts hold at most 4,096)
+_NUM = r"(?:[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(?:\.[0-9]{1,2})?(?!,[0-9])"
 _CUR = r"(?:birr|bir|brr|br|etb|ብር)"
 # An amount must not touch another digit, a date or size separator, or a letter that makes it a size.
 _BEFORE_OK = r"(?<![0-9/*×x\-])(?<![0-9][.,:])"
@@ -79,8 +80,6 @@ _DATE = re.compile(r"\b(?:[0-9]{1,2}\s*[/-]\s*)?[0-9]{1,2}\s*[/-]\s*(?:[0-9]{4}|
                    r"\b[0-9]{1,2}\.[0-9]{1,2}\.(?:[0-9]{4}|[0-9]{2})\b|"
                    r"\b(?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*[\s\-/.]*[0-9]{2,4}\b", re.I)
 
-_FEE_LINE = re.compile(r"(?:deliver|transport|shipping|\bfees?\b|\brent\b|\brental\b|total|salary|ደመወዝ|"
-                       r"ትራንስፖርት|ማድረሻ|ዴሊቨሪ|ኪራይ|discount\s+of|\bsave\b|\bdeposit\b|\bcommission\b)", re.I)
 _RANGE = re.compile(r"[0-9]\s*" + _CUR + r"?\s*(?:-|–|to|እስከ)\s*[0-9]+\s*" + _CUR, re.I)
 _JOB_POST = re.compile(r"(?:vac+an+c?y|\bjobs?\b|salary|hiring|recruit|ደመወዝ|ክፍት የስራ|የሥራ ማስታወቂያ|"
                        r"experience\s*:?\s*[0-9]+\s*(?:years?|yrs?)|\b[0-9]+\s*(?:years?|yrs)\s+(?:of\s+)?experience)", re.I)
@@ -88,14 +87,27 @@ _NOT_GOODS = re.compile(r"(?:pharmac\w*\s+(?:for\s+sale|to\s+be\s+sold)|(?:to\s+
                         r"የሚሸጥ\s*ፋርማሲ|ፋርማሲ\s*ይሸጣል|\bfor\s+rent\b|የሚከራይ|training|ስልጠና|\bcourse\b|webinar|"
                         r"workshop|seminar|scholarship)", re.I)
 # A line that names no product of its own: price words, quantities, tiers.
-_FILLER = re.compile(r"\b(?:price|prize|cost|ዋጋ(?:ው)?|only|each|per|now|new|birr|br|etb|ብር|retail|wholesale|"
+_FILLER = re.compile(r"\b(?:price|prize|cost|ዋጋ(?:ው)?|only|each|per|now|new|old|was|birr|br|etb|ብር|retail|wholesale|"
                      r"special|offer|just|at|for|is|the|of|with|limited|quantity|long|available|in stock|size|small|medium|large|xl|xxl)\b", re.I | re.X)
 _TIER = re.compile(r"^(?:(?:with|without|w/o|plus|or|and|per|for|if|above|below|more than|less than)\b|[+&>]|w/|"
                    r"[0-9]+\s*(?:box|boxes|pcs?|packs?|pk|ctn|cartons?|strips?|tests?|amps?|vials?|dozens?|"
-                   r"pieces?|units?|bottles?|and above)\b|[0-9]+\s*\+)", re.I)
+                   r"pieces?|units?|bottles?|and above|for)\b|[0-9]+\s*\+|/\s*[" + _L + r"]+$|"
+                   r"(?:a|one|the|each)?\s*(?:box|boxes|strip|strips|pack|packs|carton|cartons|bottle|bottles|"
+                   r"tube|tubes|piece|pieces|pcs|vial|vials|amp|amps|dozen|roll|rolls)$)", re.I)
 _LEAD = re.compile(r"^[\s#*•:;,.|>=/\-_()\[\]~]+|^(?:[0-9]{1,3}\s*[.,)\-/]\s*)(?=[" + _L + r"(])|"
                    r"^[0-9]{1,2}(?=[A-Z][a-z])")
-_TRAIL = re.compile(r"[\s#*•:;,.|>=/\-_(\[~&+]+$")
+_TRAIL = re.compile(r"[\s#*•:;,.|>=/\-_(\[~&+—–]+$")
+_UNITS = (r"mg|mcg|µg|ug|g|gm|gms|kg|ml|l|lt|ltr|cl|cc|cm|mm|m|iu|pcs?|tabs?|caps?|amps?|vials?|box(?:es)?|"
+          r"packs?|pk|ctn|cartons?|strips?|tests?|kits?|rolls?|pairs?|bottles?|tubes?|bags?|sets?|units?|doses?|"
+          r"fr|fg|ch|g|gauge")
+_NUMERIC = re.compile(r"[0-9]")
+_VARIANT_TOKEN = re.compile(r"[0-9.,/*×x+\-]*[0-9][0-9.,/*×x+\-]*(?:" + _UNITS + r"|[A-Za-z])?|(?:" + _UNITS + r")|[&,/|+\-]",
+                            re.I)
+_YEAR = re.compile(r"(?:19|20)[0-9]{2}")
+_BARE = re.compile(r"[|:=\-\s]*" + _NUM + r"(?:\s*(?:&|/|\bor\b)\s*" + _NUM + r")*[\s.|]*")
+_OLD_PRICE = re.compile(r"(?:old\s*price|was|before|regular\s*price|previous(?:ly)?|from)\s*[:=\-]?\s*$", re.I)
+_FEE_WORDS = re.compile(r"(?:deliver|transport|shipping|\bfees?\b|\brent\b|\brental\b|total|salary|ደመወዝ|"
+                        r"ትራንስፖርት|ማድረሻ|ዴሊቨሪ|ኪራይ|\bdeposit\b|\bcommission\b)", re.I)
 
 
 def read_offers(text: str | None) -> list[Offer]:
@@ -122,7 +134,7 @@ class _Reader:
     def offers(self) -> list[Offer]:
         seen: set[tuple[str, Decimal]] = set()
         for i, raw in enumerate(self.lines):
-            if not raw.strip() or _FEE_LINE.search(raw) or _RANGE.search(raw):
+            if not raw.strip() or _RANGE.search(raw):
                 continue
             if not _DIGIT.search(raw):
                 continue
@@ -270,9 +282,16 @@ class _Reader:
 def _prices_on(line: str, bare_allowed: bool) -> list[tuple[int, int, Decimal, str]]:
     """The prices a line states: (where its amount starts, where it and its currency end, amount, currency
     as written)."""
-    found = []
+    found: list[tuple[int, int, Decimal, str]] = []
+    line = line[:_MAX_LINE]
     dates = [d.span() for d in _DATE.finditer(line)] if ("/" in line or "-" in line or "." in line) else []
     dated_row = "|" in line and bool(dates)
+    # facts about the whole line, found once (per amount they would make a long line quadratic)
+    letter = re.search(r"[" + _L + r"]", line)
+    first_letter = letter.start() if letter else len(line)
+    last_digit = max((m.start() for m in re.finditer(r"[0-9]", line)), default=-1)
+    last_word = max((m.start() for m in re.finditer(r"[" + _L + r"]{3,}", strip_symbols(line))), default=-1)
+    bare: bool | None = None
     for m in _AMOUNT.finditer(line):
         start, end = m.span(1)
         raw = m.group(1)
@@ -285,6 +304,10 @@ def _prices_on(line: str, bare_allowed: bool) -> list[tuple[int, int, Decimal, s
             continue
         if any(a <= start < b or a < end <= b for a, b in dates):
             continue
+        # a fee, rent, salary or total in the amount's own clause; an old price ("was 300", "old price 300")
+        clause = re.split(r"[,;|()\[\]!]|\s[-–—]\s", line[max(0, start - 80):start])[-1]
+        if _FEE_WORDS.search(clause) or _OLD_PRICE.search(before):
+            continue
         cur = _CUR_AFTER.match(after)
         if cur:
             currency = cur.group(1).lower()
@@ -292,11 +315,11 @@ def _prices_on(line: str, bare_allowed: bool) -> list[tuple[int, int, Decimal, s
             currency = "birr"
         elif _UNIT_AFTER.match(after) or _stock_marked(before):
             continue
-        elif _END_MARK.search(before) and _rest_is_empty(line[end:]) and (_has_letters(line[:start]) or bare_allowed):
+        elif _END_MARK.search(before) and last_digit < end and last_word < end and (first_letter < start or bare_allowed):
             currency = "birr"
-        elif dated_row and _after_date_field(line[:start]) and _rest_is_empty(line[end:]):
+        elif dated_row and last_digit < end and last_word < end and _after_date_field(line[max(0, start - 60):start]):
             currency = "birr"
-        elif bare_allowed and _is_bare_amount(squash(strip_symbols(line))):
+        elif bare_allowed and (bare if bare is not None else (bare := _is_bare_amount(squash(strip_symbols(line))))):
             currency = "birr"
         else:
             continue
@@ -317,19 +340,17 @@ def _stock_marked(before: str) -> bool:
                           r"cent(?:er|re)|ስልክ|ይደውሉ)\b[^0-9]{0,20}|[a-z]:)$", before, re.I))
 
 
-def _rest_is_empty(after: str) -> bool:
-    """Nothing but punctuation, emoji or a closing remark without amounts follows."""
-    rest = strip_symbols(after)
-    return not re.search(r"[0-9]", rest) and not re.search(r"[" + _L + r"]{3,}", rest)
-
-
 def _after_date_field(before: str) -> bool:
     fields = [f.strip() for f in before.split("|")]
     return len(fields) >= 3 and bool(_DATE.search(fields[-2])) and fields[-1] == ""
 
 
 def _is_bare_amount(stripped: str) -> bool:
-    return bool(re.fullmatch(r"[|:=\-\s]*" + _NUM + r"(?:\s*(?:&|/|or|,)\s*" + _NUM + r")*[\s.|]*", stripped))
+    """Nothing but an amount, or amounts joined by ``&``, ``/`` or ``or`` (alternatives: the first counts);
+    not a year (``2024`` under an item is a date)."""
+    if len(stripped) > 80 or _YEAR.fullmatch(stripped.strip(" .|:=-")):
+        return False
+    return bool(_BARE.fullmatch(stripped))
 
 
 def _with_variant(name: str, variant: str) -> str:
@@ -352,12 +373,13 @@ def _product_text(fragment: str) -> str | None:
     text = _DATE.sub(" ", _without_details(fragment))
     text = strip_symbols(text)
     text = re.sub(r"\.{2,}|…|_+", " ", text)
+    text = re.sub(r"\s*\b(?:was|old\s*price|before|regular\s*price)\b.*$", "", text, flags=re.I)
     text = squash(text)
     for _ in range(2):
         text = _LEAD.sub("", text).strip()
         text = _TRAIL.sub("", text).strip()
-        text = re.sub(r"^(?:price|prize|ዋጋ(?:ው)?)\s*[:=\-]?\s*|\s*(?:price|prize|ዋጋ(?:ው)?|only|for|at|is|@)\s*[:=\-]?$",
-                      "", text, flags=re.I).strip()
+        text = re.sub(r"^(?:price|prize|ዋጋ(?:ው)?)\s*[:=\-]?\s*|(?:\s+|^)(?:price|prize|ዋጋ(?:ው)?|only|for|at|is|"
+                      r"new|now|birr|br|etb|ብር)\s*[:=\-]?$|\s*@$", "", text, flags=re.I).strip()
     return text or None
 
 
@@ -379,7 +401,9 @@ def _is_variant(text: str) -> bool:
     words = re.findall(r"[" + _L + r"]+", _FILLER.sub(" ", text))
     if not words:
         return True
-    return bool(re.fullmatch(r"[\s0-9.,/*×x+\-()]*(?:[0-9]+\s*" + _UNIT + r"[\s0-9.,/*×x+\-()]*)+", text, re.I))
+    # token by token (one linear pass; a single pattern over the whole text can backtrack exponentially)
+    tokens = [t for t in re.split(r"[\s()]+", text) if t]
+    return any(_NUMERIC.search(t) for t in tokens) and all(_VARIANT_TOKEN.fullmatch(t) for t in tokens)
 
 
 def _is_origin(text: str) -> bool:

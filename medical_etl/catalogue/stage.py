@@ -31,6 +31,7 @@ def build_catalogue(db: ConnParams, *, batch: int = BATCH, resolver: Resolver | 
     expect_params(db, "build_catalogue")
     t0 = time.perf_counter()
     parser, resolver_v = parser_version(), resolver_version()
+    resolving = _Resolving(resolver_v, resolver)
     conn = connect_warehouse(db)
     try:
         with conn, conn.cursor() as cur:
@@ -39,10 +40,21 @@ def build_catalogue(db: ConnParams, *, batch: int = BATCH, resolver: Resolver | 
             cur.execute("SELECT max(updated_at) FROM raw.telegram_messages")
             newest = cur.fetchone()[0]
         since = state[2] if state and state[0] == parser else None
-        read = _read_texts(conn, parser, since, batch)
+        read = _read_texts(conn, parser, since, batch, resolving)
         t1 = time.perf_counter()
-        keys = None if not state or state[1] != resolver_v else read["product_keys"]
-        resolved = _resolve(conn, resolver_v, keys, batch, resolver)
+        if not state or state[1] != resolver_v:
+            # a new resolver (or a first run that may have stopped half-way): every product text lacking a
+            # resolution of this version, whatever text it came from
+            with conn, conn.cursor() as cur:
+                cur.execute("""SELECT o.product_text_key, min(o.product_text) FROM raw.catalogue_offers AS o
+                               WHERE NOT EXISTS (SELECT 1 FROM raw.product_resolutions AS r
+                                                 WHERE r.product_text_key = o.product_text_key
+                                                   AND r.resolver_version = %s)
+                               GROUP BY 1""", (resolver_v,))
+                todo = cur.fetchall()
+            for i in range(0, len(todo), batch):
+                with conn, conn.cursor() as cur:
+                    resolving.write(cur, todo[i:i + batch])
         with conn, conn.cursor() as cur:
             cur.execute("""INSERT INTO raw.catalogue_state (id, parser_version, resolver_version, messages_until)
                            VALUES (true, %s, %s, %s)
@@ -57,22 +69,67 @@ def build_catalogue(db: ConnParams, *, batch: int = BATCH, resolver: Resolver | 
         "resolver_version": resolver_v,
         "texts_read": read["texts"],
         "offers_found": read["offers"],
-        "products_resolved": resolved["resolved"],
-        "products_remembered": resolved["remembered"],
+        "products_resolved": resolving.resolved,
+        "products_remembered": resolving.remembered,
         "read_seconds": round(t1 - t0, 3),
         "resolve_seconds": round(t2 - t1, 3),
         "texts_per_s": round(read["texts"] / (t1 - t0), 1) if read["texts"] else None,
-        "resolver_load_seconds": round(resolved["load_seconds"], 3),
-        "resolutions_per_s": round(resolved["resolved"] / resolved["seconds"], 1) if resolved["resolved"] else None,
+        "resolver_load_seconds": round(resolving.load_seconds, 3),
+        "resolutions_per_s": round(resolving.resolved / resolving.seconds, 1) if resolving.resolved else None,
     }
 
 
-def _read_texts(conn, parser: str, since, batch: int) -> dict:
-    """Read every text not read by ``parser`` (only those of posts updated after ``since`` when given)."""
+class _Resolving:
+    """Resolutions of one version, written in the caller's transaction; the resolver (a few seconds to
+    build) is built at the first product text that needs it."""
+
+    def __init__(self, version: str, resolver: Resolver | None):
+        self.version, self.resolver = version, resolver
+        self.resolved = self.remembered = 0
+        self.seconds = self.load_seconds = 0.0
+
+    def new_keys(self, cur, keys: set[str]) -> list[tuple[str, str]]:
+        """Of ``keys``, those with no resolution of this version, each with one of its product texts."""
+        cur.execute("""SELECT k.key, (SELECT min(product_text) FROM raw.catalogue_offers WHERE product_text_key = k.key)
+                       FROM unnest(%s::text[]) AS k (key)
+                       WHERE NOT EXISTS (SELECT 1 FROM raw.product_resolutions AS r
+                                         WHERE r.product_text_key = k.key AND r.resolver_version = %s)""",
+                    (sorted(keys), self.version))
+        todo = cur.fetchall()
+        self.remembered += len(keys) - len(todo)
+        return todo
+
+    def write(self, cur, todo: list[tuple[str, str]]) -> None:
+        if not todo:
+            return
+        if self.resolver is None:
+            t = time.perf_counter()
+            self.resolver = Resolver()
+            self.load_seconds = time.perf_counter() - t
+        t = time.perf_counter()
+        rows = []
+        for key, text in todo:
+            p = self.resolver.resolve(text)
+            rows.append((key, self.version, p.product_name, p.generic_name, p.strength, p.dosage_form,
+                         p.product_kind, p.identity_key, p.match))
+        execute_values(cur, """
+            INSERT INTO raw.product_resolutions (product_text_key, resolver_version, product_name,
+                generic_name, strength, dosage_form, product_kind, identity_key, match) VALUES %s
+            ON CONFLICT (product_text_key) DO UPDATE SET resolver_version = EXCLUDED.resolver_version,
+                product_name = EXCLUDED.product_name, generic_name = EXCLUDED.generic_name,
+                strength = EXCLUDED.strength, dosage_form = EXCLUDED.dosage_form,
+                product_kind = EXCLUDED.product_kind, identity_key = EXCLUDED.identity_key,
+                match = EXCLUDED.match, resolved_at = clock_timestamp()""", rows)
+        self.resolved += len(rows)
+        self.seconds += time.perf_counter() - t
+
+
+def _read_texts(conn, parser: str, since, batch: int, resolving: _Resolving) -> dict:
+    """Read every text not read by ``parser`` (only those of posts updated after ``since`` when given); each
+    batch's texts, offers and new resolutions commit together."""
     texts = offers = 0
-    keys: set[str] = set()
     seen: set[str] = set()
-    # WITH HOLD: each batch commits (texts and their offers together) while the texts are still read
+    # WITH HOLD: each batch commits while the texts are still read
     with conn.cursor(name="catalogue_texts", withhold=True) as src:
         src.itersize = batch
         src.execute("""
@@ -90,20 +147,18 @@ def _read_texts(conn, parser: str, since, batch: int) -> dict:
                 seen.add(text_hash)
                 pending.append((text_hash, text))
                 if len(pending) >= batch:
-                    n, k = _write_batch(out, parser, pending)
+                    offers += _write_batch(out, parser, pending, resolving)
                     conn.commit()
-                    texts, offers = texts + len(pending), offers + n
-                    keys |= k
+                    texts += len(pending)
                     pending = []
             if pending:
-                n, k = _write_batch(out, parser, pending)
-                texts, offers = texts + len(pending), offers + n
-                keys |= k
+                offers += _write_batch(out, parser, pending, resolving)
+                texts += len(pending)
     conn.commit()
-    return {"texts": texts, "offers": offers, "product_keys": keys}
+    return {"texts": texts, "offers": offers}
 
 
-def _write_batch(cur, parser: str, pending: list[tuple[str, str]]) -> tuple[int, set[str]]:
+def _write_batch(cur, parser: str, pending: list[tuple[str, str]], resolving: _Resolving) -> int:
     rows, texts, keys = [], [], set()
     for text_hash, text in pending:
         found = read_offers(text)
@@ -118,54 +173,5 @@ def _write_batch(cur, parser: str, pending: list[tuple[str, str]]) -> tuple[int,
     if rows:
         execute_values(cur, """INSERT INTO raw.catalogue_offers (text_hash, line_no, match_no, product_text,
                                product_text_key, price_birr, currency_text, source_line) VALUES %s""", rows)
-    return len(rows), keys
-
-
-def _resolve(conn, version: str, keys: set[str] | None, batch: int, resolver: Resolver | None) -> dict:
-    """Resolve the product texts with no resolution of ``version``: among ``keys`` when given (the texts read
-    now), else among every offer's."""
-    with conn, conn.cursor() as cur:
-        if keys is None:
-            cur.execute("""SELECT o.product_text_key, min(o.product_text) FROM raw.catalogue_offers AS o
-                           WHERE NOT EXISTS (SELECT 1 FROM raw.product_resolutions AS r
-                                             WHERE r.product_text_key = o.product_text_key
-                                               AND r.resolver_version = %s)
-                           GROUP BY 1""", (version,))
-            todo = cur.fetchall()
-            remembered = None
-        else:
-            cur.execute("""SELECT k.key, (SELECT product_text FROM raw.catalogue_offers
-                                          WHERE product_text_key = k.key LIMIT 1)
-                           FROM unnest(%s::text[]) AS k (key)
-                           WHERE NOT EXISTS (SELECT 1 FROM raw.product_resolutions AS r
-                                             WHERE r.product_text_key = k.key AND r.resolver_version = %s)""",
-                        (sorted(keys), version))
-            todo = cur.fetchall()
-            remembered = len(keys) - len(todo)
-        if remembered is None:
-            cur.execute("SELECT count(*) FROM raw.product_resolutions WHERE resolver_version = %s", (version,))
-            remembered = cur.fetchone()[0]
-    load_s = 0.0
-    if todo and resolver is None:
-        t = time.perf_counter()
-        resolver = Resolver()
-        load_s = time.perf_counter() - t
-    t0 = time.perf_counter()
-    if todo:
-        for i in range(0, len(todo), batch):
-            rows = []
-            for key, text in todo[i:i + batch]:
-                p = resolver.resolve(text)
-                rows.append((key, version, p.product_name, p.generic_name, p.strength, p.dosage_form,
-                             p.product_kind, p.identity_key, p.match))
-            with conn, conn.cursor() as cur:
-                execute_values(cur, """
-                    INSERT INTO raw.product_resolutions (product_text_key, resolver_version, product_name,
-                        generic_name, strength, dosage_form, product_kind, identity_key, match) VALUES %s
-                    ON CONFLICT (product_text_key) DO UPDATE SET resolver_version = EXCLUDED.resolver_version,
-                        product_name = EXCLUDED.product_name, generic_name = EXCLUDED.generic_name,
-                        strength = EXCLUDED.strength, dosage_form = EXCLUDED.dosage_form,
-                        product_kind = EXCLUDED.product_kind, identity_key = EXCLUDED.identity_key,
-                        match = EXCLUDED.match, resolved_at = clock_timestamp()""", rows)
-    return {"resolved": len(todo), "remembered": remembered, "seconds": time.perf_counter() - t0,
-            "load_seconds": load_s}
+        resolving.write(cur, resolving.new_keys(cur, keys))
+    return len(rows)

@@ -16,12 +16,15 @@ _SYMBOLS = re.compile(
 )
 _STRUCK = re.compile(r"~~[^~\n]*~~|<s>[^<\n]*</s>|<del>[^<\n]*</del>", re.I)
 _MARKUP = re.compile(r"\*\*|__|~~|`|</?(?:b|i|u|strong|em)>", re.I)
+# Ethiopic punctuation as its Latin counterpart ("ዋጋ፡ 300" reads as "ዋጋ: 300")
+_ETHIOPIC = str.maketrans({"፡": ":", "፦": ":", "፥": ":", "፣": ",", "፤": ";", "።": "."})
 
 
 def fold(text: str) -> str:
-    """NFKC (look-alike letters and digits become plain ones), no-break and odd spaces as spaces, ``\\r``
+    """NFKC (look-alike letters and digits become plain ones), Ethiopic punctuation as Latin, no-break and
+    odd spaces as spaces, ``\\r``
     dropped, struck-through text removed and markdown markers dropped; line breaks are kept."""
-    text = unicodedata.normalize("NFKC", text)
+    text = unicodedata.normalize("NFKC", text).translate(_ETHIOPIC)
     text = text.replace("\r", "").replace("\t", " ")
     text = re.sub(r"[\u00A0\u2000-\u200A\u202F\u205F\u3000]", " ", text)
     text = _STRUCK.sub(" ", text)

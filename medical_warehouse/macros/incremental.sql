@@ -19,7 +19,7 @@
     union
     select message_key from {{ ref('int_messages_deduplicated') }}
     where text_hash in (
-        select text_hash from {{ ref('stg_catalogue_offers') }}
+        select text_hash from {{ ref('stg_catalogue_texts') }}
         where {{ changed_since_last_run('read_at') }}
         union
         select o.text_hash from {{ ref('stg_catalogue_offers') }} as o

@@ -7,19 +7,15 @@
     )
 }}
 
+-- the incremental filter reads these: depends_on: {{ ref('stg_catalogue_texts') }} {{ ref('stg_catalogue_offers') }} {{ ref('stg_product_resolutions') }}
+
 with messages as (
 
     select * from {{ ref('int_messages_deduplicated') }}
     {% if is_incremental() %}
-    -- posts changed since the last run, and posts whose offers were re-read or re-resolved since: one
-    -- set of keys (a semi-join; an OR of two conditions would test every post against a subplan)
-    where message_key in (
-        select message_key from {{ ref('int_messages_deduplicated') }}
-        where {{ changed_since_last_run('updated_at') }}
-        union
-        select message_key from {{ ref('fct_product_prices') }}
-        where {{ changed_since_last_run('source_updated_at') }}
-    )
+    -- posts changed since the last run, and posts whose offers were re-read or re-resolved since (a
+    -- post whose re-read text has no offer left among them): one set of keys, a semi-join
+    where message_key in ({{ messages_with_changed_offers() }})
     {% endif %}
 
 ),

@@ -11,7 +11,7 @@
     (medical_etl/catalogue) tied to their product in dim_products. With unique_key = message_key, the rows
     of a post whose text, reading or product changed are all replaced on the next incremental run; the
     pre-hook also removes the rows of a post edited to hold no price any more. -#}
--- the pre-hook reads these: depends_on: {{ ref('int_messages_deduplicated') }} {{ ref('stg_catalogue_offers') }} {{ ref('stg_product_resolutions') }}
+-- the pre-hook reads these: depends_on: {{ ref('int_messages_deduplicated') }} {{ ref('stg_catalogue_texts') }} {{ ref('stg_catalogue_offers') }} {{ ref('stg_product_resolutions') }}
 
 with offers as (
 
