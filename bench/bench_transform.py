@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from synthetic import build_lake, scratch_database  # noqa: E402
 
 from medical_etl.catalogue.identity import Resolver, normalise, resolver_version  # noqa: E402
-from medical_etl.catalogue.stage import _resolve, build_catalogue  # noqa: E402
+from medical_etl.catalogue.stage import _Resolving, build_catalogue  # noqa: E402
 from medical_etl.load import load_raw_to_postgres  # noqa: E402
 from medical_etl.transform import run_dbt_transformations  # noqa: E402
 
@@ -123,12 +123,14 @@ def throughput(db, lake, n: int) -> None:
     conn = psycopg2.connect(**db.kwargs())
     try:
         keys = {normalise(t) for t in base}
+        remembered = _Resolving(resolver_version(), resolver)
         t0 = time.perf_counter()
-        found = _resolve(conn, resolver_version(), keys, 500, resolver)
+        with conn.cursor() as cur:
+            todo = remembered.new_keys(cur, keys)  # what a run does for the product texts of its new posts
         lookup_s = time.perf_counter() - t0
     finally:
         conn.close()
-    assert found["resolved"] == 0
+    assert todo == [] and remembered.remembered == len(keys)
     print(f"\ncatalogue on {n:,} posts of distinct texts: read {cold['texts_read']:,} texts "
           f"({cold['texts_per_s']:,.0f} texts/s), {cold['offers_found']:,} offers, resolved "
           f"{cold['products_resolved']:,} product texts ({cold['resolutions_per_s'] or 0:,.0f}/s, dictionary "
