@@ -80,8 +80,10 @@ def main() -> int:
                 print(f"{label:<40} {secs:>8.2f} {c['read_seconds'] + c['resolve_seconds']:>10.2f} "
                       f"{c['texts_read']:>11,} {c['products_resolved']:>9,} "
                       f"{model_time(s, 'fct_product_prices'):>19.2f} {model_time(s, 'fct_messages'):>13.2f}")
-            print("slowest nodes of the full build: " + ", ".join(
-                f"{x['node'].split('.')[-1]} {x['seconds']:.1f}s" for x in full["slowest_nodes"]))
+            for label, s in (("full build", full), ("incremental", inc)):
+                slow = sorted(s["nodes"], key=lambda x: -x["seconds"])[:8]
+                print(f"slowest nodes, {label}: " + ", ".join(
+                    f"{x['node'].split('.')[-1][:40]} {x['seconds']:.1f}s" for x in slow))
 
             throughput(db, work / "distinct", args.distinct)
 
