@@ -2,12 +2,15 @@
 
 Every stage and job run appends exactly one record when it ends. Each record
 is one ``write`` of one line under an exclusive ``flock`` of ``runs.jsonl.lock``,
-so records from concurrent processes never interleave or tear. When the current
+so records from concurrent processes never interleave. A write that fails (a full
+disk) is undone, and a line an earlier writer left torn is ended before the next
+record, so a torn line never swallows the next record. When the current
 file would grow past ``RUNLOG_MAX_MB`` it is renamed, under the same lock, to the
 next segment ``runs.000001.jsonl``, ``runs.000002.jsonl``, ... (housekeeping may
 gzip them to ``.jsonl.gz``); no segment is ever deleted, so no record is lost.
 Readers open every segment under a shared lock and read them, oldest first, as
-one history.
+one history; :meth:`RunLog.scan` yields the valid records (:func:`record_problem`)
+and counts the lines it skips.
 """
 from __future__ import annotations
 
@@ -23,12 +26,13 @@ import socket
 import time
 import traceback
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from medical_etl.errors import PermanentError
 from medical_etl.secrets import mask
 
 log = logging.getLogger(__name__)
@@ -50,6 +54,73 @@ def new_run_id() -> str:
 
 def utc_now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class RunLogWriteError(PermanentError):
+    """A record could not be written to the run log (a full or unwritable ``LOGS_PATH``)."""
+
+    def __init__(self, path: Path, exc: BaseException):
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        super().__init__(f"could not write the run-log record to {path}: {why}", setting="LOGS_PATH")
+
+
+# The fields a reader may rely on: absent or null, or of these types (``job``: always a string).
+_FIELD_TYPES = {"run_id": str, "stage": str, "status": str, "reason": str, "host": str, "started_at": str,
+                "finished_at": str, "metrics": dict, "error": (dict, str), "duration_s": (int, float),
+                "peak_rss_mb": (int, float), "cpu_s": (int, float), "pid": int, "attempt": int}
+
+
+def record_problem(rec) -> str | None:
+    """Why ``rec`` is not a run record a reader can use, or None when it is."""
+    if not isinstance(rec, dict):
+        return "not a JSON object"
+    if not isinstance(rec.get("job"), str):
+        return "job is not a string"
+    for key, types in _FIELD_TYPES.items():
+        value = rec.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, types)):
+            return f"{key} is a {type(value).__name__}"
+    for key in ("started_at", "finished_at"):
+        try:
+            if rec.get(key) is not None:
+                datetime.fromisoformat(rec[key].replace("Z", "+00:00"))
+        except ValueError:
+            return f"{key} is not an ISO 8601 time"
+    err = rec.get("error")
+    if isinstance(err, dict) and not isinstance(err.get("message") or "", str):
+        return "error.message is not a string"
+    return None
+
+
+class RecordScan:
+    """The valid records of some run-log lines, in order. Blank lines are ignored; once iterated,
+    ``records`` counts the records yielded, ``malformed`` the lines that are not JSON (a torn or
+    garbled line) and ``invalid`` those that are JSON but not a usable record (:func:`record_problem`)."""
+
+    def __init__(self, lines: Iterable[bytes]):
+        self._lines = lines
+        self.records = self.malformed = self.invalid = 0
+
+    @property
+    def skipped(self) -> int:
+        return self.malformed + self.invalid
+
+    def __iter__(self) -> Iterator[dict]:
+        for line in self._lines:
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except (ValueError, RecursionError):
+                self.malformed += 1
+                continue
+            problem = record_problem(rec)
+            if problem:
+                log.debug("run log: skipping a record: %s", problem)
+                self.invalid += 1
+                continue
+            self.records += 1
+            yield rec
 
 
 class RunLog:
@@ -79,6 +150,11 @@ class RunLog:
             os.close(fd)
 
     def append(self, record: dict) -> None:
+        """Append ``record`` as one line; raises OSError when it cannot be written.
+
+        A failed write is truncated away, so it leaves no torn line; a torn last line left anyway
+        (a writer killed mid-write, or an older version) is ended with a newline first, so it stays
+        one skipped line and never swallows this record."""
         line = (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode("utf-8")
         line = mask(line.decode("utf-8")).encode("utf-8")
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -91,11 +167,22 @@ class RunLog:
                 size = 0
             if size and size + len(line) > limit:
                 self._rotate()
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
             try:
-                written = os.write(fd, line)
-                while written < len(line):  # a short write would tear the line: finish it
-                    written += os.write(fd, line[written:])
+                size = os.fstat(fd).st_size
+                if size and os.pread(fd, 1, size - 1) != b"\n":
+                    line = b"\n" + line
+                written = 0
+                try:
+                    while written < len(line):  # a short write would tear the line: finish it
+                        written += os.write(fd, line[written:])
+                except OSError:
+                    if written:
+                        try:
+                            os.ftruncate(fd, size)
+                        except OSError:  # the next append ends the torn line instead
+                            pass
+                    raise
             finally:
                 os.close(fd)
         finally:
@@ -175,15 +262,13 @@ class RunLog:
                     yield line[:size]
                     size -= len(line)
 
+    def scan(self) -> RecordScan:
+        """The valid records of every segment; after iterating, it counts the lines it skipped."""
+        return RecordScan(self.lines())
+
     def records(self) -> Iterator[dict]:
-        """Yield every well-formed record of every segment; torn or malformed lines are skipped."""
-        for line in self.lines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(rec, dict):
-                yield rec
+        """Yield every valid record of every segment; torn, malformed or mistyped lines are skipped."""
+        return iter(self.scan())
 
     def compress_segments(self) -> int:
         """gzip the rotated plain segments (never the current file); return how many."""
@@ -246,8 +331,9 @@ def track_run(
     """Wrap a unit of work; append one record when it ends, whatever happens.
 
     A failing body is recorded as ``failed`` with its (masked) error and the
-    exception is re-raised. A record that cannot be written is logged and never
-    hides the body's own result or error.
+    exception is re-raised. A record that cannot be written is logged; it never
+    hides the body's own error, and after a body that ended without one it raises
+    :class:`RunLogWriteError` (an unrecorded run must not pass for a success).
     """
     if runlog is not None and not isinstance(runlog, RunLog):
         runlog = RunLog(runlog)
@@ -286,5 +372,7 @@ def track_run(
         if runlog is not None:
             try:
                 runlog.append(record)
-            except Exception as exc:  # noqa: BLE001 - never mask the stage's outcome
+            except Exception as exc:  # noqa: BLE001 - never mask the stage's own error
                 log.error("could not write run log record to %s: %s", runlog.path, exc)
+                if error is None:
+                    raise RunLogWriteError(runlog.path, exc) from exc

@@ -1,10 +1,19 @@
+import errno
 import json
 import multiprocessing as mp
+import os
+import subprocess
+import sys
+from dataclasses import replace
 
 import pytest
+from helpers import REPO, settings_env
 
 from medical_etl import secrets
-from medical_etl.runlog import RunLog, track_run
+from medical_etl.monitoring.stats import read_log
+from medical_etl.runlog import RunLog, RunLogWriteError, track_run
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def _writer(path, n, tag):
@@ -50,20 +59,112 @@ def test_failure_is_recorded_masked_and_reraised(tmp_path):
     assert "boom with ***" in r["error"]["message"]
 
 
-def test_unwritable_log_never_hides_result(tmp_path):
+def test_unwritable_log_fails_a_success_and_never_hides_an_error(tmp_path):
     blocker = tmp_path / "f"
     blocker.write_text("")
-    with track_run(blocker / "sub", job="j") as rec:  # folder cannot be created
-        rec.metrics["x"] = 1
+    with pytest.raises(RunLogWriteError, match=r"could not write the run-log record to .*/f/sub/runs\.jsonl"):
+        with track_run(blocker / "sub", job="j") as rec:  # folder cannot be created
+            rec.metrics["x"] = 1
     with pytest.raises(ValueError, match="own error"):
         with track_run(blocker / "sub", job="j"):
             raise ValueError("own error")
 
 
-def test_malformed_lines_are_skipped(tmp_path):
+def test_torn_malformed_and_mistyped_lines_are_skipped_and_counted(tmp_path):
     path = tmp_path / "runs.jsonl"
-    path.write_text('{"a": 1}\n{"torn\n[1,2]\n{"b": 2}\n')
-    assert list(RunLog(path).records()) == [{"a": 1}, {"b": 2}]
+    path.write_text('{"job": "a"}\n{"torn\n[1,2]\n\n{"stage": "load"}\n{"job": "b", "stage": {"a": 1}}\n'
+                    '{"job": "c", "finished_at": 12345}\n{"job": "d", "error": 7}\n{"job": "e", "duration_s": "9"}\n'
+                    '{"job": "f", "started_at": "yesterday"}\n{"job": "g", "error": {"message": 3}}\n'
+                    '{"job": "h", "pid": true}\n{"job": "ok", "error": {"message": "boom"}, "finished_at": "2026-01-01T00:00:00Z"}\n')
+    scan = RunLog(path).scan()
+    assert [r["job"] for r in scan] == ["a", "ok"]
+    assert (scan.records, scan.malformed, scan.invalid, scan.skipped) == (2, 1, 9, 10)
+    stats = read_log(path)
+    assert (stats.records, stats.malformed) == (2, 10)
+
+
+def test_an_append_after_a_torn_line_keeps_both_apart(tmp_path):
+    log = RunLog(tmp_path)
+    log.append({"job": "a"})
+    with open(log.path, "ab") as fh:  # a writer killed mid-line, or an older version on a full disk
+        fh.write(b'{"job": "b", "sta')
+    log.append({"job": "c"})
+    assert log.path.read_bytes().split(b"\n") == [b'{"job": "a"}', b'{"job": "b", "sta', b'{"job": "c"}', b""]
+    scan = log.scan()
+    assert [r["job"] for r in scan] == ["a", "c"] and (scan.malformed, scan.invalid) == (1, 0)
+    log.append({"job": "d"})  # a whole last line: nothing added before the record
+    assert log.path.read_bytes().endswith(b'{"job": "c"}\n{"job": "d"}\n')
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 1 MiB tmpfs to fill: the kernel's own ENOSPC, short writes included (needs mount rights)."""
+    mnt = tmp_path / "fs"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode:
+        pytest.skip(f"cannot mount a tmpfs to fill: {r.stderr.strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+def fill(folder):
+    """Fill the file system of ``folder`` to its last page; returns the filler (page-aligned)."""
+    filler = folder / "filler"
+    with pytest.raises(OSError) as full, open(filler, "wb", buffering=0) as fh:
+        while True:
+            fh.write(b"\0" * PAGE)
+    assert full.value.errno == errno.ENOSPC and filler.stat().st_size % PAGE == 0
+    return filler
+
+
+def test_a_write_that_fails_on_a_full_disk_is_undone(small_fs):
+    log = RunLog(small_fs)
+    log.append({"job": "a"})  # its page has room for part of the next record
+    fill(small_fs)
+    before = log.path.read_bytes()
+    with pytest.raises(OSError) as exc:
+        log.append({"job": "b", "pad": "x" * 2 * PAGE})
+    assert exc.value.errno == errno.ENOSPC
+    assert log.path.read_bytes() == before  # the part that fitted was truncated away
+
+
+def test_a_full_logs_path_fails_the_job_and_the_next_record_stays_apart(settings, small_fs):
+    s = replace(settings, logs_path=small_fs)
+    env = {**settings_env(s), "TELEGRAM_SOURCE": "sample"}
+
+    def job():
+        return subprocess.run([sys.executable, "-m", "medical_etl", "job", "scrape-load"], env=env, cwd=REPO,
+                              capture_output=True, text=True, timeout=300)
+
+    first = job()
+    assert first.returncode == 0, first.stderr[-2000:]
+    log = RunLog(small_fs)
+    filler = fill(small_fs)
+    os.truncate(filler, filler.stat().st_size - PAGE)
+    fd = os.open(log.path, os.O_WRONLY | os.O_APPEND)  # a writer without the repair: a torn line
+    torn = os.write(fd, json.dumps({"job": "old", "pad": "x" * 3 * PAGE}).encode())
+    os.close(fd)
+    assert PAGE <= torn < 3 * PAGE
+    os.truncate(filler, filler.stat().st_size - PAGE)  # room for the job's marker, not for its records
+    before = log.path.read_bytes()
+
+    full = job()
+    assert full.returncode == 1, full.stderr[-2000:]
+    assert "could not write the run-log record" in full.stderr and "No space left on device" in full.stderr
+    result = json.loads(full.stdout)
+    assert result["status"] == "failed" and result["failed_stage"] == "scrape"
+    assert "No space left on device" in result["error"] and "No space left on device" in result["run_log_error"]
+    assert log.path.read_bytes() == before  # nothing half-written
+
+    filler.unlink()
+    again = job()
+    assert again.returncode == 0, again.stderr[-2000:]
+    scan = log.scan()
+    assert [(r["stage"], r["status"]) for r in scan] == [("scrape", "success"), ("load", "success"),
+                                                         (None, "success")] * 2
+    assert (scan.malformed, scan.invalid) == (1, 0)
+    assert read_log(log.path).malformed == 1
 
 
 def _rotating_writer(path, n, tag, max_bytes):
@@ -73,8 +174,6 @@ def _rotating_writer(path, n, tag, max_bytes):
 
 
 def test_rotation_with_two_concurrent_writers_loses_no_record(tmp_path):
-    from medical_etl.monitoring.stats import read_log
-
     path = tmp_path / "runs.jsonl"
     procs = [mp.get_context("fork").Process(target=_rotating_writer, args=(path, 1500, t, 20_000))
              for t in ("a", "b")]
@@ -174,12 +273,9 @@ def test_housekeeping_compresses_then_expires_logs(tmp_path):
 
 
 def test_a_job_rotates_its_run_log_and_tidies_old_logs(settings):
-    import os
     import time
-    from dataclasses import replace
 
     from medical_etl.jobs import run_job
-    from medical_etl.monitoring.stats import read_log
 
     s = replace(settings, telegram_source="sample", runlog_max_mb=0.001, log_retention_days=30)
     s.logs_path.mkdir(parents=True, exist_ok=True)

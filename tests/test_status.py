@@ -117,5 +117,80 @@ def test_the_api_serves_the_same_view(settings, built):
     assert [a["asset"] for a in api["assets"]] == [a["asset"] for a in cli["assets"]]
     for a, b in zip(api["assets"], cli["assets"], strict=True):
         assert a["last_success"] == b["last_success"] and a["stale"] == b["stale"]
-    assert api["assets"][0]["metadata"] == cli["assets"][0]["metadata"]
+    lake = dict(cli["assets"][0]["metadata"])
+    assert lake.pop("path") == str(settings.raw_data_path) and api["assets"][0]["metadata"] == lake  # no server path
     assert api["assets"][2]["metadata"]["rows_per_mart"]["fct_messages"] == 276
+
+
+def _record(run_id, stage, **kw):
+    return {"run_id": run_id, "job": "pipeline", "stage": stage, "status": "success",
+            "started_at": "2026-01-01T00:00:00Z", "finished_at": "2026-01-01T00:01:00Z", "duration_s": 60.0,
+            "metrics": {}, "error": None, **kw}
+
+
+def test_mistyped_and_torn_records_are_skipped_by_every_reader(settings):
+    from fastapi.testclient import TestClient
+
+    from medical_etl.api.app import create_app
+    from medical_etl.db import conn_params
+    from medical_etl.monitoring.stats import read_log
+
+    logs = settings.logs_path
+    logs.mkdir(parents=True, exist_ok=True)
+    bad = [_record("r-bad1", {"a": 1}), _record("r-bad2", "load", finished_at=12345),
+           _record("r-bad3", "load", status="failed", error=7)]
+    (logs / "runs.000001.jsonl").write_text(  # a rotated segment keeps them
+        "".join(json.dumps(r) + "\n" for r in [_record("r-scrape", "scrape"), *bad]))
+    (logs / "runs.jsonl").write_text(json.dumps(_record("r-load", "load")) + '\n{"run_id": "r-torn", "job": "pi')
+
+    s = json.loads(status_cli(settings, "--json"))
+    assert s["run_log"]["records"] == 2 and s["run_log"]["skipped_lines"] == {"malformed": 1, "invalid": 3}
+    assert [(a["last_success"] or {}).get("run_id") for a in s["assets"]] == ["r-scrape", "r-load", None, None]
+    assert s["assets"][1]["last_failure"] is None
+    assert "skipped 1 torn or malformed line(s) and 3 invalid record(s)" in status_cli(settings)
+
+    app = create_app(conn_params(settings), logs_path=logs, lake_path=settings.raw_data_path)
+    with TestClient(app) as c:
+        r = c.get("/api/pipeline/status")
+    assert r.status_code == 200, r.text
+    assert r.json()["run_log"] == {"records": 2, "skipped_lines": {"malformed": 1, "invalid": 3}}
+    assert [a["last_success"] for a in r.json()["assets"]] == [a["last_success"] for a in s["assets"]]
+
+    stats = read_log(logs / "runs.jsonl")
+    assert (stats.records, stats.malformed) == (2, 4)
+
+
+def test_the_api_does_not_describe_the_server(pg_admin, tmp_path, caplog):
+    import logging
+
+    from fastapi.testclient import TestClient
+
+    from medical_etl.api.app import create_app
+    from medical_etl.api.database import ReadOnlyPool
+    from medical_etl.db import ConnParams
+    from medical_etl.ops.status import pipeline_status
+
+    logs, lake = tmp_path / "logs", tmp_path / "raw"
+    RunLog(logs).append(_record("r-scrape", "scrape"))
+    (lake / "messages").mkdir(parents=True)
+    role = "no_such_role_7f3a"
+    db = ConnParams(pg_admin.host, pg_admin.port, "no_such_db", role)  # refused, naming the role
+
+    cli = pipeline_status(logs_path=logs, lake_path=lake, cursor=ReadOnlyPool(db, size=1).cursor)
+    assert cli["run_log"]["path"] == str(logs / "runs.jsonl") and cli["assets"][0]["metadata"]["path"] == str(lake)
+    assert role in cli["database"]["error"]
+
+    with caplog.at_level(logging.WARNING), TestClient(create_app(db, logs_path=logs, lake_path=lake),
+                                                      raise_server_exceptions=False) as c:
+        status, refused = c.get("/api/pipeline/status"), c.get("/api/channels")
+    assert status.status_code == 200 and refused.status_code == 503
+    s = status.json()
+    assert s["database"] == {"reachable": False, "error": "database unavailable (details in the server log)"}
+    assert "path" not in s["run_log"] and "path" not in s["assets"][0]["metadata"]
+    assert s["assets"][0]["last_success"]["run_id"] == "r-scrape"
+    assert refused.json()["error"] == "database unreachable"
+    for body in (status.text, refused.text):
+        assert str(tmp_path) not in body and role not in body and pg_admin.host not in body
+        assert f"port {pg_admin.port}" not in body
+    logged = [r.getMessage() for r in caplog.records]
+    assert sum(role in m for m in logged) == 2  # the details stay in the server log, once per answer

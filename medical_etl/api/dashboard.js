@@ -72,9 +72,9 @@
             (m.model ? " (" + m.model + ")" : "") : ""
         }[a.asset];
         return "<tr data-asset='" + esc(a.asset) + "'><td>" + esc(a.asset) + "</td><td><span class='badge " + state + "'>" +
-          label + "</span></td><td>" + (ok ? esc(ok.at.slice(0, 16).replace("T", " ")) + " UTC <span class='note'>" +
+          label + "</span></td><td>" + (ok ? esc((ok.at || "time unknown").slice(0, 16).replace("T", " ")) + " UTC <span class='note'>" +
           esc(ago(a.age_hours)) + ", job " + esc(ok.job) + "</span>" : "–") + "</td><td>" +
-          (a.last_failure ? "<span class='error'>" + esc(a.last_failure.at.slice(0, 16).replace("T", " ")) + ": " +
+          (a.last_failure ? "<span class='error'>" + esc((a.last_failure.at || "time unknown").slice(0, 16).replace("T", " ")) + ": " +
             esc(String(a.last_failure.error).slice(0, 160)) + "</span>" : "–") + "</td><td>" + esc(meta) +
           (a.stale_reasons.length ? "<br><span class='note'>" + esc(a.stale_reasons.join("; ")) + "</span>" : "") + "</td></tr>";
       }).join("");

@@ -5,7 +5,6 @@ torn or malformed lines are counted and skipped.
 """
 from __future__ import annotations
 
-import json
 import statistics
 from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
@@ -71,23 +70,14 @@ def read_log(path: str | Path) -> LogStats:
     if not runlog.segments():
         return stats
     stats.exists = True
-    for line in runlog.lines():
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-            if not isinstance(rec, dict) or not isinstance(rec.get("job"), str):
-                raise ValueError("not a run record")
-            run = Run(run_id=str(rec.get("run_id")), job=rec["job"], stage=rec.get("stage"),
-                      status=str(rec.get("status")), finished_at=parse_ts(rec.get("finished_at")),
-                      duration_s=float(rec.get("duration_s") or 0.0),
-                      metrics=rec.get("metrics") if isinstance(rec.get("metrics"), dict) else {},
-                      error=(rec.get("error") or {}).get("message") if isinstance(rec.get("error"), dict)
-                      else rec.get("error"),
-                      reason=rec.get("reason"), peak_rss_mb=rec.get("peak_rss_mb"), cpu_s=rec.get("cpu_s"))
-        except (ValueError, TypeError, AttributeError):
-            stats.malformed += 1
-            continue
+    scan = runlog.scan()  # valid records only: the fields below have their types
+    for rec in scan:
+        run = Run(run_id=str(rec.get("run_id")), job=rec["job"], stage=rec.get("stage"),
+                  status=str(rec.get("status")), finished_at=parse_ts(rec.get("finished_at")),
+                  duration_s=float(rec.get("duration_s") or 0.0), metrics=rec.get("metrics") or {},
+                  error=(rec.get("error") or {}).get("message") if isinstance(rec.get("error"), dict)
+                  else rec.get("error"),
+                  reason=rec.get("reason"), peak_rss_mb=rec.get("peak_rss_mb"), cpu_s=rec.get("cpu_s"))
         stats.records += 1
         if run.stage:
             stats.stages[run.stage].append(run)
@@ -100,6 +90,7 @@ def read_log(path: str | Path) -> LogStats:
                 for key in (run.job, "*"):
                     if key not in stats.last_success or run.finished_at > stats.last_success[key]:
                         stats.last_success[key] = run.finished_at
+    stats.malformed = scan.skipped
     return stats
 
 

@@ -4,12 +4,14 @@ Four assets, one per stage: ``telegram_data`` (the lake, by scrape), ``raw_datab
 ``data_warehouse`` (transform) and ``image_enrichment`` (enrich). For each: its last successful and
 (if newer) last failed run from the run log, its metadata read from the lake or the warehouse, and
 whether it is stale relative to its upstream. Backs ``medical-etl status`` and the API's
-``/api/pipeline/status``. The lake and run-log parts work when the database cannot be reached.
+``/api/pipeline/status``. The lake and run-log parts work when the database cannot be reached; run-log
+lines that are torn or not valid records are skipped and counted.
 """
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from datetime import date, datetime, timezone
 from pathlib import Path
@@ -27,30 +29,33 @@ ASSETS = {  # asset -> (stage that materialises it, upstream asset)
 MARTS = ["dim_channels", "dim_dates", "fct_messages", "fct_product_prices", "fct_image_detections",
          "fct_image_categories"]
 _MESSAGE_KEY = b'"message_id":'
+log = logging.getLogger(__name__)
 
 
 def _parse_time(value: str | None) -> datetime | None:
-    if not value:
+    if not value or not isinstance(value, str):
         return None
     try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+        at = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return None
+    return at if at.tzinfo else at.replace(tzinfo=timezone.utc)  # comparable with every other time
 
 
 def _run_view(rec: dict, with_error: bool = False) -> dict:
     out = {"at": rec.get("finished_at"), "started_at": rec.get("started_at"), "run_id": rec.get("run_id"),
            "job": rec.get("job"), "duration_s": rec.get("duration_s")}
     if with_error:
-        err = rec.get("error") or {}
-        out["error"] = err.get("message") or rec.get("reason") or rec.get("status")
+        err = rec.get("error")
+        message = err.get("message") if isinstance(err, dict) else err
+        out["error"] = message or rec.get("reason") or rec.get("status")
     return out
 
 
-def last_runs(logs_path: Path) -> dict[str, dict]:
-    """Per stage: the last successful record and the last failed one, from the run log."""
+def last_runs(records: Iterable[dict]) -> dict[str, dict]:
+    """Per stage: the last successful record and the last failed one, from valid run-log records."""
     out: dict[str, dict] = {stage: {"success": None, "failure": None} for stage, _ in ASSETS.values()}
-    for rec in RunLog(logs_path).records():
+    for rec in records:
         stage = rec.get("stage")
         if stage not in out:
             continue
@@ -190,16 +195,22 @@ def pipeline_status(
     cursor: Callable[[], AbstractContextManager] | None,
     exact_counts: bool = True,
     now: datetime | None = None,
+    public: bool = False,
 ) -> dict:
     """The four assets with their last runs, metadata and staleness.
 
     ``cursor`` opens a database cursor (a context manager), or is None; a database that cannot be
     reached is reported in ``database.error`` and the lake and run-log parts are still filled.
     ``exact_counts=False`` reads table sizes from the planner's statistics (constant time; the API).
+    ``public=True`` (the API) leaves out the server's paths and the database error's details (the
+    server's address and user), which it logs instead.
     """
     now = now or datetime.now(timezone.utc)
-    runs = last_runs(logs_path)
+    scan = RunLog(logs_path).scan()
+    runs = last_runs(scan)
     lake_meta = lake_metadata(lake_path)
+    if public:
+        lake_meta.pop("path")
     db: dict = {"reachable": False, "error": None}
     wh = None
     if cursor is not None:
@@ -209,6 +220,9 @@ def pipeline_status(
             db["reachable"] = True
         except Exception as exc:  # noqa: BLE001 - status reports the database's state, it does not fail on it
             db["error"] = f"{type(exc).__name__}: {mask(exc).strip()}"
+            if public:
+                log.warning("pipeline status: the warehouse was not read: %s", db["error"])
+                db["error"] = "database unavailable (details in the server log)"
     else:
         db["error"] = "no database configured"
 
@@ -255,13 +269,20 @@ def pipeline_status(
                 asset["stale_reasons"].append(f"{pending} loaded photos not analysed yet")
         asset["stale"] = bool(asset["stale_reasons"])
         assets.append(asset)
-    return {"generated_at": now.isoformat(), "database": db,
-            "run_log": str(RunLog(logs_path).path), "assets": assets}
+    run_log = {"records": scan.records, "skipped_lines": {"malformed": scan.malformed, "invalid": scan.invalid}}
+    if not public:
+        run_log = {"path": str(RunLog(logs_path).path), **run_log}
+    return {"generated_at": now.isoformat(), "database": db, "run_log": run_log, "assets": assets}
 
 
 def format_text(status: dict) -> str:
     """A short human-readable rendering of :func:`pipeline_status`."""
-    lines = [f"Pipeline assets at {status['generated_at'][:19]}Z (run log {status['run_log']})"]
+    run_log = status["run_log"]
+    lines = [f"Pipeline assets at {status['generated_at'][:19]}Z (run log {run_log['path']})"]
+    skipped = run_log["skipped_lines"]
+    if skipped["malformed"] or skipped["invalid"]:
+        lines.append(f"  run log: skipped {skipped['malformed']} torn or malformed line(s) and "
+                     f"{skipped['invalid']} invalid record(s)")
     if not status["database"]["reachable"]:
         lines.append(f"  database: UNREACHABLE - {status['database']['error']} (lake and run log still shown)")
     for a in status["assets"]:
