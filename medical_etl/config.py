@@ -88,14 +88,14 @@ class Settings:
 
 
 # variable name -> (field name, parser)
-def _int(lo: int | None = None, hi: int | None = None):
+def _int(lo: int, hi: int):
     def parse(raw: str) -> int:
         try:
             v = int(raw.strip())
         except ValueError:
-            raise ValueError(f"expected an integer, got {raw!r}") from None
-        if lo is not None and v < lo or hi is not None and v > hi:
-            raise ValueError(f"expected an integer in {lo}..{hi}, got {v}")
+            v = None
+        if v is None or not lo <= v <= hi:
+            raise ValueError(f"must be an integer from {lo} to {hi}, got {raw.strip()!r}")
         return v
     return parse
 
@@ -105,9 +105,9 @@ def _float(lo: float, hi: float):
         try:
             v = float(raw.strip())
         except ValueError:
-            raise ValueError(f"expected a number, got {raw!r}") from None
-        if not lo <= v <= hi:
-            raise ValueError(f"expected a number in {lo}..{hi}, got {v}")
+            v = None
+        if v is None or not lo <= v <= hi:  # NaN fails the comparison too
+            raise ValueError(f"must be a number from {lo} to {hi}, got {raw.strip()!r}")
         return v
     return parse
 
@@ -119,6 +119,18 @@ def _str(raw: str) -> str:
 def _secret(raw: str) -> Secret:
     secrets.register(raw)
     return Secret(raw)
+
+
+def _pg_name(raw: str) -> str:
+    """A database or role name: dbt writes the database between double quotes without escaping them,
+    a control character cannot travel in psql's environment, and PostgreSQL cuts names at 63 bytes."""
+    v = raw.strip()
+    bad = next((c for c in v if c == '"' or not c.isprintable()), None)
+    if bad is not None:
+        raise ValueError(f"must not contain {bad!r} (dbt and psql cannot quote it), got {v!r}")
+    if len(v.encode()) > 63:
+        raise ValueError(f"must be at most 63 bytes (PostgreSQL would cut it), got {len(v.encode())}")
+    return v
 
 
 def _path(raw: str) -> Path:
@@ -159,14 +171,14 @@ def _device(raw: str) -> str:
 VARIABLES: dict[str, tuple[str, object]] = {
     "DB_HOST": ("db_host", _str),
     "DB_PORT": ("db_port", _int(1, 65535)),
-    "DB_NAME": ("db_name", _str),
-    "DB_USER": ("db_user", _str),
+    "DB_NAME": ("db_name", _pg_name),
+    "DB_USER": ("db_user", _pg_name),
     "DB_PASSWORD": ("db_password", _secret),
     "DB_CONNECT_TIMEOUT": ("db_connect_timeout_s", _int(1, 600)),
     "RAW_DATA_PATH": ("raw_data_path", _path),
     "LOGS_PATH": ("logs_path", _path),
     "EMBEDDED_PG_PATH": ("embedded_pg_path", _path),
-    "TELEGRAM_API_ID": ("telegram_api_id", _int(1)),
+    "TELEGRAM_API_ID": ("telegram_api_id", _int(1, 2**31 - 1)),  # a 32-bit int in Telegram's API
     "TELEGRAM_API_HASH": ("telegram_api_hash", _secret),
     "TELEGRAM_SESSION": ("telegram_session", _path),
     "TELEGRAM_STRING_SESSION": ("telegram_string_session", _secret),
@@ -174,7 +186,7 @@ VARIABLES: dict[str, tuple[str, object]] = {
     "TELEGRAM_CHANNELS_FILE": ("telegram_channels_file", _path),
     "TELEGRAM_SOURCE": ("telegram_source", _str),
     "REFRESH_DAYS": ("refresh_days", _int(0, 3650)),
-    "FLOOD_WAIT_CAP": ("flood_wait_cap_s", _int(0)),
+    "FLOOD_WAIT_CAP": ("flood_wait_cap_s", _int(0, 86400)),
     "YOLO_MODEL": ("yolo_model", _str),
     "YOLO_CONF": ("yolo_conf", _float(0.0, 1.0)),
     "YOLO_IOU": ("yolo_iou", _float(0.0, 1.0)),
@@ -183,7 +195,7 @@ VARIABLES: dict[str, tuple[str, object]] = {
     "YOLO_DEVICE": ("yolo_device", _device),
     "YOLO_WORKERS": ("yolo_workers", _int(0, 256)),
     "YOLO_OFFLINE": ("yolo_offline", _bool),
-    "STAGE_TIMEOUT": ("stage_timeout_s", _int(1)),
+    "STAGE_TIMEOUT": ("stage_timeout_s", _int(1, 86400)),
     "LOAD_BATCH_ROWS": ("load_batch_rows", _int(1, 1_000_000)),
     "LOG_LEVEL": ("log_level", _log_level),
     "STAGE_RETRIES": ("stage_retries", _int(0, 10)),

@@ -410,3 +410,72 @@ def settings_env_base() -> dict:
     import os
 
     return dict(os.environ, PYTHONPATH=str(REPO))
+
+
+# --- bad input and settings that must not make things worse -----------------------------------------
+
+@pytest.mark.parametrize("url,param", [
+    ("/api/search/messages?query=vita%00min", "query"),
+    ("/api/reports/top-products?channel=CheMed%00123", "channel"),
+    ("/api/products/para%00cetamol/prices", "name"),
+    ("/api/channels/CheMed%00123/activity", "channel"),
+])
+def test_a_nul_in_a_string_parameter_is_422_naming_it(pg_database, tmp_path, caplog, url, param):
+    # PostgreSQL cannot take a NUL in a string: refused before any endpoint runs, so an empty database will do
+    app = create_app(pg_database, logs_path=tmp_path, lake_path=tmp_path)
+    caplog.set_level(logging.DEBUG)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        r = c.get(url)
+    assert r.status_code == 422, r.text
+    body = r.json()
+    assert body["parameter"] == param and "NUL" in body["error"] and f"'{param}'" in body["error"]
+    assert "\x00" not in caplog.text and "\x00" not in r.text
+
+
+def test_failed_authentications_are_throttled_per_address(wh):
+    from medical_etl.api.access import AUTH_FAILURES_PER_MIN
+
+    app = create_app(wh.params, logs_path=wh.settings.logs_path, lake_path=wh.settings.raw_data_path,
+                     api=ApiSettings(keys=(KEY,)))
+    good = {"Authorization": f"Bearer {KEY}"}
+    with TestClient(app, client=("203.0.113.7", 40000)) as guesser, \
+            TestClient(app, client=("198.51.100.2", 40000)) as analyst:
+        codes = [guesser.get("/api/channels", headers={"Authorization": f"Bearer guess-{i:016d}"}).status_code
+                 for i in range(AUTH_FAILURES_PER_MIN + 2)]
+        assert codes == [401] * AUTH_FAILURES_PER_MIN + [429] * 2
+        # once throttled the key is not even looked at: a 200 for the right one would let guessing go on
+        r = guesser.get("/api/channels", headers=good)
+        assert r.status_code == 429 and "failed authentications" in r.json()["error"]
+        assert 1 <= int(r.headers["retry-after"]) <= 60
+        assert analyst.get("/api/channels", headers=good).status_code == 200  # another address is not slowed
+
+
+def test_rate_limiter_refills_and_forgets_full_buckets():
+    from medical_etl.api.access import RateLimiter
+
+    now = [0.0]
+    lim = RateLimiter(60, clock=lambda: now[0], max_keys=2)  # a token a second
+    assert all(lim.allow("a")[0] for _ in range(60)) and lim.allow("a") == (False, 1.0)
+    assert lim.wait("a") == 1.0 and lim.wait("b") == 0.0  # wait() takes no token
+    now[0] = 1.0
+    assert lim.wait("a") == 0.0 and lim.allow("a") == (True, 0.0)
+    lim.allow("b")
+    now[0] = 100.0  # "a" and "b" full again: a third key over max_keys drops them
+    lim.allow("c")
+    assert set(lim._buckets) == {"c"}
+
+
+def test_cors_wildcard_with_keys_is_refused(tmp_path, monkeypatch, capsys):
+    from medical_etl.api.serve import serve
+    from medical_etl.api.settings import load_api_settings
+    from medical_etl.config import ConfigError, Settings
+
+    with pytest.raises(ConfigError) as info:
+        load_api_settings({"API_KEYS": KEY, "API_CORS_ORIGINS": "https://a.example, *"}, dotenv_path=None)
+    assert info.value.variable == "API_CORS_ORIGINS" and "'*' is refused together with API_KEYS" in str(info.value)
+    assert load_api_settings({"API_CORS_ORIGINS": "*"}, dotenv_path=None).cors_origins == ("*",)  # no keys
+    named = load_api_settings({"API_KEYS": KEY, "API_CORS_ORIGINS": "https://a.example"}, dotenv_path=None)
+    assert named.cors_origins == ("https://a.example",)
+    monkeypatch.chdir(tmp_path)  # no .env of the checkout's
+    assert serve(Settings(), env={"API_KEYS": KEY, "API_CORS_ORIGINS": "*"}) == 2  # before anything starts
+    assert "configuration error: API_CORS_ORIGINS" in capsys.readouterr().err

@@ -24,11 +24,19 @@ def test_dotenv_loads_but_never_overrides(tmp_path):
 
 
 @pytest.mark.parametrize("var,value,expected", [
-    ("DB_PORT", "abc", "DB_PORT: expected an integer, got 'abc'"),
-    ("DB_PORT", "70000", "DB_PORT: expected an integer in 1..65535, got 70000"),
-    ("YOLO_CONF", "1.5", "YOLO_CONF: expected a number in 0.0..1.0"),
+    ("DB_PORT", "abc", "DB_PORT: must be an integer from 1 to 65535, got 'abc'"),
+    ("DB_PORT", "70000", "DB_PORT: must be an integer from 1 to 65535, got '70000'"),
+    ("YOLO_CONF", "1.5", "YOLO_CONF: must be a number from 0.0 to 1.0, got '1.5'"),
+    ("YOLO_CONF", "nan", "YOLO_CONF: must be a number from 0.0 to 1.0, got 'nan'"),
     ("YOLO_DEVICE", "tpu", "YOLO_DEVICE: expected cpu, cuda"),
-    ("TELEGRAM_API_ID", "x1", "TELEGRAM_API_ID: expected an integer"),
+    ("TELEGRAM_API_ID", "x1", "TELEGRAM_API_ID: must be an integer from 1 to 2147483647, got 'x1'"),
+    ("STAGE_TIMEOUT", "99999999999999999999",
+     "STAGE_TIMEOUT: must be an integer from 1 to 86400, got '99999999999999999999'"),
+    ("STAGE_TIMEOUT", "9" * 5000, "STAGE_TIMEOUT: must be an integer from 1 to 86400"),  # past int()'s digit limit
+    ("DB_NAME", 'a"b', "DB_NAME: must not contain '\"'"),
+    ("DB_NAME", "a\nb", "DB_NAME: must not contain '\\n'"),
+    ("DB_NAME", "x" * 64, "DB_NAME: must be at most 63 bytes"),
+    ("DB_USER", 'etl"', "DB_USER: must not contain '\"'"),
 ])
 def test_invalid_values_name_the_variable(tmp_path, var, value, expected):
     with pytest.raises(ConfigError) as info:
@@ -73,3 +81,18 @@ def test_settings_object_is_immutable():
 
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.db_port = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("var,value,expected", [
+    ("STAGE_TIMEOUT", "99999999999999999999",
+     "STAGE_TIMEOUT: must be an integer from 1 to 86400, got '99999999999999999999'"),
+    ("DB_NAME", 'a"b', "DB_NAME: must not contain '\"' (dbt and psql cannot quote it), got 'a\"b'"),
+])
+def test_the_cli_refuses_a_bad_setting_before_any_work(tmp_path, monkeypatch, capsys, var, value, expected):
+    from medical_etl.cli import main
+
+    monkeypatch.chdir(tmp_path)  # no .env of the checkout's
+    monkeypatch.setenv(var, value)
+    assert main(["doctor"]) == 2
+    err = capsys.readouterr().err
+    assert f"configuration error: {expected}" in err and "Traceback" not in err and "OverflowError" not in err

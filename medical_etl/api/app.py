@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from medical_etl import __version__
 from medical_etl.api import models, queries
-from medical_etl.api.access import KeyRing, RateLimiter
+from medical_etl.api.access import AUTH_FAILURES_PER_MIN, KeyRing, RateLimiter
 from medical_etl.api.database import DatabaseUnavailable, ReadOnlyPool
 from medical_etl.api.settings import ApiSettings
 from medical_etl.db import ConnParams
@@ -47,6 +47,20 @@ class ApiError(Exception):
     def __init__(self, status: int, message: str, parameter: str | None = None, headers: dict | None = None):
         super().__init__(message)
         self.status, self.message, self.parameter, self.headers = status, message, parameter, headers
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters escaped (``\\x00``, ``\\n``): one log line, no raw NUL in it."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
+def _reject_nul(request: Request) -> None:
+    """Every path and query parameter, before any endpoint: a NUL is a 422 naming it (PostgreSQL cannot
+    take one in a string)."""
+    for name, value in (*request.path_params.items(), *request.query_params.multi_items()):
+        if "\x00" in name or "\x00" in str(value):
+            name = _printable(name)
+            raise ApiError(422, f"invalid parameter {name!r}: it contains a NUL character", name)
 
 
 def _error(status: int, message: str, parameter: str | None = None, detail=None, headers=None) -> JSONResponse:
@@ -85,12 +99,14 @@ def create_app(
     pool = ReadOnlyPool(db, size=api.pool_size)
     keys = KeyRing(api.keys)
     limiter = RateLimiter(api.rate_limit_per_min)
+    failures = RateLimiter(AUTH_FAILURES_PER_MIN)  # per client address
     status_cache = _StatusCache(status_ttl_s)
 
     app = FastAPI(title="medical_etl analytical API", version=__version__,
                   description="Products, prices in birr (ETB), channels and images from Ethiopian medical, "
                               "pharmacy and cosmetics Telegram channels. Read-only.",
                   docs_url=None, redoc_url=None,  # /docs is served below from the package, not a CDN
+                  dependencies=[Depends(_reject_nul)],
                   responses={401: {"model": models.Error}, 422: {"model": models.Error},
                              429: {"model": models.Error}, 503: {"model": models.Error}})
     app.state.pool = pool
@@ -110,7 +126,10 @@ def create_app(
 
     @app.exception_handler(DatabaseUnavailable)
     async def _unavailable(request: Request, exc: DatabaseUnavailable):
-        return _error(503, str(exc), headers={"Retry-After": "10"})
+        # The message says what happened before its first colon; after it come the server's details
+        # (host, port, user), which are for the server log only.
+        log.warning("answering 503: %s", exc)
+        return _error(503, str(exc).partition(":")[0], headers={"Retry-After": "10"})
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
@@ -131,17 +150,26 @@ def create_app(
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
-        log.error("unexpected error on %s: %s: %s", request.url.path, type(exc).__name__, mask(exc))
+        log.error("unexpected error on %s: %s: %s", _printable(request.url.path), type(exc).__name__,
+                  _printable(mask(exc)))
         return _error(500, "internal error (logged on the server)")
 
     # --- access --------------------------------------------------------------------------------------
     def authorize(request: Request) -> None:
         if not keys:
             return
+        address = request.client.host if request.client else "unknown"
+        # Refused before its key is looked at: a 200 for the right key among the 429s would let the
+        # guessing go on at full speed.
+        wait = failures.wait(address)
+        if wait:
+            raise ApiError(429, f"too many failed authentications from {address} "
+                           f"({AUTH_FAILURES_PER_MIN} per minute)", headers={"Retry-After": str(max(1, round(wait)))})
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         key_id = keys.identify(token.strip()) if scheme.lower() == "bearer" else None
         if key_id is None:
+            failures.allow(address)
             raise ApiError(401, "missing or invalid API key (send Authorization: Bearer <key>)",
                            headers={"WWW-Authenticate": "Bearer"})
         ok, wait = limiter.allow(key_id)
@@ -238,11 +266,12 @@ def create_app(
 
     @app.get("/api/pipeline/status", dependencies=guarded, tags=["ops"])
     def pipeline_status() -> dict:
-        """Each asset's last successful run, counts and freshness (the same view as ``medical-etl status``)."""
+        """Each asset's last successful run, counts and freshness (the same view as ``medical-etl status``,
+        without the server's paths and database address)."""
         from medical_etl.ops.status import pipeline_status as compute
 
         return status_cache.get(lambda: compute(logs_path=logs_path, lake_path=lake_path, cursor=pool.cursor,
-                                                exact_counts=False))
+                                                exact_counts=False, public=True))
 
     # --- the dashboard -----------------------------------------------------------------------------
     @app.get("/", include_in_schema=False)

@@ -2,7 +2,8 @@
 
 ``API_HOST`` (default 127.0.0.1), ``API_PORT`` (8000), ``API_KEYS`` (comma-separated bearer keys; required
 to bind a non-loopback address), ``API_RATE_LIMIT`` (requests per minute per key, default 600),
-``API_CORS_ORIGINS`` (comma-separated origins; CORS is off when empty), ``API_DB_POOL`` (connections, 8).
+``API_CORS_ORIGINS`` (comma-separated origins; CORS is off when empty; ``*`` is refused together with
+keys), ``API_DB_POOL`` (connections, 8).
 """
 from __future__ import annotations
 
@@ -49,9 +50,9 @@ def _int(var: str, raw: str, lo: int, hi: int) -> int:
     try:
         v = int(raw.strip())
     except ValueError:
-        raise ConfigError(var, f"expected an integer, got {raw!r}") from None
-    if not lo <= v <= hi:
-        raise ConfigError(var, f"expected an integer in {lo}..{hi}, got {v}")
+        v = None
+    if v is None or not lo <= v <= hi:
+        raise ConfigError(var, f"must be an integer from {lo} to {hi}, got {raw.strip()!r}")
     return v
 
 
@@ -80,6 +81,10 @@ def load_api_settings(env: Mapping[str, str] | None = None, dotenv_path: str | o
     if merged.get("API_RATE_LIMIT", "").strip():
         kw["rate_limit_per_min"] = _int("API_RATE_LIMIT", merged["API_RATE_LIMIT"], 1, 1_000_000)
     kw["cors_origins"] = _list(merged.get("API_CORS_ORIGINS"))
+    if "*" in kw["cors_origins"] and keys:
+        # '*' lets every web page call the API from its visitors' browsers: with keys, name the front-ends.
+        raise ConfigError("API_CORS_ORIGINS", "'*' is refused together with API_KEYS: list the origins "
+                          "that may call the API (e.g. https://dashboard.example.org)")
     if merged.get("API_DB_POOL", "").strip():
         kw["pool_size"] = _int("API_DB_POOL", merged["API_DB_POOL"], 1, 100)
     kw.update({k: v for k, v in overrides.items() if v is not None})
