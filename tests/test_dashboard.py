@@ -278,6 +278,33 @@ def test_monitor_report_freshness_chart_has_its_unit(tmp_path, browser):
     assert set(info) == {"freshness"}  # no runs: the other two say so in words
 
 
+SHOW_DURATION_TIP = """new Promise(function (done) {
+  window.__reportCharts.durations.dispatchAction({type: "showTip", seriesIndex: 0, dataIndex: 0});
+  var t0 = Date.now();
+  (function look() {
+    var br = document.querySelector("#durations div > br"), tip = br && br.parentNode;  // the tooltip's box
+    if (!tip && Date.now() - t0 < 5000) return setTimeout(look, 50);
+    setTimeout(function () {  // time for an injected image's onerror to run
+      done(tip ? {text: tip.textContent, tags: Array.prototype.map.call(tip.querySelectorAll("*"),
+                  function (e) { return e.tagName; }), pwned: window.__pwned || null} : null); }, 300);
+  })();
+})"""
+
+
+def test_monitor_report_tooltip_shows_a_hostile_run_id_as_text(tmp_path, browser):
+    from test_monitor import rec, rule, rules_file, run
+
+    evil = '<img src=x onerror="window.__pwned=1">'
+    html_path = tmp_path / "report.html"
+    run(tmp_path, [rec(stage="load", run_id=evil, status="<b>failed</b>", duration=5)], rules_file(tmp_path, rule()),
+        html_path=html_path, send=False)
+    browser.open(html_path.as_uri(), "document.body.dataset.state === 'ready'")
+    tip = browser.evaluate(SHOW_DURATION_TIP)
+    assert browser.errors() == []
+    assert tip["text"].startswith(f"load 5.0 s (<b>failed</b>)run {evil}2026-11-26 12:00 UTC")  # shown as text
+    assert "IMG" not in tip["tags"] and tip["tags"].count("B") == 1 and tip["pwned"] is None
+
+
 def test_openapi_docs_render_offline(wh, browser):
     app = create_app(wh.params, logs_path=wh.settings.logs_path, lake_path=wh.settings.raw_data_path)
     server = Server(app)

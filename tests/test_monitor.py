@@ -3,8 +3,9 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from helpers import REPO
 
 from medical_etl.db import conn_params
 from medical_etl.monitoring.rules import RulesError, load_rules
-from medical_etl.monitoring.run import DEFAULT_RULES, run_monitor
+from medical_etl.monitoring.run import DEFAULT_RULES, format_text, run_monitor
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
 
@@ -210,7 +211,8 @@ def test_shipped_rules_load():
 
     rules, delivery = load_rules(DEFAULT_RULES, set(METRICS))
     types = {r.alert_type: r.severity for r in rules}
-    assert types == {"pipeline_failure": "critical", "pipeline_died": "critical", "failure_rate": "error",
+    assert types == {"pipeline_failure": "critical", "pipeline_died": "critical", "pipeline_cancelled": "warning",
+                     "failure_rate": "error",
                      "long_execution": "warning",
                      "low_data_volume": "warning", "stale_data": "warning", "pipeline_success": "info",
                      "succeeded_on_retry": "warning", "backup_failure": "error"}
@@ -221,11 +223,13 @@ def test_shipped_rules_load():
 
 class Recorder(BaseHTTPRequestHandler):
     calls: list = []
+    delay = 0.0  # seconds before answering
 
     def _record(self):
         n = int(self.headers.get("Content-Length") or 0)
         body = json.loads(self.rfile.read(n)) if n else None
         type(self).calls.append((self.command, self.path, body))
+        time.sleep(self.delay)
         self.send_response(200)
         self.end_headers()
         self.wfile.write(b'{"ok": true}')
@@ -238,7 +242,7 @@ class Recorder(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def http_server():
-    Recorder.calls = []
+    Recorder.calls, Recorder.delay = [], 0.0
     srv = HTTPServer(("127.0.0.1", 0), Recorder)
     t = threading.Thread(target=srv.serve_forever, daemon=True)
     t.start()
@@ -302,3 +306,148 @@ def test_monitor_judges_the_log_alone_when_the_embedded_server_cannot_start(tmp_
     result = json.loads(r.stdout)
     assert result["metrics"]["data_quality"]["warehouse_reachable"] is False
     assert "warehouse not checked" in r.stderr
+
+
+# --- operations that must never make things worse ------------------------------------
+
+def webhook_rules(tmp_path, url, **more):
+    return rules_file(tmp_path, rule(), delivery={"webhook": {"url": url, "timeout_s": 2, "retries": 1}, **more})
+
+
+def hook_alerts(calls) -> list[str]:
+    return [a["trigger"] for m, p, b in calls if p == "/hook" for a in b["alerts"] if a["state"] == "firing"]
+
+
+@pytest.mark.parametrize("garbage", ['{"sent": ["pipeline_failure:job', '{"sent": 5}', "\x00" * 64],
+                         ids=["torn", "wrong-shape", "zeros"])
+def test_garbage_state_is_kept_aside_and_its_copy_keeps_sent_alerts_sent(tmp_path, http_server, garbage):
+    base, calls = http_server
+    rules = webhook_rules(tmp_path, f"{base}/hook")
+    log, state = write_log(tmp_path / "runs.jsonl", runs_every_hour(["failed"])), tmp_path / "state.json"
+    run_monitor(log, rules_path=rules, state_path=state, now=NOW)
+    assert len(hook_alerts(calls)) == 1 and json.loads((tmp_path / "state.json.bak").read_text())["sent"]
+
+    state.write_text(garbage)
+    res, rc = run_monitor(log, rules_path=rules, state_path=state, now=NOW)
+    assert rc == 3 and len(hook_alerts(calls)) == 1  # not sent again
+    (problem,) = res["problems"]
+    (aside,) = tmp_path.glob("state.json.bad-*")
+    assert aside.read_text() == garbage and f"kept as {aside.name}" in problem and "using its copy" in problem
+    assert f"PROBLEM: {problem}" in format_text(res) and "PROBLEM" in res["verdict"]
+    assert json.loads(state.read_text()) == json.loads((tmp_path / "state.json.bak").read_text())  # restored
+
+    state.write_text(garbage)
+    (tmp_path / "state.json.bak").write_text(garbage)
+    res, _ = run_monitor(log, rules_path=rules, state_path=state, now=NOW)
+    assert "no usable copy" in res["problems"][0] and "may be sent again" in res["problems"][0]
+    assert len(hook_alerts(calls)) == 2  # with no readable copy, it must be sent again, and says so
+
+
+class Trickler(BaseHTTPRequestHandler):
+    """Answers with one header line a second: each read is quick, the answer never ends."""
+    stop = threading.Event()
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+        for i in range(120):
+            if self.stop.wait(1 if i else 0):
+                return
+            self.wfile.write(f"X-Wait-{i}: still thinking\r\n".encode())
+            self.wfile.flush()
+
+    def log_message(self, *a):
+        pass
+
+
+@pytest.fixture
+def trickler():
+    Trickler.stop.clear()
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Trickler)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_port}/hook"
+    Trickler.stop.set()
+    srv.shutdown()
+
+
+def test_a_slow_webhook_holds_neither_the_monitor_nor_the_other_channels(tmp_path, http_server, trickler):
+    base, calls = http_server
+    bot = {"token": "1:T", "chat_id": "42", "api_base": base}
+    rules = webhook_rules(tmp_path, trickler, telegram_bot=bot, deadman={"url": f"{base}/ping"})
+    log, state = write_log(tmp_path / "runs.jsonl", runs_every_hour(["failed"])), tmp_path / "s.json"
+    t0 = time.monotonic()
+    res, rc = run_monitor(log, rules_path=rules, state_path=state, now=NOW)
+    elapsed = time.monotonic() - t0
+    assert elapsed < 2 + 1.5, elapsed  # the webhook's 2 s (timeout_s 2 x 1 attempt), not its 120 s
+    by = {d["channel"]: d for d in res["deliveries"]}
+    assert by["webhook"]["ok"] is False and "no answer within 2 s" in by["webhook"]["error"]
+    assert by["telegram_bot"]["ok"] and by["deadman"]["ok"] and rc == 3
+    assert {p for _, p, _ in calls} == {"/bot1:T/sendMessage", "/ping/fail"}
+
+    # the webhook is the only channel carrying the alert: it stays unsent (the ping carries none) ...
+    rules = webhook_rules(tmp_path, trickler, deadman={"url": f"{base}/ping"})
+    write_log(log, runs_every_hour(["failed", "failed"]))
+    res, _ = run_monitor(log, rules_path=rules, state_path=state, now=NOW)
+    assert res["sent"] == [] and [d["ok"] for d in res["deliveries"]] == [False, True]
+    # ... and the next run delivers it
+    res, _ = run_monitor(log, rules_path=webhook_rules(tmp_path, f"{base}/hook"), state_path=state, now=NOW)
+    assert hook_alerts(calls) == ["t:job_failed:all@run1"]
+
+
+def test_two_monitors_at_once_send_each_alert_once(tmp_path, http_server):
+    from medical_etl.filelock import acquire_lock
+
+    base, calls = http_server
+    Recorder.delay = 0.5  # a delivery takes a while: without the lock both would send
+    rules = webhook_rules(tmp_path, f"{base}/hook")
+    log, state = write_log(tmp_path / "runs.jsonl", runs_every_hour(["failed"])), tmp_path / "state.json"
+    start, results = threading.Barrier(2), []
+
+    def monitor():
+        start.wait()
+        results.append(run_monitor(log, rules_path=rules, state_path=state, now=NOW)[0])
+
+    threads = [threading.Thread(target=monitor) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert hook_alerts(calls) == ["t:job_failed:all@run0"]
+    assert sorted(len(r["sent"]) for r in results) == [0, 1] and all(not r["problems"] for r in results)
+
+    # a monitor that holds the lock too long: this one sends and records nothing, and says why
+    write_log(log, runs_every_hour(["failed", "failed"]))
+    held = acquire_lock(tmp_path / "state.json.lock")
+    try:
+        res, rc = run_monitor(log, rules_path=rules, state_path=state, now=NOW, lock_wait_s=0.3)
+    finally:
+        held.release()
+    assert rc == 3 and res["sent"] == [] and len(hook_alerts(calls)) == 1
+    assert "another monitor has held" in res["problems"][0]
+    run_monitor(log, rules_path=rules, state_path=state, now=NOW)
+    assert hook_alerts(calls) == ["t:job_failed:all@run0", "t:job_failed:all@run1"]
+
+
+def test_a_cancelled_run_is_a_clean_stop_never_a_death(tmp_path):
+    stopped = "r-stopped"
+    records = [rec(at=NOW - timedelta(hours=2), run_id="r-ok"),
+               rec(stage="scrape", at=NOW - timedelta(minutes=2), run_id=stopped),
+               rec(stage="load", status="cancelled", run_id=stopped, reason="stopped by SIGTERM"),
+               rec(status="cancelled", run_id=stopped, reason="stopped by SIGTERM")]
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    (tmp_path / "running").mkdir()  # even a start marker left behind (its process is gone) is no death
+    (tmp_path / "running" / f"{stopped}.json").write_text(json.dumps(
+        {"run_id": stopped, "job": "pipeline", "pid": gone.pid, "host": os.uname().nodename, "start_ticks": 1,
+         "started_at": (NOW - timedelta(minutes=3)).isoformat(), "deadline_at": NOW.isoformat()}))
+    res, rc = run(tmp_path, records, DEFAULT_RULES, send=False)
+    firing = {a["alert_type"]: a for a in res["active_alerts"]}
+    assert rc == 1 and res["worst_severity"] == "warning"
+    assert "pipeline_died" not in firing and "pipeline_failure" not in firing
+    assert firing["pipeline_cancelled"]["message"] == (f"job pipeline run {stopped} was cancelled before it "
+                                                        "finished: stopped by SIGTERM")
+    # a stop after a failure does not resolve the failure
+    res, rc = run(tmp_path, [rec(status="failed", at=NOW - timedelta(hours=1), run_id="r-bad"), records[-1]],
+                  DEFAULT_RULES, send=False)
+    assert rc == 3 and "pipeline_failure" in {a["alert_type"] for a in res["active_alerts"]}

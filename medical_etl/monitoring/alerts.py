@@ -14,6 +14,8 @@ from pathlib import Path
 from medical_etl.monitoring.rules import SEVERITIES, Rule
 from medical_etl.monitoring.stats import LogStats, Run, parse_ts
 
+CANCELLED = "cancelled"  # a job or stage stopped by a signal, which recorded its end
+
 
 @dataclass
 class Subject:
@@ -68,8 +70,11 @@ def _runs(stats: LogStats, rule: Rule) -> list[Run]:
 
 
 def _latest_is(stats, rule, status: str) -> list[Subject]:
-    """1.0 when the latest matching run has ``status``; the context serves both failure and success."""
-    runs = _runs(stats, rule)
+    """1.0 when the latest matching run has ``status``; the context serves failure, success and a stop.
+
+    A cancelled run (stopped by a signal) says nothing about whether the job works, so only the
+    ``cancelled`` metric looks at it: it neither resolves a failure nor counts as a success."""
+    runs = [r for r in _runs(stats, rule) if r.status != CANCELLED or status == CANCELLED]
     if not runs:
         return []
     r = runs[-1]
@@ -85,6 +90,11 @@ def m_job_failed(stats, rule, now, wh, state):
 
 def m_job_succeeded(stats, rule, now, wh, state):
     return _latest_is(stats, rule, "success")
+
+
+def m_job_cancelled(stats, rule, now, wh, state):
+    """1.0 when the latest matching run was stopped (SIGTERM): a clean stop, not a death."""
+    return _latest_is(stats, rule, CANCELLED)
 
 
 def m_succeeded_on_retry(stats, rule, now, wh, state):
@@ -173,14 +183,15 @@ def m_channel_hours_since_last_post(stats, rule, now, wh, state):
 
 def m_job_died(stats, rule, now, wh, state):
     """1.0 per job run that started and never recorded its end: its process is gone, or it is
-    past its deadline (live markers); or its death was recorded by the next job (in the window)."""
+    past its deadline (live markers); or its death was recorded by the next job (in the window).
+    A run that recorded a stop (``cancelled``) is never a death, even with a marker left behind."""
     from medical_etl.running import unfinished_runs
 
-    out, seen = [], set()
+    out, seen = [], {r.run_id for r in stats.job_runs() if r.status == CANCELLED}
     for run in unfinished_runs(stats.path.parent):
         deadline = parse_ts(run.get("deadline_at"))
         overdue = deadline is not None and now > deadline
-        if rule.job not in (None, run.get("job")) or (run["alive"] and not overdue):
+        if run["run_id"] in seen or rule.job not in (None, run.get("job")) or (run["alive"] and not overdue):
             continue
         why = "its process is gone" if not run["alive"] else "it is past its time limit"
         out.append(Subject(f"run:{run['run_id']}", 1.0,
@@ -203,6 +214,7 @@ COMMON_FIELDS = {"value", "threshold", "alert_type"}
 METRIC_FIELDS = {
     "job_failed": {"job", "stage", "run_id", "error", "failed_stage", "duration_s", "finished_at"},
     "job_succeeded": {"job", "stage", "run_id", "error", "failed_stage", "duration_s", "finished_at"},
+    "job_cancelled": {"job", "stage", "run_id", "error", "failed_stage", "duration_s", "finished_at"},
     "failure_rate": {"rate_pct", "failed", "total", "window", "job"},
     "duration_s": {"name", "run_id", "duration_s"},
     "duration_vs_trailing_median": {"name", "run_id", "duration_s", "median_s", "factor"},
@@ -265,16 +277,75 @@ def exit_code(alerts: list[Alert]) -> int:
     return {None: 0, "info": 0, "warning": 1, "error": 2, "critical": 3}[worst]
 
 
-def load_state(path: Path) -> dict:
+def backup_path(path: Path) -> Path:
+    return path.with_name(path.name + ".bak")
+
+
+def _read_state(path: Path) -> dict:
+    """The state in ``path``; ValueError when it is not one :func:`evaluate` can use."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
+        state = json.loads(path.read_text(encoding="utf-8"))
+        ok = (isinstance(state, dict) and isinstance(state.get("sent", []), list)
+              and all(isinstance(t, str) for t in state.get("sent", []))
+              and isinstance(state.get("active", {}), dict)
+              and all(isinstance(v, dict) and {"alert_type", "severity", "message"} <= set(v)
+                      for v in state.get("active", {}).values())
+              and ("first_seen" not in state or datetime.fromisoformat(state["first_seen"]).tzinfo))
+    except (TypeError, RecursionError) as exc:
+        raise ValueError(str(exc)) from None
+    if not ok:
+        raise ValueError("not an alert state")
+    return state
+
+
+def load_state(path: Path, repair: bool = True) -> tuple[dict, list[str]]:
+    """The alert state and the problems met reading it. No file is a fresh start. A file that cannot
+    be used falls back to its copy (:func:`backup_path`), so alerts sent before are not sent again;
+    with ``repair`` (the caller holds the state lock) the bad file is moved aside as
+    ``<name>.bad-<UTC time>`` and the copy put in its place."""
+    try:
+        return _read_state(path), []
+    except (FileNotFoundError, NotADirectoryError):
+        return {}, []
+    except (OSError, ValueError) as exc:
+        problem = f"the alert state {path} cannot be used ({getattr(exc, 'strerror', None) or exc})"
+    if repair and path.is_file():
+        aside = path.with_name(f"{path.name}.bad-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}")
+        try:
+            os.replace(path, aside)
+            problem += f"; kept as {aside.name}"
+        except OSError as exc:
+            problem += f"; cannot move it aside: {exc.strerror or exc}"
+    copy = backup_path(path)
+    try:
+        state = _read_state(copy)
+    except (OSError, ValueError) as exc:
+        return {}, [f"{problem}; no usable copy ({copy.name}: {getattr(exc, 'strerror', None) or exc}), "
+                    "so alerts already sent may be sent again"]
+    if repair:
+        try:
+            _write_atomic(path, json.dumps(state, default=str))
+        except OSError as exc:
+            problem += f"; cannot restore it: {exc.strerror or exc}"
+    return state, [f"{problem}; using its copy {copy.name}: the alerts it records as sent are not sent again"]
 
 
 def save_state(path: Path, state: dict) -> None:
+    """Write the state, then the same to its copy; each write is atomic (old file or new, never torn)."""
+    text = json.dumps(state, default=str)
+    for target in (path, backup_path(path)):
+        _write_atomic(target, text)
+
+
+def _write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".monitor_state.")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(state, fh, default=str)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

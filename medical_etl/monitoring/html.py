@@ -44,6 +44,9 @@ _SCRIPT = """
   var charts = window.__reportCharts = {};
   function init(id) { var c = echarts.init(document.getElementById(id), null, {renderer: "svg"}); charts[id] = c; return c; }
   function fmtTime(v) { return new Date(v).toISOString().slice(0, 16).replace("T", " ") + " UTC"; }
+  // Tooltips are HTML: every value from the run log goes in as text.
+  function esc(v) { return String(v).replace(/[&<>"']/g, function (c) {
+    return {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c]; }); }
   var stages = Object.keys(data.durations);
   if (stages.length) {
     var failed = [];
@@ -57,8 +60,8 @@ _SCRIPT = """
     init("durations").setOption({
       animation: false, legend: {top: 0}, grid: {left: 8, right: 24, top: 36, bottom: 44, containLabel: true},
       tooltip: {trigger: "item", formatter: function (p) { var r = p.data.run;
-        return "<b>" + p.data.stage + "</b> " + r.duration_s.toFixed(1) + " s (" + r.status + ")<br>run " + r.run_id +
-               "<br>" + fmtTime(r.finished_at); }},
+        return "<b>" + esc(p.data.stage) + "</b> " + esc(r.duration_s.toFixed(1)) + " s (" + esc(r.status) + ")<br>run " +
+               esc(r.run_id) + "<br>" + esc(fmtTime(r.finished_at)); }},
       xAxis: {type: "time", name: "Run finished (UTC)", nameLocation: "middle", nameGap: 30,
               axisLabel: {formatter: "{yyyy}-{MM}-{dd} {HH}:{mm}", hideOverlap: true}},
       yAxis: {type: "value", name: "Duration (s)", min: 0, nameTextStyle: {align: "left"}},

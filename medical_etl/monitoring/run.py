@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from medical_etl import resources
+from medical_etl.filelock import Lock, acquire_lock
 from medical_etl.monitoring.alerts import (
     COMMON_FIELDS,
     METRIC_FIELDS,
@@ -18,7 +20,7 @@ from medical_etl.monitoring.alerts import (
     save_state,
     worst_severity,
 )
-from medical_etl.monitoring.deliver import deliver, expand
+from medical_etl.monitoring.deliver import DELIVERY_CAP_S, deliver, expand
 from medical_etl.monitoring.html import render
 from medical_etl.monitoring.rules import load_rules
 from medical_etl.monitoring.stats import read_log, summarize
@@ -28,6 +30,16 @@ if TYPE_CHECKING:
     from medical_etl.db import ConnParams
 
 DEFAULT_RULES = resources.alert_rules()
+LOCK_WAIT_S = 2 * DELIVERY_CAP_S  # longer than one monitor holds the state lock
+
+
+def _wait_for_lock(path: Path, wait_s: float) -> Lock | str:
+    """The lock on ``path``, or its holder's note when another monitor keeps it past ``wait_s``
+    (polled often: the lock is held only while one run evaluates, delivers and records)."""
+    deadline = time.monotonic() + wait_s
+    while isinstance(got := acquire_lock(path), str) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return got
 
 
 def warehouse_metrics(db: ConnParams, timeout: int = 3) -> dict | None:
@@ -66,10 +78,12 @@ def warehouse_metrics(db: ConnParams, timeout: int = 3) -> dict | None:
 def run_monitor(log_path: Path, *, rules_path: Path = DEFAULT_RULES, state_path: Path | None = None,
                 db: ConnParams | None = None, env: Mapping[str, str] | None = None,
                 html_path: Path | None = None, send: bool = True,
-                now: datetime | None = None) -> tuple[dict, int]:
+                now: datetime | None = None, lock_wait_s: float = LOCK_WAIT_S) -> tuple[dict, int]:
     """Evaluate once; return (result, exit code: 0 none/info, 1 warning, 2 error, 3 critical).
 
-    ``env`` (default: the environment) fills the delivery settings' ``${VAR}`` placeholders."""
+    ``env`` (default: the environment) fills the delivery settings' ``${VAR}`` placeholders. A
+    monitor already running on the same state is waited for up to ``lock_wait_s``; past that this
+    run evaluates and reports but sends nothing."""
     env = os.environ if env is None else env
     now = now or datetime.now(timezone.utc)
     rules, delivery_conf = load_rules(rules_path, metric_fields())
@@ -78,9 +92,6 @@ def run_monitor(log_path: Path, *, rules_path: Path = DEFAULT_RULES, state_path:
     if recorded:  # a recorded snapshot: freshness and volume of the live feed are not judged
         rules = [r for r in rules if r.metric not in LIVE_FEED_METRICS]
     wh = warehouse_metrics(db) if db is not None else None
-    state_path = state_path or Path(log_path).parent / "monitor_state.json"
-    state = load_state(state_path)
-    active, to_send = evaluate(rules, stats, wh, state, now)
     summary = summarize(stats)
     freshness = {ch: round((now - ts).total_seconds() / 3600, 1)
                  for ch, ts in (wh or {}).get("last_post_by_channel", {}).items()}
@@ -90,17 +101,38 @@ def run_monitor(log_path: Path, *, rules_path: Path = DEFAULT_RULES, state_path:
         "posts_with_prices_share": (wh or {}).get("posts_with_prices_share"),
         "warehouse_reachable": wh is not None,
     }
-    worst = worst_severity(active)
-    deliveries = deliver(to_send, summary, expand(delivery_conf, env), worst) if send else []
-    problems = []
-    # Only a run that delivered changes what counts as sent; when every channel failed, the
-    # alerts stay unsent and the next run tries again.
-    delivered = send and not (deliveries and not any(d["ok"] for d in deliveries))
-    if delivered:
-        try:
-            save_state(state_path, state)
-        except OSError as exc:
-            problems.append(f"cannot write the alert state {state_path}: {exc.strerror or exc}")
+    state_path = Path(state_path or Path(log_path).parent / "monitor_state.json")
+    lock_path = state_path.with_name(state_path.name + ".lock")
+    problems, late = [], []
+    try:
+        lock = _wait_for_lock(lock_path, lock_wait_s)
+    except OSError as exc:
+        lock = None
+        late.append(f"cannot lock {lock_path} ({exc.strerror or exc}): a monitor started at the same time "
+                    "may send the same alerts")
+    if isinstance(lock, str):
+        problems.append(f"another monitor has held {lock_path} for over {lock_wait_s:g} s ({lock}): "
+                        "this run sent nothing and recorded nothing")
+        send = False
+    try:  # evaluate, deliver and record under the lock: two monitors at once send each alert once
+        state, state_problems = load_state(state_path, repair=isinstance(lock, Lock))
+        problems += state_problems
+        active, to_send = evaluate(rules, stats, wh, state, now)
+        worst = worst_severity(active)
+        deliveries = deliver(to_send, summary, expand(delivery_conf, env), worst) if send else []
+        # Only a run that delivered changes what counts as sent; when every channel that carries
+        # alerts failed (the dead-man ping carries none), they stay unsent and the next run tries again.
+        carried = [d for d in deliveries if d["channel"] != "deadman"]
+        delivered = send and not (carried and not any(d["ok"] for d in carried))
+        if delivered:
+            try:
+                save_state(state_path, state)
+            except OSError as exc:
+                problems.append(f"cannot write the alert state {state_path}: {exc.strerror or exc}")
+    finally:
+        if isinstance(lock, Lock):
+            lock.release()
+    problems += late
     if html_path:
         try:
             Path(html_path).write_text(render(stats, summary, active, freshness, now), encoding="utf-8")

@@ -42,6 +42,8 @@ def verdict(result: dict, recorded: str | None, newest_post: datetime | None, no
     else:
         text = (f"ACTION NEEDED ({worst}). Read the {worst} alert(s) above and the run log "
                 "(`tail logs/runs.jsonl`); the exit code says how bad (2 error, 3 critical).")
+    if result.get("problems"):
+        text += f" Also {len(result['problems'])} PROBLEM line(s) above: the monitor itself needs a look."
     if recorded:
         what = "the shipped sample export" if recorded == "sample" else "a recorded Telegram Desktop export"
         snap = f" (newest post {newest_post:%Y-%m-%d})" if newest_post else ""
