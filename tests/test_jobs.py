@@ -302,3 +302,57 @@ def test_some_channels_failing_do_not_hold_back_the_others(job_settings, conn, s
     assert query(conn, "SELECT count(DISTINCT channel) FROM raw.telegram_messages")[0][0] == 1
     job = [r for r in records(job_settings) if r["stage"] is None][0]
     assert job["status"] == "failed" and job["metrics"]["stages"] == ["scrape", "load"]
+
+
+def test_sigterm_cancels_the_job_cleanly_and_records_it(job_settings, conn, shared_sample, tmp_path):
+    """`docker stop` signals the job, `systemctl stop` every process of the unit: either way the job
+    ends the running stage, records it and itself `cancelled`, removes its marker and frees the lock.
+    Ctrl-C does the same, recorded `failed`."""
+    from medical_etl.db import connect
+    from medical_etl.migrate import migrate
+
+    exports = write_desktop_exports(shared_sample, tmp_path / "exports")
+    s = replace(job_settings, telegram_source=str(exports))
+    env = settings_env(s)
+    env["TELEGRAM_SOURCE"] = str(exports)
+    c = connect(conn_params(s))
+    migrate(c)
+    with c.cursor() as cur:
+        cur.execute("LOCK TABLE raw.loaded_files IN EXCLUSIVE MODE")  # the load stage waits on it
+    try:
+        for sig, also_the_stage, rc, status, reason in [
+                (signal.SIGTERM, False, 143, "cancelled", "stopped by SIGTERM"),
+                (signal.SIGTERM, True, 143, "cancelled", "stopped by SIGTERM"),
+                (signal.SIGINT, False, 130, "failed", "interrupted")]:
+            proc = _start_job(env, "scrape-load")
+            _wait_for(conn, """SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'
+                               AND query ILIKE '%loaded_files%'""", lambda n: n > 0, proc)
+            (stage_pid,) = map(int, open(f"/proc/{proc.pid}/task/{proc.pid}/children").read().split())
+            t0 = time.monotonic()
+            if also_the_stage:
+                os.kill(stage_pid, sig)
+            proc.send_signal(sig)
+            assert proc.wait(30) == rc
+            assert time.monotonic() - t0 < 5  # well within docker's 10 s before it kills
+            stderr = proc.stderr.read()
+            recs = records(s)
+            (job,) = [r for r in recs if r["stage"] is None and r["run_id"] == recs[-1]["run_id"]]
+            assert job["status"] == status
+            if sig == signal.SIGTERM:
+                assert "stopped by SIGTERM" in stderr and "Traceback" not in stderr
+                assert (job["reason"], job["metrics"]["cancelled_stage"]) == (reason, "load")
+            stages = {r["stage"]: r for r in recs if r["stage"] and r["run_id"] == job["run_id"]}
+            assert stages["scrape"]["status"] == "success"
+            assert (stages["load"]["status"], stages["load"]["reason"]) == (status, reason)
+            assert not list((s.logs_path / "running").glob("*.json"))  # the monitor sees no death
+            lock = acquire_lock(s.logs_path / "pipeline.lock")
+            assert not isinstance(lock, str), lock
+            lock.release()
+            with pytest.raises(ProcessLookupError):
+                os.kill(stage_pid, 0)  # the stage ended with the job
+            assert query(conn, "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                         (f"medical_etl/load/{job['run_id']}",))[0][0] == 0
+    finally:
+        c.rollback()
+        c.close()
+    assert query(conn, "SELECT count(*) FROM raw.telegram_messages")[0][0] == 0  # nothing half loaded

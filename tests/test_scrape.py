@@ -77,10 +77,13 @@ def test_second_run_adds_nothing_and_asks_only_for_newer(posts, tmp_path):
     summary = scrape_telegram_data(client, CHANNELS, tmp_path)
     assert summary["new_messages"] == 0 and summary["updated_messages"] == 0
     assert summary["photos_saved"] == 0 and client.downloads == []
-    # one first-page request per channel, each starting after the last stored id
-    assert len(client.history_requests) == 3
+    # per channel: one first-page request after the last stored id, then one for the newest message
+    # (nothing came: is the resume point still within the channel?)
+    assert len(client.history_requests) == 6
     last = {"CheMed123": 97, "lobelia4cosmetics": 22905, "tikvahpharma": 188969}
-    assert {r["channel"]: r["min_id"] for r in client.history_requests} == last
+    after_last = [r for r in client.history_requests if r["min_id"]]
+    assert len(after_last) == 3 and {r["channel"]: r["min_id"] for r in after_last} == last
+    assert all(r["returned"] == 1 for r in client.history_requests if not r["min_id"])
     after = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
     assert after == before  # nothing written
 
@@ -182,6 +185,45 @@ def test_private_and_missing_channels_do_not_stop_the_others(posts, tmp_path):
     assert "Cannot find any entity" in summary["channels"]["DoesNotExist42"]["error"]
     assert summary["channels"]["tikvahpharma"]["new_messages"] == 100
     assert sorted(summary["failed_channels"]) == ["DoesNotExist42", "lobelia4cosmetics"]
+
+
+@pytest.mark.parametrize("content", [b'{"last_message_id": "abc"}', b"[]", b"\x89PNG\r\n\x1a\n\x00\xff", b"",
+                                     b'{"last_message_id": 99999999999}', b'{"last_message_id": -3}'],
+                         ids=["string", "list", "binary", "empty", "beyond-32-bit", "negative"])
+def test_corrupt_resume_point_fails_only_its_channel_naming_the_file(posts, tmp_path, content):
+    scrape_telegram_data(StandInClient(posts), ["CheMed123"], tmp_path)
+    state = tmp_path / "state" / "CheMed123.json"
+    state.write_bytes(content)
+    summary = scrape_telegram_data(StandInClient(posts), CHANNELS, tmp_path)
+    assert summary["status"] == "partial" and summary["failed_channels"] == ["CheMed123"]
+    error = summary["channels"]["CheMed123"]["error"]
+    assert error.startswith(f"ResumePointError: resume point {state} ")
+    assert 'write {"last_message_id": 97}' in error and "or delete it" in error  # what to do
+    assert state.read_bytes() == content  # left for someone to look at
+    for other in CHANNELS[1:]:
+        assert summary["channels"][other]["error"] is None and summary["channels"][other]["new_messages"] == 100
+    state.write_text('{"last_message_id": 97}')  # as the error says
+    summary = scrape_telegram_data(StandInClient(posts), CHANNELS, tmp_path)
+    assert summary["status"] == "success" and summary["new_messages"] == 0
+
+
+def test_resume_point_beyond_the_newest_message_is_rewound_and_reported(posts, tmp_path):
+    old = [p for p in posts if p.channel != "CheMed123" or p.id <= 50]
+    scrape_telegram_data(StandInClient(old), CHANNELS, tmp_path)
+    state = tmp_path / "state" / "CheMed123.json"
+    state.write_text('{"last_message_id": 5000}')  # a message id, but beyond the channel's newest (97)
+    summary = scrape_telegram_data(StandInClient(posts), CHANNELS, tmp_path)
+    ch = summary["channels"]["CheMed123"]
+    assert summary["status"] == "success" and ch["error"] is None
+    assert ch["warning"] == (f"resume point {state}: last_message_id 5000 is beyond the channel's newest message "
+                             "(97) and the lake's (50); rewound to 50")
+    assert summary["warnings"] == [f"CheMed123: {ch['warning']}"]
+    assert ch["new_messages"] == len([p for p in posts if p.channel == "CheMed123" and p.id > 50]) > 0
+    assert lake.read_state(tmp_path, "CheMed123")["last_message_id"] == 97 and len(lake_messages(tmp_path)) == 276
+    # the channel's newest post deleted after it was scraped: the resume point is right, nothing to say
+    summary = scrape_telegram_data(StandInClient([p for p in posts if p.id != 97]), CHANNELS, tmp_path)
+    assert summary["warnings"] == [] and summary["channels"]["CheMed123"]["warning"] is None
+    assert lake.read_state(tmp_path, "CheMed123")["last_message_id"] == 97
 
 
 def test_crash_between_messages_and_state_then_rerun_equals_clean(posts, tmp_path, monkeypatch):

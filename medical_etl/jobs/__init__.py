@@ -5,11 +5,13 @@
 (:mod:`.process` starts and watches it, :mod:`.child` is its side) through
 :func:`.stages.run_stage`, which turns the settings into each stage's explicit inputs and appends
 the stage's run-log record. :mod:`.retry` tells transient failures from permanent ones and spaces
-the retries; :mod:`.preflight` checks a job's inputs before its first stage.
+the retries; :mod:`.preflight` checks a job's inputs before its first stage; :mod:`.cancel` turns
+SIGTERM into a clean, recorded stop.
 """
 from medical_etl.errors import JobError, StageFailed
+from medical_etl.jobs.cancel import JobCancelled
 from medical_etl.jobs.definitions import jobs
 from medical_etl.jobs.runner import run_job
 from medical_etl.jobs.stages import run_stage
 
-__all__ = ["run_job", "run_stage", "jobs", "JobError", "StageFailed"]
+__all__ = ["run_job", "run_stage", "jobs", "JobError", "JobCancelled", "StageFailed"]

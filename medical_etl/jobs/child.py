@@ -4,7 +4,9 @@ The job starts each stage as a fresh interpreter running this module (never the 
 script, so a notebook or a script without an ``if __name__ == "__main__":`` guard is never
 re-imported). The stage's inputs arrive pickled on stdin; its outcome leaves pickled on the
 file descriptor ``FD``. The process dies with the job (PR_SET_PDEATHSIG) and leads its own
-process group, so a time limit ends the stage and whatever it started.
+process group, so a time limit ends the stage and whatever it started. Under a job that handles
+SIGTERM (:mod:`medical_etl.jobs.cancel`) it ignores SIGTERM (``systemctl stop`` signals every process
+of the unit): the job ends it and records it as cancelled.
 """
 from __future__ import annotations
 
@@ -44,6 +46,8 @@ def main(argv: list[str]) -> int:
     # First the caller's import path (so objects of its modules unpickle, as with spawn), then the request.
     sys.path[:] = [*sys.path, *(p for p in pickle.load(sys.stdin.buffer) if p not in sys.path)]
     request = pickle.load(sys.stdin.buffer)
+    if request.get("ignore_sigterm"):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     from medical_etl.jobs.retry import transient_reason
     from medical_etl.logsetup import configure_logging
     from medical_etl.runlog import configure_rotation

@@ -1,5 +1,6 @@
 """The parent side of a stage process: start it, feed it its request, wait under a time limit,
-end it (and its database sessions) when it overruns or dies, rerun it after a transient failure.
+end it (and its database sessions) when it overruns or dies or the job is stopped (SIGTERM, Ctrl-C),
+rerun it after a transient failure.
 
 The child side is :mod:`medical_etl.jobs.child`.
 """
@@ -15,7 +16,7 @@ import sys
 import time
 
 from medical_etl.config import Settings
-from medical_etl.jobs import retry
+from medical_etl.jobs import cancel, retry
 from medical_etl.runlog import RunLog
 from medical_etl.secrets import mask
 
@@ -44,7 +45,8 @@ def run_stage_process(stage: str, settings: Settings, job: str, run_id: str, opt
     # A fresh interpreter running medical_etl.jobs.child, not multiprocessing's spawn: spawn
     # re-imports the caller's main script, which hangs a script that lacks a __main__ guard.
     request = pickle.dumps([p for p in sys.path if p]) + pickle.dumps({"stage": stage, "settings": settings, "job": job, "run_id": run_id,
-                            "opts": opts, "verbose": logging.getLogger().isEnabledFor(logging.DEBUG)})
+                            "opts": opts, "verbose": logging.getLogger().isEnabledFor(logging.DEBUG),
+                            "ignore_sigterm": cancel.handled()})
     out_r, out_w = os.pipe()
     t0 = time.perf_counter()
     proc = subprocess.Popen(
@@ -53,24 +55,10 @@ def run_stage_process(stage: str, settings: Settings, job: str, run_id: str, opt
         cwd=os.getcwd())
     os.close(out_w)
     try:
-        proc.stdin.write(request)
-        proc.stdin.close()
-    except BrokenPipeError:
-        pass
-    data, finished = bytearray(), False
-    deadline = t0 + timeout_s
-    with os.fdopen(out_r, "rb", buffering=0) as out:
-        while True:
-            remaining = deadline - time.perf_counter()
-            if remaining <= 0:
-                break
-            ready, _, _ = select.select([out], [], [], min(remaining, 1.0))
-            if ready:
-                chunk = out.read(65536)
-                if not chunk:
-                    finished = True
-                    break
-                data += chunk
+        data, finished = _wait(proc, out_r, request, t0 + timeout_s)
+    except BaseException as exc:  # SIGTERM (JobCancelled) or Ctrl-C: end the stage before the job ends
+        _end_interrupted(proc, settings, job, stage, run_id, t0, opts.get("attempt"), exc)
+        raise
     if not finished:  # timed out: end the stage and its children, and their queries
         _kill_group(proc.pid)
         proc.wait(10)
@@ -86,6 +74,50 @@ def run_stage_process(stage: str, settings: Settings, job: str, run_id: str, opt
         _cancel_queries(settings, stage_application_name(run_id, stage))
         _record(settings, job, stage, run_id, t0, why, why, opts.get("attempt"))
         return "failed", {"error": why}
+
+
+def _wait(proc: subprocess.Popen, out_r: int, request: bytes, deadline: float) -> tuple[bytearray, bool]:
+    """Send the request, read the result until the stage closes its end or ``deadline`` passes."""
+    data = bytearray()
+    with os.fdopen(out_r, "rb", buffering=0) as out:
+        try:
+            proc.stdin.write(request)
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        while True:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                return data, False
+            ready, _, _ = select.select([out], [], [], min(remaining, 1.0))
+            if ready:
+                chunk = out.read(65536)
+                if not chunk:
+                    return data, True
+                data += chunk
+
+
+def _end_interrupted(proc: subprocess.Popen, settings: Settings, job: str, stage: str, run_id: str, t0: float,
+                     attempt: int | None, exc: BaseException) -> None:
+    """The job is stopping while ``stage`` runs: end the stage now (in a notebook, whose process lives
+    on, it would otherwise run on beside the next job), end its queries, and record it."""
+    # SIGKILL: the stage ignores SIGTERM under such a job, and every stage is safe to kill -9.
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        log.warning("stage %s (pid %d) did not end within 10 s of SIGKILL", stage, proc.pid)
+    _cancel_queries(settings, stage_application_name(run_id, stage))
+    if isinstance(exc, cancel.JobCancelled):
+        exc.stage = stage
+        _record(settings, job, stage, run_id, t0, exc.reason, f"the job was {exc.reason}", attempt,
+                status="cancelled", error_type="JobCancelled")
+    else:
+        _record(settings, job, stage, run_id, t0, "interrupted",
+                f"the job was interrupted ({type(exc).__name__})", attempt, error_type=type(exc).__name__)
 
 
 def _cancel_queries(settings: Settings, application_name: str) -> None:
@@ -121,12 +153,12 @@ def _kill_group(pid: int) -> None:
 
 
 def _record(settings: Settings, job: str, stage: str, run_id: str, t0: float, reason: str, message: str,
-            attempt: int | None = None):
+            attempt: int | None = None, *, status: str = "failed", error_type: str | None = None):
     """The stage could not write its own record (killed): write it for it."""
-    rec = {"run_id": run_id, "job": job, "stage": stage, "status": "failed",
+    error_type = error_type or ("StageTimeout" if reason == "timeout" else "StageDied")
+    rec = {"run_id": run_id, "job": job, "stage": stage, "status": status,
            "started_at": None, "finished_at": None, "duration_s": round(time.perf_counter() - t0, 3),
-           "metrics": {}, "error": {"type": "StageTimeout" if reason == "timeout" else "StageDied",
-                                    "message": message}, "reason": reason,
+           "metrics": {}, "error": {"type": error_type, "message": message}, "reason": reason,
            "host": os.uname().nodename, "pid": os.getpid(), "peak_rss_mb": None, "cpu_s": None}
     if attempt is not None:
         rec["attempt"] = attempt

@@ -3,7 +3,8 @@
 ``run_job("pipeline", settings)`` is what Make, cron and notebooks all call. A job that finds the
 lock taken records ``skipped`` and returns; a failed stage stops the stages after it. Each stage
 runs in a child process (so a hung stage can be ended, and a stage's memory is returned to the
-system when it ends); the child dies with the job, even on ``kill -9``.
+system when it ends); the child dies with the job, even on ``kill -9``. SIGTERM cancels the job
+cleanly (:mod:`medical_etl.jobs.cancel`).
 """
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ from medical_etl.config import Settings
 from medical_etl.errors import JobError
 from medical_etl.filelock import acquire_lock
 from medical_etl.jobs import retry
+from medical_etl.jobs.cancel import JobCancelled, SigtermStop
 from medical_etl.jobs.definitions import jobs
 from medical_etl.jobs.process import run_with_retries
-from medical_etl.runlog import configure_rotation, new_run_id, track_run
+from medical_etl.runlog import RunLogWriteError, configure_rotation, new_run_id, track_run
 from medical_etl.running import mark_running, reap_dead_runs
 from medical_etl.secrets import mask
 
@@ -75,7 +77,10 @@ def run_job(
     (a TelegramClient or a stand-in). Returns a
     ``skipped`` summary if another job holds the lock after ``lock_wait_s``; raises
     :class:`JobError` (with the summary) when a stage fails, or before any stage runs when an
-    input a stage needs is missing (see :mod:`medical_etl.jobs.preflight`).
+    input a stage needs is missing (see :mod:`medical_etl.jobs.preflight`), or when the job's
+    run-log record cannot be written (``run_log_error``). On SIGTERM it ends the running stage,
+    records the stage and the job ``cancelled`` and raises :class:`~medical_etl.jobs.cancel.JobCancelled`
+    (a ``SystemExit`` of 143, with the ``summary``).
     """
     defined = jobs()
     if job not in defined:
@@ -88,34 +93,48 @@ def run_job(
     configure_rotation(settings.runlog_max_mb)
     lock = acquire_lock(settings.logs_path / LOCK_NAME, lock_wait_s)
     if isinstance(lock, str):
-        with track_run(settings.logs_path, job=job, stage=None, run_id=run_id) as rec:
-            rec.status, rec.reason = "skipped", f"another job holds the lock ({lock})"
-            rec.metrics.update(stages=[])
-        return {"job": job, "run_id": run_id, "status": "skipped", "reason": rec.reason}
+        skipped = {"job": job, "run_id": run_id, "status": "skipped", "reason": f"another job holds the lock ({lock})"}
+        try:
+            with track_run(settings.logs_path, job=job, stage=None, run_id=run_id) as rec:
+                rec.status, rec.reason = "skipped", skipped["reason"]
+                rec.metrics.update(stages=[])
+        except RunLogWriteError as exc:
+            raise JobError({**skipped, "status": "failed", "error": str(exc), "run_log_error": str(exc)}) from exc
+        return skipped
+    stop = SigtermStop().install()
     summary: dict = {"job": job, "run_id": run_id, "stages": {}, "status": "success"}
-    marker = None
+    marker = cancelled = None
     retried: dict = {}
     try:
         reap_dead_runs(settings.logs_path)
         marker = mark_running(settings.logs_path, job, run_id, _deadline_s(job, settings, timeout))
         with track_run(settings.logs_path, job=job, stage=None, run_id=run_id) as rec:
-            problems, why = _preflight_with_retries(job, settings, client, retried)
-            if problems:
-                summary.update(status="failed", failed_stage=problems[0].stage, preflight=[str(p) for p in problems],
-                               error="not started: " + "; ".join(str(p) for p in problems), transient=why)
-            for stage in defined[job] if not problems else ():
-                opts = stage_options(job, stage, client=client, full_refresh=full_refresh,
-                                     refresh_days=refresh_days)
-                status, result = run_with_retries(stage, settings, job, run_id, opts, timeout, retried)
-                summary["stages"][stage] = result if status == "ok" else {"status": "failed", **result}
-                if status != "ok":
-                    summary.update(status="failed", failed_stage=stage, error=result.get("error"),
-                                   transient=result.get("transient"))
-                    # Some channels failing must not hold back the others' data: the job goes on
-                    # (and still ends failed); anything else stops the stages after it.
-                    partial = (result.get("summary") or {}).get("status") == "partial"
-                    if not partial:
-                        break
+            try:
+                with stop.armed():  # from here SIGTERM cancels the job
+                    problems, why = _preflight_with_retries(job, settings, client, retried)
+                    if problems:
+                        summary.update(status="failed", failed_stage=problems[0].stage, preflight=[str(p) for p in problems],
+                                       error="not started: " + "; ".join(str(p) for p in problems), transient=why)
+                    for stage in defined[job] if not problems else ():
+                        opts = stage_options(job, stage, client=client, full_refresh=full_refresh,
+                                             refresh_days=refresh_days)
+                        status, result = run_with_retries(stage, settings, job, run_id, opts, timeout, retried)
+                        summary["stages"][stage] = result if status == "ok" else {"status": "failed", **result}
+                        if status != "ok":
+                            summary.update(status="failed", failed_stage=stage, error=result.get("error"),
+                                           transient=result.get("transient"))
+                            # Some channels failing must not hold back the others' data: the job goes on
+                            # (and still ends failed); anything else stops the stages after it.
+                            partial = (result.get("summary") or {}).get("status") == "partial"
+                            if not partial:
+                                break
+            except JobCancelled as exc:  # the stage that was running is ended and recorded
+                cancelled = exc
+                summary.update(status="cancelled", reason=exc.reason, cancelled_stage=exc.stage)
+                if exc.stage:
+                    summary["stages"][exc.stage] = {"status": "cancelled", "reason": exc.reason}
+                rec.status, rec.reason = "cancelled", exc.reason
+                rec.metrics.update(cancelled_stage=exc.stage)
             rec.metrics.update(stages=list(summary["stages"]), failed_stage=summary.get("failed_stage"))
             if retried:  # a success after a retry is a success; the monitor warns about it
                 rec.metrics.update(retries={k: n for k, (n, _) in retried.items()},
@@ -123,11 +142,21 @@ def run_job(
                 summary["retries"] = rec.metrics["retries"]
             if summary["status"] == "failed":
                 rec.status, rec.reason = "failed", f"stage {summary['failed_stage']}: {summary['error']}"
+    except RunLogWriteError as exc:  # the job's own record: an unrecorded run must not pass for a success
+        summary["run_log_error"] = str(exc)
+        if summary["status"] != "cancelled":  # a cancelled job already ends non-zero (143)
+            summary["status"] = "failed"
+            summary.setdefault("error", str(exc))
     finally:
         if marker is not None:
             marker.unlink(missing_ok=True)
         _housekeeping(settings)
         lock.release()
+        stop.restore()
+    if summary["status"] == "cancelled":
+        log.warning("job %s %s: recorded as cancelled (stage %s ended)", job, cancelled, cancelled.stage)
+        cancelled.summary = summary
+        raise cancelled
     if summary["status"] == "failed":
         raise JobError(summary)
     return summary

@@ -7,6 +7,7 @@ production, a stand-in (:mod:`medical_etl.scrape.standin`) in tests and the demo
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections import defaultdict
@@ -35,12 +36,17 @@ CHANNEL_ERRORS = (
 # retried with backoff before a channel is given up for this run.
 NETWORK_ERRORS = (ConnectionError, TimeoutError, asyncio.TimeoutError, errors.ServerError, errors.TimedOutError)
 BATCH = 200
+MAX_MESSAGE_ID = 2**31 - 1  # Telegram's message ids are 32-bit: a larger one cannot even be requested
 
 
 class FloodWaitTooLong(Exception):
     def __init__(self, seconds: int):
         super().__init__(f"Telegram asked to wait {seconds} s, above the cap")
         self.seconds = seconds
+
+
+class ResumePointError(ValueError):
+    """A channel's resume point (``state/<channel>.json``) cannot be used: it fails that channel only."""
 
 
 @dataclass
@@ -52,6 +58,7 @@ class ChannelResult:
     flood_waits: int = 0
     retries: int = 0
     error: str | None = None
+    warning: str | None = None
     files: set[str] = field(default_factory=set)
 
     def as_dict(self) -> dict:
@@ -164,25 +171,77 @@ class _ChannelScraper:
     async def run(self) -> None:
         entity = await self.client.get_entity(self.name)
         username = entity.username or self.name
-        state = lake.read_state(self.lake_dir, username)
-        self.result.last_message_id = state["last_message_id"]
+        last = self._resume_point(username)
+        self.result.last_message_id = last
         refresh_days = self.opts["refresh_days"]
-        if refresh_days and state["last_message_id"]:
+        if refresh_days and last:
             since = datetime.now(timezone.utc) - timedelta(days=refresh_days)
-            await self._pass(entity, username, dict(offset_date=since, max_id=state["last_message_id"] + 1),
-                             advance=False)
-        kwargs = dict(min_id=0 if self.opts["full_resync"] else state["last_message_id"])
-        if self.opts["since"] and not state["last_message_id"]:
+            await self._pass(entity, username, dict(offset_date=since, max_id=last + 1), advance=False)
+        kwargs = dict(min_id=0 if self.opts["full_resync"] else last)
+        if self.opts["since"] and not last:
             kwargs["offset_date"] = self.opts["since"]
-        await self._pass(entity, username, kwargs, advance=True)
+        if not await self._pass(entity, username, kwargs, advance=True) and kwargs["min_id"]:
+            await self._rewind_if_beyond_newest(entity, username, last)
 
-    async def _pass(self, entity, username: str, kwargs: dict, advance: bool) -> None:
-        batch = []
+    def _state_path(self, username: str) -> Path:
+        return self.lake_dir / lake.STATE_DIR / f"{username}.json"
+
+    def _resume_point(self, username: str) -> int:
+        """The channel's stored ``last_message_id``; :class:`ResumePointError`, naming the file and what
+        to do, when the file cannot be read or holds no Telegram message id (a 32-bit number >= 0)."""
+        try:
+            state = lake.read_state(self.lake_dir, username)
+        except (OSError, ValueError) as exc:  # unreadable, not UTF-8 (binary), not JSON (empty)
+            problem = f"cannot be read ({type(exc).__name__}: {exc})"
+        else:
+            last = state.get("last_message_id") if isinstance(state, dict) else None
+            if type(last) is int and 0 <= last <= MAX_MESSAGE_ID:  # not a bool, a float or a string
+                return last
+            problem = f"holds {json.dumps(state)[:80]}, not {{\"last_message_id\": <a message id>}}"
+        stored = self._stored_top(username)
+        fix = (f'write {{"last_message_id": {stored}}} (the newest message of {username} in the lake) or delete it '
+               "to read the channel's whole history again" if stored else
+               "delete it to read the channel's history from the start (the lake holds none of its messages)")
+        raise ResumePointError(f"resume point {self._state_path(username)} {problem}: {fix}")
+
+    def _stored_top(self, username: str) -> int:
+        """The newest message id the lake holds for the channel (0: none): ids grow with dates, so it is
+        in the channel's latest partition."""
+        parts = sorted((self.lake_dir / lake.MESSAGES_DIR).glob(f"*/{username}.json"), reverse=True)
+        try:
+            return max(lake.read_partition(parts[0]), default=0) if parts else 0
+        except (OSError, ValueError, KeyError, TypeError):  # a damaged partition: assume nothing is stored
+            return 0
+
+    async def _rewind_if_beyond_newest(self, entity, username: str, last: int) -> None:
+        """Nothing came after ``last``. If the channel's newest message is older and the lake does not
+        hold ``last`` either (a deleted newest post would explain the first, not both), the resume point
+        is wrong: every post until the channel caught up would be skipped. Rewind it to the lake's newest
+        message of the channel, read on from there, and say so in the channel's ``warning``."""
+        newest = 0
+        async for msg in self.client.iter_messages(entity, limit=1):
+            newest = msg.id
+        if newest >= last:
+            return
+        stored = self._stored_top(username)
+        if stored >= last:
+            return
+        self.result.warning = (f"resume point {self._state_path(username)}: last_message_id {last} is beyond the "
+                               f"channel's newest message ({newest}) and the lake's ({stored}); rewound to {stored}")
+        log.warning("channel %s: %s", self.name, self.result.warning)
+        lake.write_state(self.lake_dir, username, {"last_message_id": stored})
+        self.result.last_message_id = stored
+        await self._pass(entity, username, dict(min_id=stored), advance=True)
+
+    async def _pass(self, entity, username: str, kwargs: dict, advance: bool) -> int:
+        """Read the messages ``kwargs`` select into the lake; return how many were read."""
+        batch, read = [], 0
         try:
             async for msg in self.client.iter_messages(entity, limit=self.opts["limit"], reverse=True, **kwargs):
                 if getattr(msg, "action", None) is not None:  # service messages (pins, title changes)
                     continue
                 batch.append(msg)
+                read += 1
                 if len(batch) >= BATCH:
                     await self._flush(entity, username, batch, advance)
                     batch = []
@@ -190,6 +249,7 @@ class _ChannelScraper:
             # Whatever ended the pass (end, FloodWait, network error), keep what was read.
             if batch:
                 await self._flush(entity, username, batch, advance)
+        return read
 
     async def _flush(self, entity, username: str, batch: list, advance: bool) -> None:
         """Photos, then partitions, then the resume point: a crash in between redoes the batch."""
@@ -321,7 +381,10 @@ def scrape_telegram_data(
     refresh view and forward counts; ``full_resync`` re-reads all history (idempotent
     merge, the resume point never moves back). A failing channel is reported in the
     summary and the others still run; ``status`` is ``success``, ``partial`` or
-    ``failed``. Raises :class:`~medical_etl.scrape.channels.ChannelNameError` before any
+    ``failed``. An unusable resume point (``state/<channel>.json``) fails its channel, naming
+    the file and what to do; one beyond the channel's newest message (and the lake's) is rewound
+    to the lake's newest and read on from, the channel's ``warning`` (and ``warnings``) saying
+    so. Raises :class:`~medical_etl.scrape.channels.ChannelNameError` before any
     request when a name is invalid. ``on_channel`` (progress) is called after each channel with
     ``{channel, done, total, new_messages, photos_saved, error, ...}``.
     """
@@ -352,6 +415,7 @@ def scrape_telegram_data(
         "updated_messages": sum(r.updated_messages for r in results.values()),
         "photos_saved": sum(r.photos_saved for r in results.values()),
         "failed_channels": failed,
+        "warnings": [f"{n}: {r.warning}" for n, r in results.items() if r.warning],
         "files_written": len(files),
         "duration_s": round(time.perf_counter() - t0, 3),
     }
