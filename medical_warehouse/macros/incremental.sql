@@ -35,3 +35,10 @@
     delete from {{ this }}
     where message_key in ({{ messages_with_changed_offers() }})
 {%- endmacro %}
+
+{#- The UTC days of the posts whose offers may have changed since the model's last run (agg_product_daily
+    rebuilds those days only). -#}
+{% macro days_with_changed_offers() -%}
+    select distinct (message_date at time zone 'UTC')::date from {{ ref('int_messages_deduplicated') }}
+    where message_key in ({{ messages_with_changed_offers() }})
+{%- endmacro %}

@@ -1,19 +1,31 @@
 {{
     config(
-        materialized='table',
-        post_hook=['create index on {{ this }} (text_hash)', 'analyze {{ this }}']
+        materialized='incremental',
+        unique_key='dedup_key',
+        incremental_strategy='delete+insert',
+        on_schema_change='sync_all_columns',
+        post_hook=['create index if not exists int_messages_deduplicated_text_hash_idx on {{ this }} (text_hash)',
+                   'create index if not exists int_messages_deduplicated_dedup_key_idx on {{ this }} (dedup_key)',
+                   'analyze {{ this }}']
     )
 }}
 {#- One row per post. Telegram usernames ignore case, so rows of "CheMed123" and "chemed123" with the same
-    message id are one post: the loader's precedence keeps one (newest scrape, then file path, then
-    position in the file), the same winner whatever order the lake was loaded in.
-    A table: read by fct_messages, the price models, dim_channels, dim_dates, fct_product_prices'
-    pre-hook and its tests, it is ranked once per run instead of once per reader (a window over every
-    raw row), and a selection that rebuilds staging alone leaves it (and its readers) in place. -#}
+    message id are one post (dedup_key): the loader's precedence keeps one (newest scrape, then file path,
+    then position in the file), the same winner whatever order the lake was loaded in.
+    Incremental: a run ranks again only the posts with a row loaded or changed since the last run (all
+    their rows, every case variant), and replaces those posts' rows; read by fct_messages, the price
+    models, dim_channels, dim_dates and the incremental filters, it is ranked once per run for all. -#}
 
 with messages as (
 
-    select * from {{ ref('stg_telegram_messages') }}
+    select *, lower(channel_username) || '/' || message_id as dedup_key
+    from {{ ref('stg_telegram_messages') }}
+    {% if is_incremental() %}
+    where lower(channel_username) || '/' || message_id in (
+        select lower(channel_username) || '/' || message_id from {{ ref('stg_telegram_messages') }}
+        where updated_at > (select coalesce(max(updated_at), '-infinity'::timestamptz) from {{ this }})
+    )
+    {% endif %}
 
 ),
 

@@ -1,7 +1,17 @@
+{{
+    config(
+        materialized='incremental',
+        unique_key='date_day',
+        incremental_strategy='delete+insert',
+        on_schema_change='sync_all_columns',
+        pre_hook="{% if is_incremental() %}delete from {{ this }} where date_day in ({{ days_with_changed_offers() }}){% endif %}"
+    )
+}}
 {#- A product's mentions and min / median / max price in birr per UTC day and channel (the API's price
     history), and per day over all channels (channel_username null: the top-products report over a date
     window is answered from these rows alone). Bounded by days x channels per product, however many
-    posts mention it. -#}
+    posts mention it. Incremental by day: a run rebuilds the UTC days of the posts whose offers changed. -#}
+-- the filters read these: depends_on: {{ ref('int_messages_deduplicated') }} {{ ref('stg_catalogue_texts') }} {{ ref('stg_catalogue_offers') }} {{ ref('stg_product_resolutions') }}
 
 with prices as (
 
@@ -13,9 +23,14 @@ with prices as (
         (message_date at time zone 'UTC')::date as date_day,
         message_key,
         message_date,
-        price_birr
+        price_birr,
+        source_updated_at
     from {{ ref('fct_product_prices') }} as p
     inner join {{ ref('dim_products') }} as d on d.product_key = p.product_key
+    {% if is_incremental() %}
+    -- only the UTC days of posts whose offers changed since the last run; the pre-hook cleared them
+    where (p.message_date at time zone 'UTC')::date in ({{ days_with_changed_offers() }})
+    {% endif %}
 
 )
 
@@ -34,7 +49,8 @@ select
     min(message_date)                                                  as first_seen_at,
     max(message_date)                                                  as last_seen_at,
     -- every price, sorted: exact medians over any window of days without reading the facts
-    array_agg(price_birr order by price_birr)                          as prices
+    array_agg(price_birr order by price_birr)                          as prices,
+    max(source_updated_at)                                             as source_updated_at
 from prices
 group by grouping sets ((product_key, generic_name, product_kind, channel_username, date_day),
                         (product_key, generic_name, product_kind, date_day))
