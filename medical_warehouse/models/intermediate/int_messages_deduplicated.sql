@@ -21,9 +21,11 @@ with messages as (
     select *, lower(channel_username) || '/' || message_id as dedup_key
     from {{ ref('stg_telegram_messages') }}
     {% if is_incremental() %}
+    {%- set newest = run_query("select coalesce(max(updated_at), '-infinity'::timestamptz)::text from " ~ this).columns[0].values()[0] if execute else '-infinity' %}
+    -- the newest row this table holds, as a literal (see changed_since_last_run)
     where lower(channel_username) || '/' || message_id in (
         select lower(channel_username) || '/' || message_id from {{ ref('stg_telegram_messages') }}
-        where updated_at > (select coalesce(max(updated_at), '-infinity'::timestamptz) from {{ this }})
+        where updated_at > '{{ newest }}'::timestamptz
     )
     {% endif %}
 
