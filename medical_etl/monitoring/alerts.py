@@ -6,11 +6,11 @@ import json
 import os
 import statistics
 import string
-import tempfile
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from medical_etl.lake import atomic_write_bytes
 from medical_etl.monitoring.rules import SEVERITIES, Rule
 from medical_etl.monitoring.stats import LogStats, Run, parse_ts
 
@@ -338,14 +338,4 @@ def save_state(path: Path, state: dict) -> None:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, text.encode("utf-8"))
