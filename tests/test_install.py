@@ -65,14 +65,16 @@ def test_the_installed_package_carries_its_project_files(installed, tmp_path):
 import json, medical_etl
 from medical_etl import resources
 from medical_etl.jobs import jobs
+from medical_etl.catalogue.identity import Resolver
 print(json.dumps({"module": medical_etl.__file__, "root": str(resources.project_root()),
                   "dbt": (resources.dbt_project() / "dbt_project.yml").is_file(),
                   "rules": resources.alert_rules().is_file(), "crontab": resources.crontab_template().is_file(),
-                  "jobs": jobs()}))
+                  "jobs": jobs(), "lexicon": Resolver().resolve("AMVASC 5mg").generic_name}))
 """], cwd=tmp_path, env={"PATH": os.environ["PATH"]}, capture_output=True, text=True, check=True)
     found = json.loads(out.stdout)
     assert found["module"].startswith(str(installed)) and found["root"].startswith(str(installed))
     assert found["dbt"] and found["rules"] and found["crontab"]
+    assert found["lexicon"] == "amlodipine"  # the catalogue's lexicon travels with the package
     assert found["jobs"]["pipeline"] == ["scrape", "load", "transform", "enrich"]
     # cron entries run a checkout's scripts: an installed package says so instead of writing broken lines
     r = subprocess.run([str(installed / "bin" / "medical-etl"), "cron", "show"], cwd=tmp_path, capture_output=True,
