@@ -9,7 +9,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "medical_etl"
 STAGES = ("scrape", "load", "transform", "enrich")
 LAYERS = {  # top-level name below medical_etl -> layer (higher calls lower)
     **dict.fromkeys(("errors", "secrets", "resources", "config", "logsetup", "progress", "tracing", "filelock",
-                     "lake", "runlog", "running", "housekeeping", "db", "migrate"), 0),
+                     "lake", "runlog", "running", "housekeeping", "db", "migrate",
+                     "catalogue"), 0),  # the catalogue: text understanding that stage 3 (transform) runs
     **dict.fromkeys(STAGES, 1),
     "jobs": 2,
     **dict.fromkeys(("ops", "monitoring", "api"), 3),
