@@ -11,7 +11,6 @@ or lexicon) reads or resolves everything again, once.
 """
 from __future__ import annotations
 
-import logging
 import time
 
 from psycopg2.extras import execute_values
@@ -19,8 +18,6 @@ from psycopg2.extras import execute_values
 from medical_etl.catalogue.identity import Resolver, normalise, resolver_version
 from medical_etl.catalogue.prices import parser_version, read_offers
 from medical_etl.db import ConnParams, connect_warehouse, expect_params
-
-log = logging.getLogger(__name__)
 
 BATCH = 500
 
