@@ -146,7 +146,7 @@ def cmd_job(args, settings: Settings) -> int:
 def _brief(summary: dict) -> dict:
     """Job summary without the bulky per-node details."""
     out = {k: v for k, v in summary.items() if k != "stages"}
-    out["stages"] = {name: {k: v for k, v in st.items() if k not in ("nodes", "channels", "slowest_nodes")}
+    out["stages"] = {name: {k: v for k, v in st.items() if k not in ("nodes", "channels", "slowest_models")}
                      for name, st in summary.get("stages", {}).items()}
     return out
 

@@ -23,6 +23,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 
 from psycopg2.extras import Json
@@ -41,10 +42,14 @@ class TransformError(PermanentError):
 
 
 @contextmanager
-def _dbt_env(params: ConnParams, threads: int) -> Iterator[None]:
-    """Expose the connection to profiles.yml's env_var() for the duration of the run only."""
+def _dbt_env(params: ConnParams, threads: int, last_build: tuple | None = None) -> Iterator[None]:
+    """Expose the connection to profiles.yml's env_var() for the duration of the run only, and to the data
+    tests where their daily scope starts (``last_build``: when the last successful whole build started and
+    its built_at; macros/test_scope.sql; None: every row)."""
+    since, built = last_build if last_build and all(last_build) else (None, None)
     values = {"HOST": params.host, "PORT": str(params.port), "DBNAME": params.dbname, "USER": params.user,
-              "PASSWORD": params.password, "THREADS": str(threads)}
+              "PASSWORD": params.password, "THREADS": str(threads),
+              "TESTS_SINCE": since.isoformat() if since else "", "TESTS_BUILT_AFTER": built.isoformat() if built else ""}
     saved = {k: os.environ.get(_ENV_PREFIX + k) for k in values}
     os.environ.update({_ENV_PREFIX + k: v for k, v in values.items()})
     try:
@@ -84,7 +89,7 @@ def run_dbt_transformations(
     models (the weekly run); ``select`` limits the nodes (dbt selection syntax).
     ``status`` is ``success`` or ``failed`` (then ``failing_nodes`` names them).
     """
-    t0 = time.perf_counter()
+    t0, started_at = time.perf_counter(), datetime.now(timezone.utc)
     expect_params(db, "run_dbt_transformations")
     project_dir = Path(project_dir).resolve()
     out = _writable_home(project_dir)
@@ -94,9 +99,13 @@ def run_dbt_transformations(
     conn = connect_warehouse(db)  # the sources (raw tables) must exist, even before the first load
     try:
         state = _state(conn, project_dir) if whole else None
+        last_build = state["last_build"] if state else _last_build(conn)
     finally:
         conn.close()
     scope = "all"
+    if state and state["needs_full_refresh"] and not full_refresh:
+        # marts built before the change log existed: the first build with it rebuilds them whole
+        full_refresh, scope = True, "all: first build with the change log (int_post_changes), a full refresh"
     if state and not full_refresh and (state["freshness"] is not None or not check_freshness):
         if state["unchanged"]:
             return {**_skipped(state, check_freshness, t0), "catalogue": catalogue}
@@ -116,9 +125,10 @@ def run_dbt_transformations(
         args.append("--full-refresh")
     if select:
         args += ["--select", *select]
-    with _dbt_env(db, threads):
+    # a daily build's tests check the rows since the last successful whole build; a full one, all
+    with _dbt_env(db, threads, None if full_refresh else last_build):
         res = _invoke([*flags, *args])
-        if scope != "all":  # same rows: the freshness facts recorded are still the facts
+        if not scope.startswith("all"):  # same rows: the freshness facts recorded are still the facts
             freshness, facts = (_judge(state["freshness"], state["now"]) if check_freshness else {}), state["freshness"]
         else:
             freshness, facts = _freshness(flags, common) if check_freshness and res.success else ({}, None)
@@ -140,7 +150,7 @@ def run_dbt_transformations(
                     and k.split(":")[1] == s) for s in ("pass", "warn", "fail", "error", "skipped")}
     ok = res.success and not failing
     if ok and state:
-        _record_state(db, state, facts)
+        _record_state(db, state, facts, started_at)
     summary = {
         "status": "success" if ok else "failed",
         "full_refresh": full_refresh,
@@ -154,7 +164,7 @@ def run_dbt_transformations(
         "unit_tests_passed": counts["unit_test:pass"],
         "failing_nodes": failing,
         "freshness": freshness,
-        "slowest_nodes": sorted(nodes, key=lambda n: -n["seconds"])[:5],
+        "slowest_models": slowest_models(nodes),
         "nodes": nodes,
         "build_skipped": None,
         "build_scope": scope if whole else "selected",
@@ -162,6 +172,14 @@ def run_dbt_transformations(
         "duration_s": round(time.perf_counter() - t0, 3),
     }
     return summary
+
+
+def slowest_models(nodes: list[dict], n: int = 5) -> list[dict]:
+    """The ``n`` models that took longest, slowest first: ``{"model": name, "seconds": s}`` (what the run log
+    keeps of a build's nodes, for the monitor's bottleneck view and long-execution alerts)."""
+    models = [x for x in nodes if x["type"] == "model"]
+    return [{"model": x["node"].rsplit(".", 1)[-1], "seconds": x["seconds"]}
+            for x in sorted(models, key=lambda x: -x["seconds"])[:n]]
 
 
 def _project_hash(project_dir: Path) -> str:
@@ -200,28 +218,48 @@ def _state(conn, project_dir: Path) -> dict:
         raw, today, now = cur.fetchone()
         cur.execute(_RELATIONS)
         relations = cur.fetchone()[0]
-        cur.execute("SELECT inputs, relations, built_on, built_at, freshness FROM raw.transform_state")
+        cur.execute("SELECT inputs, relations, built_on, built_at, freshness, started_at, built_through "
+                    "FROM raw.transform_state")
         prev = cur.fetchone()
+        cur.execute("SELECT to_regclass('marts.fct_messages') IS NOT NULL "
+                    "AND to_regclass('intermediate.int_post_changes') IS NULL")
+        needs_full_refresh = cur.fetchone()[0]
     inputs = f"{_project_hash(project_dir)}|{raw}"
     same = prev is not None and prev[:2] == (inputs, relations)
     return {"inputs": inputs, "today": today, "now": now, "unchanged": same and prev[2] == today,
             "new_day": same and prev[2] != today, "built_at": prev[3] if prev else None,
-            "freshness": prev[4] if prev else None}
+            "freshness": prev[4] if prev else None, "last_build": prev[5:7] if prev else None,
+            "needs_full_refresh": needs_full_refresh}
 
 
-def _record_state(params: ConnParams, state: dict, freshness_facts: dict | None) -> None:
-    """After a successful build: the inputs it started from, the relations it left."""
+def _last_build(conn) -> tuple | None:
+    """When the last successful whole build started, and its built_at (None: no build recorded yet)."""
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT started_at, built_through FROM raw.transform_state")
+        return cur.fetchone()
+
+
+def _record_state(params: ConnParams, state: dict, freshness_facts: dict | None, started_at: datetime) -> None:
+    """After a successful build: the inputs it started from, the relations it left, when it started."""
     conn = connect(params)
     try:
         with conn, conn.cursor() as cur:
             cur.execute(_RELATIONS)
             relations = cur.fetchone()[0]
-            cur.execute("""INSERT INTO raw.transform_state (id, inputs, relations, built_on, freshness)
-                           VALUES (true, %s, %s, %s, %s)
+            # the build's built_at: the checkpoint it appended to the change log
+            cur.execute("SELECT to_regclass('intermediate.int_post_changes') IS NOT NULL")
+            built = None
+            if cur.fetchone()[0]:
+                cur.execute("SELECT max(built_at) FROM intermediate.int_post_changes")
+                built = cur.fetchone()[0]
+            cur.execute("""INSERT INTO raw.transform_state (id, inputs, relations, built_on, freshness, started_at,
+                                                            built_through)
+                           VALUES (true, %s, %s, %s, %s, %s, %s)
                            ON CONFLICT (id) DO UPDATE SET inputs = EXCLUDED.inputs, relations = EXCLUDED.relations,
-                           built_on = EXCLUDED.built_on, freshness = EXCLUDED.freshness, built_at = now()""",
+                           built_on = EXCLUDED.built_on, freshness = EXCLUDED.freshness, built_at = now(),
+                           started_at = EXCLUDED.started_at, built_through = EXCLUDED.built_through""",
                         (state["inputs"], relations, state["today"], Json(freshness_facts) if freshness_facts
-                         is not None else None))
+                         is not None else None, started_at, built))
     finally:
         conn.close()
 
@@ -297,7 +335,7 @@ def _skipped(state: dict, check_freshness: bool, t0: float) -> dict:
     return {"status": "success", "full_refresh": False, "models_built": 0, "models_failed": 0, "models_skipped": 0,
             "seeds_loaded": 0, "tests_passed": 0, "tests_warned": 0, "tests_failed": 0, "unit_tests_passed": 0,
             "failing_nodes": [], "freshness": _judge(state["freshness"], state["now"]) if check_freshness else {},
-            "slowest_nodes": [], "nodes": [],
+            "slowest_models": [], "nodes": [],
             "build_scope": "none",
             "build_skipped": f"nothing changed since the last successful build at "
                              f"{state['built_at'].isoformat(timespec='seconds')}: same project, same raw rows, "
@@ -334,8 +372,6 @@ def _seconds(limit) -> float | None:
 
 def _judge(facts: dict, now) -> dict:
     """dbt's freshness rule (FreshnessThreshold.status) on recorded facts, at ``now``."""
-    from datetime import datetime, timezone
-
     out = {}
     for name, f in facts.items():
         if f["max_loaded_at"] is None or f["status"] not in ("pass", "warn", "error"):

@@ -451,3 +451,22 @@ def test_a_cancelled_run_is_a_clean_stop_never_a_death(tmp_path):
     res, rc = run(tmp_path, [rec(status="failed", at=NOW - timedelta(hours=1), run_id="r-bad"), records[-1]],
                   DEFAULT_RULES, send=False)
     assert rc == 3 and "pipeline_failure" in {a["alert_type"] for a in res["active_alerts"]}
+
+
+def test_slow_transform_names_its_slowest_models(tmp_path):
+    r = rule(alert_type="long_execution", metric="duration_vs_trailing_median", stage="transform", threshold=3,
+             comparison="gt", window=10, severity="warning", message_template="{factor}x; slowest models: {slowest}")
+    fast = [{"model": "fct_messages", "seconds": 2.0}]
+    slow = [{"model": "agg_product_daily", "seconds": 31.25}, {"model": "fct_messages", "seconds": 2.5}]
+    builds = [rec(stage="transform", duration=10, at=NOW - timedelta(hours=6 - i), run_id=f"t{i}",
+                  metrics={"slowest_models": fast}) for i in range(5)]
+    res, rc = run(tmp_path, builds + [rec(stage="transform", duration=40, run_id="slow",
+                                          metrics={"slowest_models": slow})], rules_file(tmp_path, r))
+    assert rc == 1
+    assert res["active_alerts"][0]["message"] == "4.0x; slowest models: agg_product_daily 31.2 s, fct_messages 2.5 s"
+    # the bottleneck view keeps the last build's slowest models
+    assert res["metrics"]["performance"]["stages"]["transform"]["slowest_models"] == slow
+    # a record without them (or with garbage) still renders
+    res, rc = run(tmp_path, builds + [rec(stage="transform", duration=40, run_id="odd",
+                                          metrics={"slowest_models": [{"model": 3}]})], rules_file(tmp_path, r))
+    assert res["active_alerts"][0]["message"] == "4.0x; slowest models: -"

@@ -58,6 +58,11 @@ def build_catalogue(db: ConnParams, *, batch: int = BATCH, resolver: Resolver | 
                            ON CONFLICT (id) DO UPDATE SET parser_version = EXCLUDED.parser_version,
                                resolver_version = EXCLUDED.resolver_version,
                                messages_until = EXCLUDED.messages_until""", (parser, resolver_v, newest))
+        if read["texts"] or resolving.resolved:
+            # the transform's joins are planned from these tables' statistics, which autovacuum refreshes late
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute("ANALYZE raw.catalogue_texts, raw.catalogue_offers, raw.product_resolutions")
     finally:
         conn.close()
     t2 = time.perf_counter()

@@ -142,5 +142,6 @@ def run_stage(stage: str, settings: Settings, *, job: str | None = None, run_id:
 
 
 def _metrics(summary: dict) -> dict:
-    """Flat, log-friendly view of a summary (nested per-channel dicts kept as they are)."""
-    return {k: v for k, v in summary.items() if k not in ("run_id",)}
+    """Flat, log-friendly view of a summary (nested per-channel dicts kept as they are; of a dbt build's
+    nodes, the slowest models only: ``slowest_models``)."""
+    return {k: v for k, v in summary.items() if k not in ("run_id", "nodes")}

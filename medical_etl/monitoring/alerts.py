@@ -141,7 +141,19 @@ def m_duration_vs_trailing_median(stats, rule, now, wh, state):
         return []
     return [Subject(_subject_name(rule), last.duration_s / median,
                     {"name": _subject_name(rule), "run_id": last.run_id, "duration_s": round(last.duration_s, 1),
-                     "median_s": round(median, 1), "factor": round(last.duration_s / median, 1)}, last.run_id)]
+                     "median_s": round(median, 1), "factor": round(last.duration_s / median, 1),
+                     "slowest": slowest_text(last.metrics)}, last.run_id)]
+
+
+def slowest_text(metrics: dict) -> str:
+    """A dbt build's slowest models as the run log recorded them ("agg_product_daily 12.7 s, ..."); "-"
+    for a stage that records none (or a malformed entry)."""
+    models = metrics.get("slowest_models")
+    if not isinstance(models, list):
+        return "-"
+    parts = [f"{m['model']} {m['seconds']:.1f} s" for m in models
+             if isinstance(m, dict) and isinstance(m.get("model"), str) and isinstance(m.get("seconds"), (int, float))]
+    return ", ".join(parts) or "-"
 
 
 def m_new_messages_vs_trailing_avg(stats, rule, now, wh, state):
@@ -217,7 +229,7 @@ METRIC_FIELDS = {
     "job_cancelled": {"job", "stage", "run_id", "error", "failed_stage", "duration_s", "finished_at"},
     "failure_rate": {"rate_pct", "failed", "total", "window", "job"},
     "duration_s": {"name", "run_id", "duration_s"},
-    "duration_vs_trailing_median": {"name", "run_id", "duration_s", "median_s", "factor"},
+    "duration_vs_trailing_median": {"name", "run_id", "duration_s", "median_s", "factor", "slowest"},
     "new_messages_vs_trailing_avg": {"new_messages", "trailing_avg", "pct", "run_id"},
     "hours_since_success": {"hours", "job", "last_success"},
     "channel_hours_since_last_post": {"channel", "hours", "last_post"},

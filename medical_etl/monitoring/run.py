@@ -18,6 +18,7 @@ from medical_etl.monitoring.alerts import (
     exit_code,
     load_state,
     save_state,
+    slowest_text,
     worst_severity,
 )
 from medical_etl.monitoring.deliver import DELIVERY_CAP_S, deliver, expand
@@ -173,6 +174,8 @@ def format_text(result: dict) -> str:
         r = m["resources"].get(stage, {})
         lines.append(f"  {stage:<10} median {p['median_s']} s  p95 {p['p95_s']} s  "
                      f"peak RSS {r.get('peak_rss_mb_max')} MB  cpu {r.get('cpu_s_median')} s")
+        if p.get("slowest_models"):
+            lines.append(f"  {'':<10} last run's slowest models: {slowest_text(p)}")
     dq = m["data_quality"]
     lines.append(f"data: last scrape {m['volume']['last_new_messages']} new messages "
                  f"(trailing avg {m['volume']['trailing_avg_new_messages']}); photos analysed "

@@ -117,6 +117,9 @@ def summarize(stats: LogStats) -> dict:
         durations = [r.duration_s for r in runs if r.status == "success"]
         perf[stage] = {"runs": len(runs), "median_s": _r(statistics.median(durations)) if durations else None,
                        "p95_s": _r(percentile(durations, 0.95)), "last_s": _r(runs[-1].duration_s)}
+        slowest = runs[-1].metrics.get("slowest_models")  # a dbt build's: which model the time went to
+        if isinstance(slowest, list) and slowest:
+            perf[stage]["slowest_models"] = slowest
         rss = [r.peak_rss_mb for r in runs if isinstance(r.peak_rss_mb, (int, float))]
         cpu = [r.cpu_s for r in runs if isinstance(r.cpu_s, (int, float))]
         resources[stage] = {"peak_rss_mb_max": max(rss) if rss else None,

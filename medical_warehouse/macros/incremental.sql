@@ -1,52 +1,50 @@
-{#- The incremental models' filter: the rows of `column` changed since the model's last run, i.e. newer
-    than the newest source_updated_at the model holds (every incremental model stores its rows' source
-    updated_at as source_updated_at). On a full build (or the first run) it is `true`: every row.
-    The watermark is read when the SQL is compiled and written in as a literal: against a subquery the
-    planner would guess that a third of the rows qualify and join whole tables; against a constant it
-    sees, from the column's statistics, the day's few rows. -#}
-{% macro changed_since_last_run(column) -%}
-    {%- if is_incremental() -%}
-        {%- set watermark = '-infinity' -%}
-        {%- if execute -%}
-            {%- set result = run_query("select coalesce(max(source_updated_at), '-infinity'::timestamptz)::text from " ~ this) -%}
-            {%- set watermark = result.columns[0].values()[0] -%}
-        {%- endif -%}
-        {{ column }} > '{{ watermark }}'::timestamptz
-    {%- else -%}
-        true
+{#- Stage 3's incremental machinery. A daily build does work in proportion to the posts that are new or
+    changed, whatever the history: int_post_changes logs, batch by batch, the posts changed since the
+    last build with what the marts held for them before (their day, channel, products and prices), and
+    each incremental mart applies the batches it has not applied yet (pending_changes), recomputing only
+    the posts, days and products they name. -#}
+
+{#- This build's time (dbt's run_started_at, UTC): the audit column built_at of every incremental model's
+    rows, and the batch time of int_post_changes. -#}
+{% macro build_time() -%}
+    '{{ run_started_at.isoformat() }}'::timestamptz
+{%- endmacro %}
+
+{#- The newest value of `column` in `relation` (this model by default), as a literal: against a subquery
+    the planner guesses that a third of the rows qualify and joins whole tables; against a constant it
+    sees, from the column's statistics, the day's few rows. '-infinity' when the table is empty. -#}
+{% macro watermark(column, relation=none) -%}
+    {%- set value = '-infinity' -%}
+    {%- if execute -%}
+        {%- set sql = "select coalesce(max(" ~ column ~ "), '-infinity'::timestamptz)::text from " ~ (relation or this) -%}
+        {%- set value = run_query(sql).columns[0].values()[0] -%}
     {%- endif -%}
+    '{{ value }}'::timestamptz
 {%- endmacro %}
 
-{#- The posts whose offers may have changed since fct_product_prices' last run: posts changed, posts whose
-    text was (re-)read by the catalogue, posts with an offer whose product was (re-)resolved. Each set is
-    found from its own small side first (texts read, products resolved since), never by testing every
-    offer, so the cost follows the day's changes. -#}
-{% macro messages_with_changed_offers() -%}
-    select message_key from {{ ref('int_messages_deduplicated') }}
-    where {{ changed_since_last_run('updated_at') }}
-    union
-    select message_key from {{ ref('int_messages_deduplicated') }}
-    where text_hash in (
-        select text_hash from {{ ref('stg_catalogue_texts') }}
-        where {{ changed_since_last_run('read_at') }}
-        union
-        select o.text_hash from {{ ref('stg_catalogue_offers') }} as o
-        inner join {{ ref('stg_product_resolutions') }} as r on r.product_text_key = o.product_text_key
-        where {{ changed_since_last_run('r.resolved_at') }}
-    )
+{#- The change log's rows this incremental model has not applied yet: the batches logged after the newest
+    batch it applied (its rows' newest built_at; a batch that left it no row is applied again, which
+    recomputes the same rows). Only ever called inside `{% if is_incremental() %}`. -#}
+{% macro pending_changes() -%}
+    select * from {{ ref('int_post_changes') }}
+    where built_at > {{ watermark('built_at') }} and dedup_key is not null
 {%- endmacro %}
 
-{#- Incremental pre-hook of fct_product_prices: drop the rows of every post whose offers may have changed,
-    so a post edited to hold no price loses its old rows (delete+insert only deletes the keys it
-    re-inserts). -#}
-{% macro delete_prices_of_changed_messages() -%}
-    delete from {{ this }}
-    where message_key in ({{ messages_with_changed_offers() }})
+{#- Whether `column` (a dedup_key) is a post of the pending batches. An array, not a semi-join: the planner
+    then reads the few posts by index instead of joining whole tables first. -#}
+{% macro is_pending_post(column='dedup_key') -%}
+    {{ column }} = any(array(select distinct dedup_key from ({{ pending_changes() }}) as pending))
 {%- endmacro %}
 
-{#- The UTC days of the posts whose offers may have changed since the model's last run (agg_product_daily
-    rebuilds those days only). -#}
-{% macro days_with_changed_offers() -%}
-    select distinct (message_date at time zone 'UTC')::date from {{ ref('int_messages_deduplicated') }}
-    where message_key in ({{ messages_with_changed_offers() }})
+{#- Whether `column` (a date_key) is a UTC day the pending batches' posts had before them or have now. -#}
+{% macro is_pending_day(column='date_key') -%}
+    {{ column }} = any(array(select distinct date_key from ({{ pending_changes() }}) as pending))
+{%- endmacro %}
+
+{#- A relation of the marts schema by name, without a ref: int_post_changes reads what fct_messages and
+    fct_product_prices hold before this build changes them, so it must run before them, not after. none
+    when the table does not exist yet. -#}
+{% macro marts_relation(name) -%}
+    {%- do return(adapter.get_relation(database=target.database, schema=generate_schema_name('marts', none),
+                                       identifier=name)) -%}
 {%- endmacro %}

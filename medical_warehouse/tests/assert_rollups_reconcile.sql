@@ -1,20 +1,96 @@
--- The API's rollups add up to the facts they summarise (a row here is a mismatch).
-select 'agg_product_prices' as rollup, r.n as rollup_total, f.n as fact_total
-from (select coalesce(sum(mentions), 0) as n from {{ ref('agg_product_prices') }} where channel_username is null) as r,
-     (select count(*) as n from {{ ref('fct_product_prices') }}) as f
-where r.n <> f.n
+-- The API's rollups add up to the facts they summarise, day by day and product by product (a row here is a
+-- mismatch). A daily build checks the days and products it rebuilt (macros/test_scope.sql); a full build
+-- every day, every product, and each product's mentions against the fact table itself.
+with price_days as (
+
+    select date_day from {{ ref('agg_product_daily') }} where {{ changed_rows('built_at') }}
+    union
+    select (message_date at time zone 'UTC')::date from {{ ref('fct_product_prices') }} where {{ changed_rows('built_at') }}
+
+),
+
+rolled_days as (
+
+    select
+        date_day,
+        sum(mentions) filter (where channel_username is not null) as by_channel,
+        sum(mentions) filter (where channel_username is null)     as all_channels
+    from {{ ref('agg_product_daily') }}
+    where date_day in (select date_day from price_days)
+    group by date_day
+
+),
+
+fact_days as (
+
+    select (message_date at time zone 'UTC')::date as date_day, count(*) as n
+    from {{ ref('fct_product_prices') }}
+    where date_key in (select {{ date_key('date_day') }} from price_days)
+    group by 1
+
+),
+
+post_days as (
+
+    select date_day from {{ ref('agg_channel_daily') }} where {{ changed_rows('built_at') }}
+    union
+    select (message_date at time zone 'UTC')::date from {{ ref('fct_messages') }} where {{ changed_rows('built_at') }}
+
+),
+
+channel_days as (
+
+    select date_day, sum(posts) as n from {{ ref('agg_channel_daily') }}
+    where date_day in (select date_day from post_days)
+    group by date_day
+
+),
+
+message_days as (
+
+    select (message_date at time zone 'UTC')::date as date_day, count(*) as n
+    from {{ ref('fct_messages') }}
+    where date_key in (select {{ date_key('date_day') }} from post_days)
+    group by 1
+
+),
+
+products as (
+
+    select product_key, mentions from {{ ref('agg_product_prices') }}
+    where channel_username is null and {{ changed_rows('built_at') }}
+
+),
+
+counted as (
+
+    select product_key, sum(n) as n from {{ ref('int_product_price_counts') }}
+    where price_birr is not null and product_key in (select product_key from products)
+    group by product_key
+
+)
+
+select 'agg_product_daily' as rollup, coalesce(f.date_day, r.date_day)::text as part, r.by_channel as rollup_total,
+       f.n as fact_total
+from rolled_days as r
+full join fact_days as f on f.date_day = r.date_day
+where r.by_channel is distinct from f.n or r.all_channels is distinct from f.n
 union all
-select 'agg_product_daily', r.n, f.n
-from (select coalesce(sum(mentions), 0) as n from {{ ref('agg_product_daily') }} where channel_username is not null) as r,
-     (select count(*) as n from {{ ref('fct_product_prices') }}) as f
-where r.n <> f.n
+select 'agg_channel_daily', coalesce(f.date_day, r.date_day)::text, r.n, f.n
+from channel_days as r
+full join message_days as f on f.date_day = r.date_day
+where r.n is distinct from f.n
 union all
-select 'agg_product_daily (all channels)', r.n, f.n
-from (select coalesce(sum(mentions), 0) as n from {{ ref('agg_product_daily') }} where channel_username is null) as r,
-     (select count(*) as n from {{ ref('fct_product_prices') }}) as f
-where r.n <> f.n
+select 'agg_product_prices', p.product_key, p.mentions, c.n
+from products as p
+left join counted as c on c.product_key = p.product_key
+where p.mentions is distinct from c.n
+{% if tests_all_rows() %}
 union all
-select 'agg_channel_daily', r.n, f.n
-from (select coalesce(sum(posts), 0) as n from {{ ref('agg_channel_daily') }}) as r,
-     (select count(*) as n from {{ ref('fct_messages') }}) as f
-where r.n <> f.n
+-- every product's mentions against the facts, and no product of the facts missing from the rollup
+select 'agg_product_prices (facts)', coalesce(p.product_key, f.product_key), p.mentions, f.n
+from (select product_key, mentions from {{ ref('agg_product_prices') }} where channel_username is null) as p
+full join (select product_key, count(*) as n from {{ ref('fct_product_prices') }} group by product_key) as f
+    on f.product_key = p.product_key
+where p.mentions is distinct from f.n
+{% endif %}

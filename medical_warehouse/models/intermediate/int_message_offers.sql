@@ -22,6 +22,7 @@ products as (
 )
 
 select
+    m.dedup_key,
     m.message_key,
     m.channel_key,
     m.date_key,

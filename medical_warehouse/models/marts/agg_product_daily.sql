@@ -4,14 +4,15 @@
         unique_key='date_day',
         incremental_strategy='delete+insert',
         on_schema_change='sync_all_columns',
-        pre_hook="{% if is_incremental() %}delete from {{ this }} where date_day in ({{ days_with_changed_offers() }}){% endif %}"
+        pre_hook="{% if is_incremental() %}delete from {{ this }} where {{ is_pending_day(date_key('date_day')) }}{% endif %}"
     )
 }}
 {#- A product's mentions and min / median / max price in birr per UTC day and channel (the API's price
     history), and per day over all channels (channel_username null: the top-products report over a date
     window is answered from these rows alone). Bounded by days x channels per product, however many
-    posts mention it. Incremental by day: a run rebuilds the UTC days of the posts whose offers changed. -#}
--- the filters read these: depends_on: {{ ref('int_messages_deduplicated') }} {{ ref('stg_catalogue_texts') }} {{ ref('stg_catalogue_offers') }} {{ ref('stg_product_resolutions') }}
+    posts mention it. Incremental by day: a build recomputes the days the change log's pending batches
+    name (the days their posts had and have), reading those days' prices only. -#}
+-- read in the incremental branch: depends_on: {{ ref('int_post_changes') }}
 
 with prices as (
 
@@ -28,8 +29,7 @@ with prices as (
     from {{ ref('fct_product_prices') }} as p
     inner join {{ ref('dim_products') }} as d on d.product_key = p.product_key
     {% if is_incremental() %}
-    -- only the UTC days of posts whose offers changed since the last run; the pre-hook cleared them
-    where (p.message_date at time zone 'UTC')::date in ({{ days_with_changed_offers() }})
+    where {{ is_pending_day('p.date_key') }}
     {% endif %}
 
 )
@@ -50,7 +50,8 @@ select
     max(message_date)                                                  as last_seen_at,
     -- every price, sorted: exact medians over any window of days without reading the facts
     array_agg(price_birr order by price_birr)                          as prices,
-    max(source_updated_at)                                             as source_updated_at
+    max(source_updated_at)                                             as source_updated_at,
+    {{ build_time() }}                                                 as built_at
 from prices
 group by grouping sets ((product_key, generic_name, product_kind, channel_username, date_day),
                         (product_key, generic_name, product_kind, date_day))

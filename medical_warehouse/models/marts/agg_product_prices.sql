@@ -1,34 +1,128 @@
-{#- Rollup behind the API's top-products report: one row per product of dim_products (channel_username null: all
-    channels) and one per product and channel, with mentions and min / median / max price in birr.
-    A few thousand rows however many posts, so the report reads an index, not the fact table. -#}
+{{
+    config(
+        materialized='incremental',
+        unique_key='product_key',
+        incremental_strategy='delete+insert',
+        on_schema_change='sync_all_columns',
+        post_hook=["{% if is_incremental() %}delete from {{ this }} as a where not exists (select 1 from {{ ref('int_product_price_counts') }} as c where c.product_key = a.product_key and c.price_birr is not null and c.n > 0){% endif %}"]
+    )
+}}
+{#- Rollup behind the API's top-products report: one row per product of dim_products (channel_username
+    null: all channels) and one per product and channel, with mentions, posts and min / median / max
+    price in birr. From int_product_price_counts (a product's distinct prices and how often each is
+    offered), not the fact table: the exact median of n offers is the mean of the prices at positions
+    floor((n - 1) / 2) and ceil((n - 1) / 2) of the sorted offers, found from the counts' running sums.
+    Incremental by product: a build recomputes the products whose counts it changed, and those whose
+    name, generic, kind, strength or form dim_products now gives otherwise; a post-hook removes the
+    products no offer names any more. -#}
 
-with prices as (
-
-    select * from {{ ref('fct_product_prices') }}
-
-),
-
-products as (
+with products as (
 
     select * from {{ ref('dim_products') }}
 
 ),
 
+{% if is_incremental() %}
+touched as (
+
+    select product_key from {{ ref('int_product_price_counts') }}
+    where built_at > {{ watermark('built_at') }}
+    union
+    select product_key from (
+        select product_key, product_name, generic_name, product_kind, strength, dosage_form from products
+        except
+        select product_key, product_name, generic_name, product_kind, strength, dosage_form from {{ this }}
+        where channel_username is null
+    ) as renamed
+
+),
+{% endif %}
+
+counts as (
+
+    select * from {{ ref('int_product_price_counts') }}
+    where n > 0
+    {% if is_incremental() %}
+    and product_key in (select product_key from touched)
+    {% endif %}
+
+),
+
+-- each price's offers per channel, and over all channels (channel_username null)
+at_price as (
+
+    select product_key, channel_username, price_birr, n from counts where price_birr is not null
+    union all
+    select product_key, null, price_birr, sum(n) from counts where price_birr is not null
+    group by product_key, price_birr
+
+),
+
+ranked as (
+
+    select
+        *,
+        sum(n) over (partition by product_key, channel_username order by price_birr) as up_to,
+        sum(n) over (partition by product_key, channel_username)                      as total
+    from at_price
+
+),
+
 rolled as (
 
-select
-    product_key,
-    channel_username,
-    count(*)                                                           as mentions,
-    count(distinct message_key)                                        as posts,
-    min(price_birr)                                                    as min_price_birr,
-    percentile_cont(0.5) within group (order by price_birr)::numeric(14, 2) as median_price_birr,
-    max(price_birr)                                                    as max_price_birr,
-    array_agg(distinct channel_username order by channel_username)     as channels,
-    min(message_date)                                                  as first_seen_at,
-    max(message_date)                                                  as last_seen_at
-from prices
-group by grouping sets ((product_key), (product_key, channel_username))
+    select
+        product_key,
+        channel_username,
+        sum(n)::bigint                                                          as mentions,
+        min(price_birr)                                                         as min_price_birr,
+        max(price_birr)                                                         as max_price_birr,
+        -- the prices at the middle positions (0-based) of the sorted offers: the first price whose
+        -- running count passes the position
+        min(price_birr) filter (where up_to > floor((total - 1) / 2.0))          as lower_middle,
+        min(price_birr) filter (where up_to > ceil((total - 1) / 2.0))           as upper_middle
+    from ranked
+    group by product_key, channel_username
+
+),
+
+posts as (
+
+    select product_key, channel_username, n as posts from counts where price_birr is null
+    union all
+    -- a post has one channel: posts add up over channels
+    select product_key, null, sum(n) from counts where price_birr is null group by product_key
+
+),
+
+seen_in_channel as (
+
+    -- a product's first and last offer in a channel: the first and last day of the day rollup, by index
+    select
+        c.product_key,
+        c.channel_username,
+        (select a.first_seen_at from {{ ref('agg_product_daily') }} as a
+         where a.product_key = c.product_key and a.channel_username = c.channel_username
+         order by a.date_day limit 1) as first_seen_at,
+        (select a.last_seen_at from {{ ref('agg_product_daily') }} as a
+         where a.product_key = c.product_key and a.channel_username = c.channel_username
+         order by a.date_day desc limit 1) as last_seen_at
+    from counts as c
+    where c.price_birr is null
+
+),
+
+seen as (
+
+    select product_key, channel_username, first_seen_at, last_seen_at from seen_in_channel
+    union all
+    select product_key, null, min(first_seen_at), max(last_seen_at) from seen_in_channel group by product_key
+
+),
+
+channels as (
+
+    select product_key, array_agg(channel_username order by channel_username) as channels
+    from counts where price_birr is null group by product_key
 
 )
 
@@ -42,12 +136,16 @@ select
     d.strength,
     d.dosage_form,
     r.mentions,
-    r.posts,
+    p.posts::bigint                                                    as posts,
     r.min_price_birr,
-    r.median_price_birr,
+    ((r.lower_middle + r.upper_middle) / 2)::numeric(14, 2)            as median_price_birr,
     r.max_price_birr,
-    r.channels,
-    r.first_seen_at,
-    r.last_seen_at
+    case when r.channel_username is null then c.channels else array[r.channel_username] end as channels,
+    s.first_seen_at,
+    s.last_seen_at,
+    {{ build_time() }}                                                 as built_at
 from rolled as r
 inner join products as d on d.product_key = r.product_key
+inner join posts as p on p.product_key = r.product_key and coalesce(p.channel_username, '') = coalesce(r.channel_username, '')
+inner join seen as s on s.product_key = r.product_key and coalesce(s.channel_username, '') = coalesce(r.channel_username, '')
+inner join channels as c on c.product_key = r.product_key

@@ -1,23 +1,23 @@
 {{
     config(
         materialized='incremental',
-        unique_key='message_key',
+        unique_key='dedup_key',
         incremental_strategy='delete+insert',
         on_schema_change='sync_all_columns',
-        pre_hook="{% if is_incremental() %}{{ delete_prices_of_changed_messages() }}{% endif %}"
+        pre_hook="{% if is_incremental() %}delete from {{ this }} where {{ is_pending_post() }}{% endif %}"
     )
 }}
 {#- One row per (message, product, price in birr) a post offers for sale: the offers the catalogue read
-    (medical_etl/catalogue) tied to their product in dim_products. With unique_key = message_key, the rows
-    of a post whose text, reading or product changed are all replaced on the next incremental run; the
-    pre-hook also removes the rows of a post edited to hold no price any more. -#}
--- the pre-hook reads these: depends_on: {{ ref('int_messages_deduplicated') }} {{ ref('stg_catalogue_texts') }} {{ ref('stg_catalogue_offers') }} {{ ref('stg_product_resolutions') }}
+    (medical_etl/catalogue) tied to their product in dim_products. Incremental: the rows of the posts in
+    the change log's pending batches (int_post_changes) are replaced; the pre-hook also removes the rows
+    of a post edited to hold no price any more, or whose username's other case won the deduplication. -#}
+-- read in the incremental branch: depends_on: {{ ref('int_post_changes') }}
 
 with offers as (
 
     select * from {{ ref('int_message_offers') }}
     {% if is_incremental() %}
-    where message_key in ({{ messages_with_changed_offers() }})
+    where {{ is_pending_post() }}
     {% endif %}
 
 ),
@@ -27,6 +27,7 @@ final as (
     -- a product at the same price twice in a post is one offer: its first mention is kept
     select distinct on (message_key, product_key, price_birr)
         {{ surrogate_key(['message_key', 'line_no', 'match_no']) }} as price_key,
+        dedup_key,
         message_key,
         channel_key,
         date_key,
@@ -39,7 +40,8 @@ final as (
         currency_text,
         line_no,
         source_line,
-        changed_at                                                as source_updated_at
+        changed_at                                                as source_updated_at,
+        {{ build_time() }}                                        as built_at
     from offers
     where price_birr < 10000000
     order by message_key, product_key, price_birr, line_no, match_no

@@ -10,6 +10,8 @@ renamed as (
         ---------- keys
         {{ surrogate_key(['channel', 'message_id']) }}       as message_key,
         {{ surrogate_key(['trim(channel)']) }}                as channel_key,
+        -- one post whatever the case of its username (Telegram ignores it); raw has an index on it
+        lower(trim(channel)) || '/' || message_id::text       as dedup_key,
 
         ---------- channel
         trim(channel)                                         as channel_username,
@@ -19,7 +21,7 @@ renamed as (
         ---------- message
         message_id,
         message_date,
-        {{ date_key('message_date') }}                        as date_key,
+        {{ date_key('message_date', is_timestamp=true) }}   as date_key,
         extract(hour from message_date at time zone 'UTC')::int as hour_of_day,
         coalesce(message_text, '')                            as message_text,
         char_length(coalesce(message_text, ''))               as text_length,
