@@ -173,3 +173,27 @@ def connect_warehouse(params: ConnParams, **kwargs) -> psycopg2.extensions.conne
         conn.close()
         raise
     return conn
+
+
+_STALE = """SELECT coalesce(last_analyze, last_autoanalyze) IS NULL OR n_mod_since_analyze > %s * greatest(n_live_tup, 1000)
+            FROM pg_stat_user_tables WHERE relid = %s::regclass"""
+
+
+def analyze_if_stale(conn, tables: list[str], fraction: float = 0.1) -> list[str]:
+    """ANALYZE each of ``tables`` never analysed or with more than ``fraction`` of its rows changed since
+    (autovacuum may be off, or not yet there after a bulk write, and every plan on a table without
+    statistics guesses); returns the tables analysed. Commits what ``conn`` had pending."""
+    done = []
+    conn.commit()
+    old, conn.autocommit = conn.autocommit, True
+    try:
+        with conn.cursor() as cur:
+            for table in tables:
+                cur.execute(_STALE, (fraction, table))
+                row = cur.fetchone()
+                if row and row[0]:
+                    cur.execute(f"ANALYZE {table}")
+                    done.append(table)
+    finally:
+        conn.autocommit = old
+    return done

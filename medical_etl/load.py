@@ -29,7 +29,7 @@ from psycopg2.extras import execute_values
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from medical_etl import lake
-from medical_etl.db import ConnParams, connect, connect_warehouse, expect_params
+from medical_etl.db import ConnParams, analyze_if_stale, connect, connect_warehouse, expect_params
 from medical_etl.errors import PermanentError
 from medical_etl.migrate import migrate
 from medical_etl.runlog import new_run_id
@@ -620,6 +620,10 @@ def load_raw_to_postgres(
             paths = [lake_dir / rel for rel in sorted(loader.reread)]
             loader.reread = set()
             known = loader.known_files()
+        if loader.owns_conn and totals.rows_inserted + totals.rows_updated + totals.rows_deleted:
+            # the transform selects the new rows by time and key: plans that need the table's statistics
+            loader._reconnect()
+            analyze_if_stale(loader.conn, ["raw.telegram_messages"])
         return _summary(totals, t0, run_id)
     finally:
         loader.close()

@@ -17,7 +17,7 @@ from psycopg2.extras import execute_values
 
 from medical_etl.catalogue.identity import Resolver, normalise, resolver_version
 from medical_etl.catalogue.prices import parser_version, read_offers
-from medical_etl.db import ConnParams, connect_warehouse, expect_params
+from medical_etl.db import ConnParams, analyze_if_stale, connect_warehouse, expect_params
 
 BATCH = 500
 
@@ -58,11 +58,8 @@ def build_catalogue(db: ConnParams, *, batch: int = BATCH, resolver: Resolver | 
                            ON CONFLICT (id) DO UPDATE SET parser_version = EXCLUDED.parser_version,
                                resolver_version = EXCLUDED.resolver_version,
                                messages_until = EXCLUDED.messages_until""", (parser, resolver_v, newest))
-        if read["texts"] or resolving.resolved:
-            # the transform's joins are planned from these tables' statistics, which autovacuum refreshes late
-            conn.autocommit = True
-            with conn.cursor() as cur:
-                cur.execute("ANALYZE raw.catalogue_texts, raw.catalogue_offers, raw.product_resolutions")
+        if read["texts"] or resolving.resolved:  # the transform's joins are planned from their statistics
+            analyze_if_stale(conn, ["raw.catalogue_texts", "raw.catalogue_offers", "raw.product_resolutions"])
     finally:
         conn.close()
     t2 = time.perf_counter()

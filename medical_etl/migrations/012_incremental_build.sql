@@ -5,3 +5,7 @@ CREATE INDEX telegram_messages_dedup_key_idx ON raw.telegram_messages ((lower(tr
 -- build's data tests check the raw rows loaded since the one and the rows built after the other
 -- (medical_warehouse/macros/test_scope.sql), the weekly full refresh every row.
 ALTER TABLE raw.transform_state ADD COLUMN started_at timestamptz, ADD COLUMN built_through timestamptz;
+-- The detection models recompute the posts with a new analysis (by its time) or a changed post (by this key).
+CREATE INDEX image_analyses_analysed_at_idx ON raw.image_analyses (analysed_at);
+CREATE INDEX image_analyses_dedup_key_idx ON raw.image_analyses ((lower(trim(channel)) || '/' || message_id::text));
+CREATE INDEX image_detections_dedup_key_idx ON raw.image_detections ((lower(trim(channel)) || '/' || message_id::text));

@@ -36,9 +36,11 @@
     {{ column }} = any(array(select distinct dedup_key from ({{ pending_changes() }}) as pending))
 {%- endmacro %}
 
-{#- Whether `column` (a date_key) is a UTC day the pending batches' posts had before them or have now. -#}
-{% macro is_pending_day(column='date_key') -%}
-    {{ column }} = any(array(select distinct date_key from ({{ pending_changes() }}) as pending))
+{#- Whether `column` (a date_key, or with as_date a date) is a UTC day the pending batches' posts had before
+    them or have now. -#}
+{% macro is_pending_day(column='date_key', as_date=false) -%}
+    {%- set day = "to_date(date_key::text, 'YYYYMMDD')" if as_date else 'date_key' -%}
+    {{ column }} = any(array(select distinct {{ day }} from ({{ pending_changes() }}) as pending))
 {%- endmacro %}
 
 {#- A relation of the marts schema by name, without a ref: int_post_changes reads what fct_messages and
@@ -47,4 +49,15 @@
 {% macro marts_relation(name) -%}
     {%- do return(adapter.get_relation(database=target.database, schema=generate_schema_name('marts', none),
                                        identifier=name)) -%}
+{%- endmacro %}
+
+{#- Whether `column` (a dedup_key) is a post whose photo analyses the detection models must read again: a
+    post of the pending batches (its key or day may have changed), or one analysed after the newest
+    analysis this model holds (analysed_at). -#}
+{% macro is_pending_photo(column='dedup_key') -%}
+    {{ column }} = any(array(
+        select dedup_key from ({{ pending_changes() }}) as pending
+        union
+        select dedup_key from {{ ref('stg_image_analyses') }} where analysed_at > {{ watermark('analysed_at') }}
+    ))
 {%- endmacro %}

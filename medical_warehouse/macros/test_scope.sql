@@ -10,13 +10,15 @@
     tables rebuilt every time). -#}
 {% macro changed_at_column(relation) -%}
     {%- set columns = {
+        'telegram_messages': 'updated_at', 'catalogue_texts': 'read_at', 'product_resolutions': 'resolved_at',
+        'image_analyses': 'analysed_at', 'image_detections': 'detected_at',
         'stg_telegram_messages': 'updated_at', 'stg_catalogue_texts': 'read_at', 'stg_catalogue_offers': 'read_at',
         'stg_product_resolutions': 'resolved_at', 'stg_image_analyses': 'analysed_at',
         'stg_yolo_detections': 'detected_at',
         'int_messages_deduplicated': 'built_at', 'int_post_changes': 'built_at',
         'int_product_price_counts': 'built_at', 'fct_messages': 'built_at', 'fct_product_prices': 'built_at',
         'search_messages': 'built_at', 'agg_product_daily': 'built_at', 'agg_product_prices': 'built_at',
-        'agg_channel_daily': 'built_at'} -%}
+        'agg_channel_daily': 'built_at', 'fct_image_detections': 'built_at', 'fct_image_categories': 'built_at'} -%}
     {%- do return(columns.get(relation.identifier, '') if relation.identifier is defined else '') -%}
 {%- endmacro %}
 

@@ -7,7 +7,7 @@
         indexes=[{'columns': ['dedup_key'], 'unique': true}, {'columns': ['message_key'], 'unique': true},
                  {'columns': ['text_hash']}, {'columns': ['updated_at']}, {'columns': ['message_date']},
                  {'columns': ['built_at']}],
-        post_hook=['analyze {{ this }}']
+        post_hook=['{{ analyze_if_stale() }}']
     )
 }}
 {#- One row per post. Telegram usernames ignore case, so rows of "CheMed123" and "chemed123" with the same

@@ -4,7 +4,7 @@
         incremental_strategy='append',
         on_schema_change='sync_all_columns',
         indexes=[{'columns': ['built_at']}, {'columns': ['changed_at']}],
-        post_hook=['analyze {{ this }}']
+        post_hook=['{{ analyze_if_stale() }}']
     )
 }}
 {#- The change log every incremental mart works from. Each build appends one batch (built_at: the build's

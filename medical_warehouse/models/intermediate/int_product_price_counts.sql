@@ -5,7 +5,7 @@
         incremental_strategy='delete+insert',
         on_schema_change='sync_all_columns',
         indexes=[{'columns': ['count_key'], 'unique': true}, {'columns': ['product_key']}, {'columns': ['built_at']}],
-        post_hook=['analyze {{ this }}']
+        post_hook=['{{ analyze_if_stale() }}']
     )
 }}
 {#- How often each product is offered at each price, per channel (price_birr set: the offers at that price),

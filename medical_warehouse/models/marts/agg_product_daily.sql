@@ -4,7 +4,7 @@
         unique_key='date_day',
         incremental_strategy='delete+insert',
         on_schema_change='sync_all_columns',
-        pre_hook="{% if is_incremental() %}delete from {{ this }} where {{ is_pending_day(date_key('date_day')) }}{% endif %}"
+        pre_hook="{% if is_incremental() %}delete from {{ this }} where {{ is_pending_day('date_day', as_date=true) }}{% endif %}"
     )
 }}
 {#- A product's mentions and min / median / max price in birr per UTC day and channel (the API's price

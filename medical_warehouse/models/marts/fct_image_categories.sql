@@ -1,12 +1,27 @@
+{{
+    config(
+        materialized='incremental',
+        unique_key='dedup_key',
+        incremental_strategy='delete+insert',
+        on_schema_change='sync_all_columns',
+        pre_hook="{% if is_incremental() %}delete from {{ this }} where {{ is_pending_photo() }}{% endif %}"
+    )
+}}
 {#- One row per analysed photo (its most recent readable analysis) with its image category:
     promotional (a person and a product-like object), product_display (product-like object, no person),
-    lifestyle (person, no product-like object), other. Product-like classes: seed product_like_classes. -#}
+    lifestyle (person, no product-like object), other. Product-like classes: seed product_like_classes.
+    Incremental: a build recomputes the posts analysed since its newest analysis and the posts of the
+    change log's pending batches. -#}
+-- read in the incremental branch: depends_on: {{ ref('int_post_changes') }}
 
 with analyses as (
 
     select distinct on (message_key) *
     from {{ ref('stg_image_analyses') }}
     where status in ('ok', 'no_objects')
+    {% if is_incremental() %}
+    and {{ is_pending_photo() }}
+    {% endif %}
     order by message_key, analysed_at desc
 
 ),
@@ -22,6 +37,9 @@ objects as (
         max(d.confidence)                       as max_confidence
     from {{ ref('stg_yolo_detections') }} as d
     left join {{ ref('product_like_classes') }} as p on p.class_name = d.class_name
+    {% if is_incremental() %}
+    where {{ is_pending_photo('d.dedup_key') }}
+    {% endif %}
     group by d.message_key, d.model
 
 ),
@@ -33,6 +51,7 @@ messages as (
 )
 
 select
+    a.dedup_key,
     a.message_key,
     m.channel_key,
     m.date_key,
@@ -50,7 +69,8 @@ select
         when o.has_person then 'lifestyle'
         else 'other'
     end as image_category,
-    a.analysed_at
+    a.analysed_at,
+    {{ build_time() }} as built_at
 from analyses as a
 inner join messages as m on m.message_key = a.message_key
 left join objects as o on o.message_key = a.message_key and o.model = a.model

@@ -8,6 +8,7 @@ renamed as (
 
     select
         {{ surrogate_key(['channel', 'message_id', 'model', 'object_index']) }} as detection_key,
+        lower(trim(channel)) || '/' || message_id::text                          as dedup_key,  -- raw has an index on it
         {{ surrogate_key(['channel', 'message_id']) }}                        as message_key,
         channel                                                              as channel_username,
         message_id,
