@@ -479,3 +479,20 @@ def test_device_auto_and_the_plan_for_cpu_and_gpu():
     assert plan("cpu", 16, 2) == {"device": "cpu", "workers": 2, "decoders": 2, "infer_batch": 1}
     assert plan("0", 16, 16) == {"device": "0", "workers": 1, "decoders": 16, "infer_batch": 16}
     assert plan("cuda:1", 32, 8, workers=2) == {"device": "cuda:1", "workers": 2, "decoders": 8, "infer_batch": 32}
+
+
+def test_a_day_partition_analyses_that_days_photos_once(enriched_lake, conn):
+    """``day``: the photos of posts dated that UTC day only (how several workers share the photos); running
+    the partition again analyses nothing, and the rest of the photos are left for the other days."""
+    (day, n), *_ = query(conn, """SELECT (message_date AT TIME ZONE 'UTC')::date AS d, count(*) FROM raw.telegram_messages
+                                  WHERE image_path IS NOT NULL GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 1""")
+    params = conn_params(enriched_lake)
+    s = run_yolo_enrichment(params, enriched_lake.raw_data_path, model=str(SHARED_MODEL), day=day)
+    assert s["day"] == day.isoformat() and s["photos_to_analyse"] == n > 1
+    assert query(conn, """SELECT count(*) FROM raw.image_analyses a JOIN raw.telegram_messages m USING (channel, message_id)
+                          WHERE (m.message_date AT TIME ZONE 'UTC')::date <> %s""", (day,))[0][0] == 0
+    assert run_yolo_enrichment(params, enriched_lake.raw_data_path, model=str(SHARED_MODEL), day=day)[
+        "photos_to_analyse"] == 0
+    rest = run_yolo_enrichment(params, enriched_lake.raw_data_path, model=str(SHARED_MODEL))
+    photos = query(conn, "SELECT count(*) FROM raw.telegram_messages WHERE image_path IS NOT NULL")[0][0]
+    assert rest["photos_to_analyse"] == photos - n and rest["already_analysed"] == n

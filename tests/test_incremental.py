@@ -166,3 +166,30 @@ def test_daily_build_rewrites_only_what_its_posts_touch(settings, conn, loaded):
     assert all(set(m) == {"model", "seconds"} for m in s["slowest_models"])
     seconds = [m["seconds"] for m in s["slowest_models"]]
     assert seconds == sorted(seconds, reverse=True)
+
+
+def test_statistics_are_refreshed_when_stale_and_only_then(settings, conn, loaded):
+    """Autovacuum may be off (it is on this project's servers): the loader analyses raw after a load that
+    changed enough of it, and the marts are analysed when built and when enough of them changed."""
+    from medical_etl.db import analyze_if_stale
+
+    def analysed(table):
+        return query(conn, "SELECT coalesce(last_analyze, last_autoanalyze) FROM pg_stat_user_tables "
+                           "WHERE relid = %s::regclass", (table,))[0][0]
+
+    assert analysed("raw.telegram_messages") is not None  # the first load: a table without statistics
+    build(settings)
+    assert analysed("marts.fct_messages") is not None and analysed("marts.agg_product_daily") is not None
+    with conn.cursor() as cur:
+        cur.execute("ANALYZE raw.telegram_messages")
+    conn.commit()
+    first = analysed("raw.telegram_messages")
+    assert analyze_if_stale(conn, ["raw.telegram_messages"]) == [] and analysed("raw.telegram_messages") == first
+    # every post rewritten (more than the floor of 100 changes): analysed again
+    with conn.cursor() as cur:
+        cur.execute("UPDATE raw.telegram_messages SET views = views + 1")
+    conn.commit()
+    query(conn, "SELECT pg_stat_force_next_flush()")  # this session's writes counted when it is idle next
+    conn.commit()
+    assert analyze_if_stale(conn, ["raw.telegram_messages"]) == ["raw.telegram_messages"]
+    assert analysed("raw.telegram_messages") > first

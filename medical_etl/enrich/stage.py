@@ -19,6 +19,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
+from datetime import date
 from pathlib import Path
 
 from psycopg2.extras import execute_values
@@ -67,14 +68,15 @@ def _stored_outcome(conn, model_id: str, sha: str) -> Outcome | None:
     return Outcome(Photo(row[0], row[1], ""), row[2], row[4], row[5], row[3], objects, sha)
 
 
-def _work_list(conn, model_id: str) -> tuple[list[Photo], int]:
+def _work_list(conn, model_id: str, day: date | None = None) -> tuple[list[Photo], int]:
     with conn.cursor() as cur:
         cur.execute("""
             SELECT m.channel, m.message_id, m.image_path FROM raw.telegram_messages m
             WHERE m.image_path IS NOT NULL AND NOT EXISTS (
                 SELECT 1 FROM raw.image_analyses a
-                WHERE a.channel = m.channel AND a.message_id = m.message_id AND a.model = %s)
-            ORDER BY m.channel, m.message_id""", (model_id,))
+                WHERE a.channel = m.channel AND a.message_id = m.message_id AND a.model = %(model)s)
+              AND (%(day)s::date IS NULL OR (m.message_date AT TIME ZONE 'UTC')::date = %(day)s::date)
+            ORDER BY m.channel, m.message_id""", {"model": model_id, "day": day})
         todo = [Photo(*r) for r in cur.fetchall()]
         cur.execute("SELECT count(*) FROM raw.image_analyses WHERE model = %s", (model_id,))
         done = cur.fetchone()[0]
@@ -115,8 +117,12 @@ def run_yolo_enrichment(
     offline: bool = True,
     on_batch: Callable[[dict], None] | None = None,
     progress: bool | None = None,
+    day: date | None = None,
 ) -> dict:
     """Detect objects in every loaded photo not yet analysed with ``model``; return a summary.
+
+    ``day`` limits the work to the photos of posts dated that UTC day: a partition, so that several
+    workers (or GPUs) can each take days; a partition run is idempotent like the whole stage.
 
     ``db`` is Settings or ConnParams. Results are written ``batch`` photos per transaction, so a
     crash loses at most the batch in flight. ``device`` auto picks the GPU when there is one.
@@ -140,8 +146,8 @@ def run_yolo_enrichment(
         model_id = weights_id(weights) if weights.is_file() else Path(model).name
     conn = connect_warehouse(db)
     try:
-        photos, already = _work_list(conn, model_id)
-        summary = {"model": model_id, "photos_to_analyse": len(photos), "already_analysed": already,
+        photos, already = _work_list(conn, model_id, day)
+        summary = {"model": model_id, "day": day.isoformat() if day else None, "photos_to_analyse": len(photos), "already_analysed": already,
                    "photos_analysed": 0, "objects_found": 0, "per_class": {}, "unreadable_photos": 0,
                    "unreadable_reasons": {}, "refused_photos": 0, "refused_reasons": {}, "duplicates_reused": 0,
                    "device": None, "workers": 0, "decoders": 0, "infer_batch": 0, "fp16": False, "batches": 0}
