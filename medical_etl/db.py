@@ -175,14 +175,15 @@ def connect_warehouse(params: ConnParams, **kwargs) -> psycopg2.extensions.conne
     return conn
 
 
-_STALE = """SELECT coalesce(last_analyze, last_autoanalyze) IS NULL OR n_mod_since_analyze > %s * greatest(n_live_tup, 1000)
-            FROM pg_stat_user_tables WHERE relid = %s::regclass"""
+_STALE = """SELECT c.reltuples < 0 OR abs(s.n_live_tup - c.reltuples) > %s * greatest(c.reltuples, 1000)
+            FROM pg_class AS c JOIN pg_stat_user_tables AS s ON s.relid = c.oid WHERE c.oid = %s::regclass"""
 
 
 def analyze_if_stale(conn, tables: list[str], fraction: float = 0.1) -> list[str]:
-    """ANALYZE each of ``tables`` never analysed or with more than ``fraction`` of its rows changed since
-    (autovacuum may be off, or not yet there after a bulk write, and every plan on a table without
-    statistics guesses); returns the tables analysed. Commits what ``conn`` had pending."""
+    """ANALYZE each of ``tables`` never analysed, or whose row count moved by more than ``fraction`` since
+    (``pg_class.reltuples``, what the last ANALYZE counted, against the live rows): autovacuum may be off,
+    or not yet there after a bulk write, and every plan on a table without statistics guesses. Returns
+    the tables analysed. Commits what ``conn`` had pending."""
     done = []
     conn.commit()
     old, conn.autocommit = conn.autocommit, True

@@ -185,9 +185,11 @@ def test_statistics_are_refreshed_when_stale_and_only_then(settings, conn, loade
     conn.commit()
     first = analysed("raw.telegram_messages")
     assert analyze_if_stale(conn, ["raw.telegram_messages"]) == [] and analysed("raw.telegram_messages") == first
-    # every post rewritten (more than the floor of 100 changes): analysed again
+    # the table doubled (more than a tenth, and over the floor of 100 rows): analysed again
     with conn.cursor() as cur:
-        cur.execute("UPDATE raw.telegram_messages SET views = views + 1")
+        cur.execute("""INSERT INTO raw.telegram_messages (channel, message_id, message_date, message_text, source_file)
+                       SELECT channel, message_id + 10000000, message_date, message_text, 'x.json'
+                       FROM raw.telegram_messages""")
     conn.commit()
     query(conn, "SELECT pg_stat_force_next_flush()")  # this session's writes counted when it is idle next
     conn.commit()
