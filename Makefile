@@ -23,14 +23,14 @@ DEMO_ENV := DB_HOST= TELEGRAM_SOURCE=sample YOLO_MODEL=$(DEMO_YOLO_MODEL) \
 .PHONY: help setup test lint doctor demo dbt jobs pipeline weekly scrape-load transform enrich \
         stage-scrape stage-load stage-transform stage-enrich monitor report telegram-login \
         install-cron uninstall-cron backup restore bench-load bench-transform eval-products bench-enrich bench-idle bench-monitor clean \
-        system-deps serve status bench-api
+        system-deps serve status bench-api dagster
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
 $(STAMP): setup.cfg setup.py pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,dagster]'
 	touch $@
 
 setup: $(STAMP) ## build .venv from setup.cfg (rebuilt only when setup.cfg changes)
@@ -130,6 +130,10 @@ install-cron: $(STAMP) ## install the crontab entries for this user (idempotent)
 uninstall-cron: $(STAMP) ## remove exactly the entries install-cron added
 	$(ETL) cron uninstall
 
+DAGSTER_HOME ?= $(CURDIR)/data/dagster_home
+dagster: $(STAMP) ## optional: Dagster's UI over the same jobs, lock and run log on http://127.0.0.1:3000 (DAGSTER_HOME=data/dagster_home)
+	DAGSTER_HOME='$(DAGSTER_HOME)' $(BIN)/python -m medical_etl.orchestration.dagster
+
 # --- backups -------------------------------------------------------------------------
 backup: $(STAMP) ## back up the database (pg_dump), the lake and the run log to BACKUP_PATH; keeps BACKUP_KEEP
 	$(ETL) backup
@@ -141,7 +145,7 @@ restore: $(STAMP) ## restore BACKUP=<folder of BACKUP_PATH, or latest> into an e
 bench-load: $(STAMP) ## load stage on a 200,000-message synthetic lake vs execute_values and plain COPY
 	$(BIN)/python bench/bench_load.py
 
-bench-transform: $(STAMP) ## stage 3: full vs incremental (1% new) vs a full refresh of nothing new; catalogue cold vs remembered
+bench-transform: $(STAMP) ## stage 3 on 100k and 1M posts: first build, 1,000 new (incremental), full refresh of nothing new; distinct texts; catalogue cold vs remembered
 	$(BIN)/python bench/bench_transform.py
 
 eval-products: $(STAMP) ## price precision / recall, generic and kind accuracy on the hand-labelled posts (bench/eval/)

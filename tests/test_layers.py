@@ -14,7 +14,7 @@ LAYERS = {  # top-level name below medical_etl -> layer (higher calls lower)
     **dict.fromkeys(STAGES, 1),
     "jobs": 2,
     **dict.fromkeys(("ops", "monitoring", "api"), 3),
-    **dict.fromkeys(("cli", "__main__"), 4),
+    **dict.fromkeys(("cli", "__main__", "orchestration"), 4),
 }
 
 
