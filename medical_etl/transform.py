@@ -99,7 +99,7 @@ def run_dbt_transformations(
     conn = connect_warehouse(db)  # the sources (raw tables) must exist, even before the first load
     try:
         state = _state(conn, project_dir) if whole else None
-        last_build = state["last_build"] if state else _last_build(conn)
+        last_build = _last_build(conn)
     finally:
         conn.close()
     scope = "all"
@@ -218,8 +218,7 @@ def _state(conn, project_dir: Path) -> dict:
         raw, today, now = cur.fetchone()
         cur.execute(_RELATIONS)
         relations = cur.fetchone()[0]
-        cur.execute("SELECT inputs, relations, built_on, built_at, freshness, started_at, built_through "
-                    "FROM raw.transform_state")
+        cur.execute("SELECT inputs, relations, built_on, built_at, freshness FROM raw.transform_state")
         prev = cur.fetchone()
         cur.execute("SELECT to_regclass('marts.fct_messages') IS NOT NULL "
                     "AND to_regclass('intermediate.int_post_changes') IS NULL")
@@ -228,7 +227,7 @@ def _state(conn, project_dir: Path) -> dict:
     same = prev is not None and prev[:2] == (inputs, relations)
     return {"inputs": inputs, "today": today, "now": now, "unchanged": same and prev[2] == today,
             "new_day": same and prev[2] != today, "built_at": prev[3] if prev else None,
-            "freshness": prev[4] if prev else None, "last_build": prev[5:7] if prev else None,
+            "freshness": prev[4] if prev else None,
             "needs_full_refresh": needs_full_refresh}
 
 
