@@ -138,6 +138,8 @@ def run_dbt_transformations(
     nodes, counts, failing = [], Counter(), []
     for r in res.result.results:
         node = r.node
+        if node.unique_id.startswith("operation."):  # the on-run-end hook (macros/warehouse_version.sql)
+            continue
         kind = node.resource_type.value if hasattr(node.resource_type, "value") else str(node.resource_type)
         status = _status(r)
         counts[f"{kind}:{status}"] += 1
@@ -195,15 +197,12 @@ def _project_hash(project_dir: Path) -> str:
     return h.hexdigest()
 
 
-# Any insert, update or delete changes a table's row count or the sum of its rows' xmin.
-_RAW_STATE = """
-SELECT concat_ws('|',
-    (SELECT concat_ws('/', count(*), sum(xmin::text::bigint), max(updated_at)) FROM raw.telegram_messages),
-    (SELECT concat_ws('/', count(*), sum(xmin::text::bigint)) FROM raw.catalogue_texts),
-    (SELECT concat_ws('/', count(*), sum(xmin::text::bigint)) FROM raw.product_resolutions),
-    (SELECT concat_ws('/', count(*), sum(xmin::text::bigint)) FROM raw.image_analyses),
-    (SELECT concat_ws('/', count(*), sum(xmin::text::bigint)) FROM raw.image_detections)), current_date, now()
-"""
+# Each raw table's version (moved on by any statement that changes it: migrations/014_raw_table_versions.sql)
+# and identity (a table dropped and made again is another table).
+_RAW_STATE = "SELECT concat_ws('|', " + ", ".join(
+    f"""(SELECT concat_ws('/', 'raw.{t}'::regclass::oid, version) FROM raw.table_versions WHERE table_name = '{t}')"""
+    for t in ("telegram_messages", "catalogue_texts", "product_resolutions", "image_analyses", "image_detections")
+) + "), current_date, now()"
 _RELATIONS = """
 SELECT coalesce(string_agg(n.nspname || '.' || c.relname || ':' || c.oid, ',' ORDER BY n.nspname, c.relname), '')
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -312,7 +311,7 @@ def note_image_models_built(db: ConnParams, project_dir: str | Path = PROJECT_DI
             def names(rels: str) -> set[str]:
                 return {r.rsplit(":", 1)[0] for r in rels.split(",")}
 
-            # inputs: project hash | messages | image analyses | image detections
+            # inputs: project hash | messages | catalogue texts | resolutions | image analyses | detections
             if inputs.split("|")[:2] != prev[0].split("|")[:2] or prev[2] != today or \
                     names(relations) != names(prev[1]):
                 return False
@@ -351,6 +350,8 @@ def _freshness(flags: list[str], common: list[str]) -> tuple[dict, dict]:
     res = _invoke([*flags, "source", "freshness", *common])
     out, facts = {}, {}
     for r in getattr(res.result, "results", None) or []:
+        if not r.node.unique_id.startswith("source."):  # the project's on-run-end hook runs here too
+            continue
         name = r.node.unique_id.removeprefix("source.medical_warehouse.")
         out[name] = _status(r)
         limits = getattr(r.node, "freshness", None)

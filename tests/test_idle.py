@@ -39,7 +39,7 @@ def test_unchanged_inputs_skip_the_build_and_any_change_rebuilds(settings, conn,
         return s
 
     first = build()
-    assert first["build_scope"] == "all" and first["models_built"] == 22 and first["tests_passed"] > 50
+    assert first["build_scope"] == "all" and first["models_built"] == 25 and first["tests_passed"] > 50
     again = build()   # same project, same rows, same relations, same day: nothing to rebuild or re-test
     assert again["build_scope"] == "none" and again["models_built"] == 0 and "nothing changed" in again["build_skipped"]
     assert again["freshness"] == first["freshness"] and set(again["freshness"]) == {"raw.telegram_messages",
@@ -75,7 +75,7 @@ def test_unchanged_inputs_skip_the_build_and_any_change_rebuilds(settings, conn,
     sql.write_text(sql.read_text() + "\n-- edited\n")
     assert build()["build_scope"] == "all"
     # a full refresh and a selection always build
-    assert build(full_refresh=True)["models_built"] == 22
+    assert build(full_refresh=True)["models_built"] == 25
     assert build(select=["dim_channels"])["models_built"] == 1
 
 

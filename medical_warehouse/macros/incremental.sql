@@ -61,3 +61,9 @@
         select dedup_key from {{ ref('stg_image_analyses') }} where analysed_at > {{ watermark('analysed_at') }}
     ))
 {%- endmacro %}
+
+{#- A post's image group for the engagement rollups: its photo's image category when the photo was
+    analysed, 'not_analysed' when not (yet), 'without_photo' for a post with no photo. -#}
+{% macro image_group(has_image, image_category) -%}
+    case when not {{ has_image }} then 'without_photo' else coalesce({{ image_category }}, 'not_analysed') end
+{%- endmacro %}

@@ -55,6 +55,24 @@ message_days as (
 
 ),
 
+visual_days as (
+
+    select date_day, sum(posts) as n, sum(cardinality(views_sorted)) as views_listed
+    from {{ ref('agg_visual_daily') }}
+    where date_day in (select date_day from {{ ref('agg_visual_daily') }} where {{ changed_rows('built_at') }})
+    group by date_day
+
+),
+
+visual_message_days as (
+
+    select (message_date at time zone 'UTC')::date as date_day, count(*) as n
+    from {{ ref('fct_messages') }}
+    where date_key in (select {{ date_key('date_day') }} from visual_days)
+    group by 1
+
+),
+
 products as (
 
     select product_key, mentions from {{ ref('agg_product_prices') }}
@@ -81,6 +99,11 @@ from channel_days as r
 full join message_days as f on f.date_day = r.date_day
 where r.n is distinct from f.n
 union all
+select 'agg_visual_daily', r.date_day::text, r.n, f.n
+from visual_days as r
+left join visual_message_days as f on f.date_day = r.date_day
+where r.n is distinct from f.n or r.views_listed is distinct from r.n
+union all
 select 'agg_product_prices', p.product_key, p.mentions, c.n
 from products as p
 left join counted as c on c.product_key = p.product_key
@@ -93,4 +116,12 @@ from (select product_key, mentions from {{ ref('agg_product_prices') }} where ch
 full join (select product_key, count(*) as n from {{ ref('fct_product_prices') }} group by product_key) as f
     on f.product_key = p.product_key
 where p.mentions is distinct from f.n
+union all
+-- every day of posts has its visual rows
+select 'agg_visual_daily (facts)', f.date_day::text, v.n, f.n
+from (select (message_date at time zone 'UTC')::date as date_day, count(*) as n
+      from {{ ref('fct_messages') }} group by 1) as f
+left join (select date_day, sum(posts) as n from {{ ref('agg_visual_daily') }} group by 1) as v
+    on v.date_day = f.date_day
+where v.n is distinct from f.n
 {% endif %}

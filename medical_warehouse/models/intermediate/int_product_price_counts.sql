@@ -69,13 +69,7 @@ changes as (
 
 counted as (
 
-    select
-        {{ surrogate_key(['c.product_key', 'c.channel_username', 'c.price_birr']) }} as count_key,
-        c.product_key, c.channel_username, c.price_birr,
-        coalesce(t.n, 0) + c.change as n
-    from changes as c
-    left join {{ this }} as t
-        on t.count_key = {{ surrogate_key(['c.product_key', 'c.channel_username', 'c.price_birr']) }}
+    {{ counts_after('changes', ['product_key', 'channel_username', 'price_birr']) }}
 
 )
 

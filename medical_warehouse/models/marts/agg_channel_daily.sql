@@ -1,12 +1,12 @@
 {{
     config(
         materialized='incremental',
-        unique_key='date_day',
-        incremental_strategy='delete+insert',
+        incremental_strategy='append',
         on_schema_change='sync_all_columns',
         pre_hook="{% if is_incremental() %}delete from {{ this }} where {{ is_pending_day('date_day', as_date=true) }}{% endif %}"
     )
 }}
+-- append: the pre-hook has deleted the rows this build makes again (dbt's delete by unique key read the whole table)
 {#- Per channel and day (UTC): posts, views, photo posts and prices posted; the API's channel activity sums
     these into days or ISO weeks, and dim_channels sums them over all days. Incremental by day: a build
     recomputes the days the change log's pending batches name, reading those days' posts only. -#}

@@ -1,12 +1,12 @@
 {{
     config(
         materialized='incremental',
-        unique_key='date_day',
-        incremental_strategy='delete+insert',
+        incremental_strategy='append',
         on_schema_change='sync_all_columns',
         pre_hook="{% if is_incremental() %}delete from {{ this }} where {{ is_pending_day('date_day', as_date=true) }}{% endif %}"
     )
 }}
+-- append: the pre-hook has deleted the rows this build makes again (dbt's delete by unique key read the whole table)
 {#- A product's mentions and min / median / max price in birr per UTC day and channel (the API's price
     history), and per day over all channels (channel_username null: the top-products report over a date
     window is answered from these rows alone). Bounded by days x channels per product, however many

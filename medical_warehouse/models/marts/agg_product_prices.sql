@@ -76,10 +76,7 @@ rolled as (
         sum(n)::bigint                                                          as mentions,
         min(price_birr)                                                         as min_price_birr,
         max(price_birr)                                                         as max_price_birr,
-        -- the prices at the middle positions (0-based) of the sorted offers: the first price whose
-        -- running count passes the position
-        min(price_birr) filter (where up_to > floor((total - 1) / 2.0))          as lower_middle,
-        min(price_birr) filter (where up_to > ceil((total - 1) / 2.0))           as upper_middle
+        {{ middle_values('price_birr', 'up_to', 'total') }}
     from ranked
     group by product_key, channel_username
 

@@ -1,12 +1,12 @@
 {{
     config(
         materialized='incremental',
-        unique_key='dedup_key',
-        incremental_strategy='delete+insert',
+        incremental_strategy='append',
         on_schema_change='sync_all_columns',
         pre_hook="{% if is_incremental() %}delete from {{ this }} where {{ is_pending_post() }}{% endif %}"
     )
 }}
+-- append: the pre-hook has deleted the rows this build makes again (dbt's delete by unique key read the whole table)
 {#- One row per (message, product, price in birr) a post offers for sale: the offers the catalogue read
     (medical_etl/catalogue) tied to their product in dim_products. Incremental: the rows of the posts in
     the change log's pending batches (int_post_changes) are replaced; the pre-hook also removes the rows
