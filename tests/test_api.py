@@ -13,7 +13,6 @@ from decimal import Decimal
 
 import psycopg2
 import pytest
-from api_warehouse import build_sample_warehouse
 from fastapi.testclient import TestClient
 from helpers import REPO, query, settings_env, stop_embedded_server
 
@@ -25,9 +24,8 @@ KEY = "k-0123456789abcdef-api-test"
 
 
 @pytest.fixture(scope="module")
-def wh(pg_admin, tmp_path_factory):
-    with build_sample_warehouse(pg_admin, tmp_path_factory.mktemp("apiwh")) as built:
-        yield built
+def wh(sample_warehouse):
+    return sample_warehouse
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from api_warehouse import build_sample_warehouse
 from cdp import Browser
 from helpers import REPO
 
@@ -52,9 +51,8 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def wh(pg_admin, tmp_path_factory):
-    with build_sample_warehouse(pg_admin, tmp_path_factory.mktemp("dashwh")) as built:
-        yield built
+def wh(sample_warehouse):
+    return sample_warehouse
 
 
 @pytest.fixture
@@ -102,11 +100,12 @@ def test_dashboard_draws_every_chart_offline(wh, browser):
     assert state == "ready", browser.evaluate("JSON.stringify(window.__dashboard.errors)")
     assert browser.errors() == []
     # everything came from the app itself (the browser had no route elsewhere)
-    assert browser.requests and all(u.startswith(server.url + "/") for u in browser.requests), browser.requests
+    assert browser.requests and all(u.startswith((server.url + "/", "data:")) for u in browser.requests), \
+        browser.requests
     assert any(u.endswith("/static/echarts.min.js") for u in browser.requests)
     assert seconds < 20 and shot.stat().st_size > 50_000
 
-    assert set(info) == {"chart-top", "chart-prices", "chart-activity", "chart-visual"}
+    assert set(info) == {"chart-top", "chart-prices", "chart-activity", "chart-visual", "chart-engagement"}
     for chart_id, c in info.items():
         assert c["xAxis"][0]["name"] and c["yAxis"][0]["name"] or c["yAxis"][0]["data"], chart_id
         assert c["tooltip"] and c["legend"], chart_id
@@ -135,6 +134,13 @@ def test_dashboard_draws_every_chart_offline(wh, browser):
     assert v["yAxis"][0]["data"] == [c["channel"] for c in reversed(visual["channels"])]
     assert set(v["legend"]) == {"promotional", "product_display", "lifestyle", "other"}
     assert "Share of analysed photos (%)" in v["svgTexts"]
+
+    e = info["chart-engagement"]
+    groups = ["with_photo", "without_photo", "promotional", "product_display", "lifestyle", "other"]
+    series = {s["name"]: s["data"] for s in e["series"]}
+    assert series["median views"] == [visual["engagement"][g]["median_views"] for g in groups]
+    assert series["average views"] == [visual["engagement"][g]["avg_views"] for g in groups]
+    assert e["yAxis"][0]["name"] == "Views per post" and "with a photo" in e["svgTexts"]
 
     for asset in ("telegram_data", "raw_database", "data_warehouse", "image_enrichment"):
         assert asset in health
@@ -181,6 +187,149 @@ def test_dashboard_top_products_switch_to_generics_and_kinds(wh, browser):
     assert all(p["product_kind"] == "device" for p in devices)
 
 
+def _wait(browser, expression: str, timeout: float = 15):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = browser.evaluate(expression)
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"not true after {timeout} s: {expression}")
+
+
+CHART_DATA = """(function () {
+  var c = window.__dashboard.charts, out = {};
+  Object.keys(c).forEach(function (id) { out[id] = JSON.stringify(c[id].getOption().series.map(function (s) {
+    return s.data; })); });
+  out.urls = window.__dashboard.urls;
+  return out;
+})()"""
+
+
+def test_a_shared_link_restores_the_view_and_the_dates_change_every_chart(wh, browser):
+    app = create_app(wh.params, logs_path=wh.settings.logs_path, lake_path=wh.settings.raw_data_path)
+    server = Server(app)
+    try:
+        from fastapi.testclient import TestClient
+
+        api = TestClient(app)
+        browser.open(server.url + "/", "document.body.dataset.state !== 'loading'")
+        everything = browser.evaluate(CHART_DATA)
+        # the same view as a link: channel, a custom range, generics, a product, a search
+        link = (server.url + "/?channel=tikvahpharma&range=custom&from=2026-01-13&to=2026-01-14&group=generic"
+                "&product=amoxicillin&q=vitamin")
+        browser.open(link, "document.body.dataset.state !== 'loading'")
+        controls = browser.evaluate("""[document.getElementById('channel').value, document.getElementById('range').value,
+            document.getElementById('from').value, document.getElementById('to').value,
+            document.getElementById('top-group').value, document.getElementById('product').value,
+            document.getElementById('search-q').value, location.search]""")
+        restored = browser.evaluate(CHART_DATA)
+        names = browser.evaluate("window.__dashboard.charts['chart-top'].getOption().yAxis[0].data")
+        hits = _wait(browser, "document.querySelectorAll('#search-results li').length")
+        browser.screenshot(artifact("dashboard-shared-link.png"))
+    finally:
+        server.stop()
+    assert browser.errors() == []
+    assert controls[:7] == ["tikvahpharma", "custom", "2026-01-13", "2026-01-14", "generic", "amoxicillin", "vitamin"]
+    assert "from=2026-01-13" in controls[7] and "channel=tikvahpharma" in controls[7]
+    window = "since=2026-01-13&until=2026-01-14"
+    for chart_id in ("chart-top", "chart-prices", "chart-activity", "chart-visual", "chart-engagement"):
+        assert window in restored["urls"][chart_id], chart_id  # every chart reads the range
+        assert restored[chart_id] != everything[chart_id], chart_id  # and shows other data than all days
+    top = api.get("/api/reports/top-products?limit=15&group=generic&channel=tikvahpharma&" + window).json()["items"]
+    assert names == [p["display_name"] for p in reversed(top)]
+    assert hits == len(api.get("/api/search/messages?query=vitamin&channel=tikvahpharma&limit=20").json()["items"])
+
+
+@pytest.mark.parametrize("word", ["amoxicillin", "ዋጋ"])
+def test_the_search_box_finds_posts_and_marks_the_words(wh, browser, word):
+    app = create_app(wh.params, logs_path=wh.settings.logs_path, lake_path=wh.settings.raw_data_path)
+    server = Server(app)
+    try:
+        from fastapi.testclient import TestClient
+
+        expected = TestClient(app).get(f"/api/search/messages?query={word}&limit=100").json()
+        browser.open(server.url + "/", "document.body.dataset.state !== 'loading'")
+        browser.evaluate(f"""(function () {{ document.getElementById('search-q').value = {word!r};
+            document.getElementById('search-form').requestSubmit(); }})()""")
+        n = _wait(browser, "document.querySelectorAll('#search-results li').length")
+        while browser.evaluate("!document.getElementById('search-more').hidden"):
+            before = n
+            browser.evaluate("document.getElementById('search-more').click()")
+            n = _wait(browser, f"document.querySelectorAll('#search-results li').length > {before} && "
+                               "document.querySelectorAll('#search-results li').length")
+        marks = browser.evaluate("Array.from(document.querySelectorAll('#search-results mark')).map(m => m.textContent)")
+        shown = browser.evaluate("Array.from(document.querySelectorAll('#search-results .meta')).map(m => m.textContent)")
+        address = browser.evaluate("location.search")
+    finally:
+        server.stop()
+    assert browser.errors() == []
+    assert n == len(expected["items"]) == expected["total"] >= 2  # every match, over the pages
+    assert marks and all(m.lower() == word for m in marks)
+    assert [s.split(" · ")[0] for s in shown] == [h["channel"] for h in expected["items"]]
+    assert "q=" in address
+
+
+def test_a_download_gives_the_rows_of_its_chart(wh, browser, tmp_path):
+    import csv
+
+    app = create_app(wh.params, logs_path=wh.settings.logs_path, lake_path=wh.settings.raw_data_path)
+    server = Server(app)
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    try:
+        browser.call("Browser.setDownloadBehavior", behavior="allow", downloadPath=str(downloads))
+        browser.open(server.url + "/?range=custom&from=2026-01-12&to=2026-01-15&kind=medicine",
+                     "document.body.dataset.state !== 'loading'")
+        names = browser.evaluate("window.__dashboard.charts['chart-top'].getOption().yAxis[0].data")
+        medians = browser.evaluate("window.__dashboard.charts['chart-top'].getOption().series[2].data")
+        browser.evaluate("document.querySelector('button.download[data-chart=\"chart-top\"]').click()")
+        deadline = time.monotonic() + 15
+        while not [p for p in downloads.iterdir() if p.suffix == ".csv"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        files = [p for p in downloads.iterdir() if p.suffix == ".csv"]
+    finally:
+        server.stop()
+    assert browser.errors() == []
+    assert len(files) == 1 and files[0].name.startswith("top-products-")
+    rows = list(csv.DictReader(files[0].read_text(encoding="utf-8-sig").splitlines()))
+    assert [r["display_name"] for r in reversed(rows)] == names  # the chart's rows, in its order
+    assert [float(r["median_price_birr"]) for r in reversed(rows)] == medians
+    assert all(r["product_kind"] == "medicine" for r in rows)
+
+
+@pytest.mark.parametrize("width", [390, 1400])
+def test_readable_on_a_phone_and_a_desktop(wh, tmp_path, width):
+    b = Browser(tmp_path / "profile", offline=True, size=(width, 2400))
+    app = create_app(wh.params, logs_path=wh.settings.logs_path, lake_path=wh.settings.raw_data_path)
+    server = Server(app)
+    try:
+        b.call("Emulation.setDeviceMetricsOverride", width=width, height=2400, deviceScaleFactor=1, mobile=width < 600)
+        b.open(server.url + "/", "document.body.dataset.state !== 'loading'")
+        overflow = b.evaluate("""(function () {
+          var w = document.documentElement.clientWidth, wide = [];
+          document.querySelectorAll('body *').forEach(function (el) {
+            var r = el.getBoundingClientRect();
+            if (r.width && r.right > w + 1 && !el.closest('.chart')) wide.push(el.tagName + '#' + el.id + '.' + el.className);
+          });
+          return {scroll: document.documentElement.scrollWidth, client: w, wide: wide.slice(0, 5),
+                  charts: Array.from(document.querySelectorAll('.chart')).map(function (c) {
+                    var r = c.getBoundingClientRect(), svg = c.querySelector('svg');
+                    return [r.right <= w + 1, svg ? svg.getBoundingClientRect().right <= r.right + 1 : false]; })};
+        })()""")
+        labels = b.evaluate("""Array.from(document.querySelectorAll('select, input')).every(function (el) {
+          return el.labels && el.labels.length > 0; })""")
+        b.screenshot(artifact(f"dashboard-{'phone' if width < 600 else 'desktop'}-{width}.png"))
+        errors = b.errors()
+    finally:
+        server.stop()
+        b.close()
+    assert errors == []
+    assert overflow["scroll"] <= overflow["client"] and overflow["wide"] == [], overflow
+    assert all(inside and svg for inside, svg in overflow["charts"]), overflow["charts"]
+    assert labels  # every control has a label (screen readers, tapping the label)
+
+
 def test_dashboard_asks_for_a_key_when_the_api_needs_one(wh, browser):
     app = create_app(wh.params, logs_path=wh.settings.logs_path, lake_path=wh.settings.raw_data_path,
                      api=ApiSettings(keys=(KEY,)))
@@ -193,6 +342,10 @@ def test_dashboard_asks_for_a_key_when_the_api_needs_one(wh, browser):
         browser.open(server.url + "/", "document.body.dataset.state !== 'loading'")
         assert browser.evaluate("document.body.dataset.state") == "ready"
         assert browser.evaluate("getComputedStyle(document.getElementById('auth')).display") == "none"
+        browser.evaluate("document.getElementById('channel').value = 'tikvahpharma';"
+                         "document.getElementById('channel').dispatchEvent(new Event('change'))")
+        assert "channel=tikvahpharma" in browser.evaluate("location.href")
+        assert KEY not in browser.evaluate("location.href")  # the key never goes into a link
     finally:
         server.stop()
 

@@ -8,7 +8,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "medical_etl"
 STAGES = ("scrape", "load", "transform", "enrich")
 LAYERS = {  # top-level name below medical_etl -> layer (higher calls lower)
-    **dict.fromkeys(("errors", "secrets", "resources", "config", "logsetup", "progress", "tracing", "filelock",
+    **dict.fromkeys(("errors", "secrets", "resources", "config", "logsetup", "progress", "tracing", "filelock", "dbhealth",
                      "lake", "runlog", "running", "housekeeping", "db", "migrate",
                      "catalogue"), 0),  # the catalogue: text understanding that stage 3 (transform) runs
     **dict.fromkeys(STAGES, 1),

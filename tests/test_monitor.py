@@ -215,7 +215,8 @@ def test_shipped_rules_load():
                      "failure_rate": "error",
                      "long_execution": "warning",
                      "low_data_volume": "warning", "stale_data": "warning", "pipeline_success": "info",
-                     "succeeded_on_retry": "warning", "backup_failure": "error"}
+                     "succeeded_on_retry": "warning", "backup_failure": "error", "database_growth": "warning",
+                     "database_connections": "warning", "table_bloat": "warning"}
     assert set(delivery) == {"webhook", "telegram_bot", "deadman"}
 
 

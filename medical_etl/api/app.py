@@ -8,7 +8,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from datetime import date
+from contextlib import asynccontextmanager
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -17,11 +18,11 @@ from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.middleware.gzip import GZipMiddleware
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from medical_etl import __version__
-from medical_etl.api import models, queries
+from medical_etl.api import caching, exports, models, queries
 from medical_etl.api.access import AUTH_FAILURES_PER_MIN, KeyRing, RateLimiter
 from medical_etl.api.database import DatabaseUnavailable, ReadOnlyPool
 from medical_etl.api.settings import ApiSettings
@@ -41,6 +42,8 @@ STATIC_FILES = {  # everything the pages load, served by the package itself (no 
 Channel = Annotated[str | None, Query(max_length=200, description="channel username, e.g. tikvahpharma")]
 Since = Annotated[date | None, Query(description="first day (UTC), inclusive, YYYY-MM-DD")]
 Until = Annotated[date | None, Query(description="last day (UTC), inclusive, YYYY-MM-DD")]
+AsFormat = Annotated[exports.Format | None, Query(alias="format", description="json (the default), csv or ndjson; "
+                                                  "or ask with Accept: text/csv / application/x-ndjson")]
 
 
 class ApiError(Exception):
@@ -97,19 +100,27 @@ def create_app(
     """The API over the warehouse at ``db`` (read-only connections), the run log and the lake."""
     api = api or ApiSettings()
     pool = ReadOnlyPool(db, size=api.pool_size)
+    version = caching.WarehouseVersion(db)
     keys = KeyRing(api.keys)
     limiter = RateLimiter(api.rate_limit_per_min)
     failures = RateLimiter(AUTH_FAILURES_PER_MIN)  # per client address
     status_cache = _StatusCache(status_ttl_s)
 
+    @asynccontextmanager
+    async def lifespan(_app):
+        yield
+        pool.close()  # the server's sessions end with it, not when the garbage collector gets to them
+        version.close()
+
     app = FastAPI(title="medical_etl analytical API", version=__version__,
                   description="Products, prices in birr (ETB), channels and images from Ethiopian medical, "
                               "pharmacy and cosmetics Telegram channels. Read-only.",
                   docs_url=None, redoc_url=None,  # /docs is served below from the package, not a CDN
+                  lifespan=lifespan,
                   dependencies=[Depends(_reject_nul)],
                   responses={401: {"model": models.Error}, 422: {"model": models.Error},
                              429: {"model": models.Error}, 503: {"model": models.Error}})
-    app.state.pool = pool
+    app.state.pool, app.state.warehouse_version = pool, version
     app.add_middleware(GZipMiddleware, minimum_size=2048)
     if api.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(api.cors_origins), allow_methods=["GET"],
@@ -183,6 +194,36 @@ def create_app(
         if since and until and since > until:
             raise ApiError(422, "invalid parameter 'until': it is before 'since'", "until")
 
+    def reply(request: Request, as_format: str | None, model: type[models.BaseModel], query, *,
+              rows: str, item: type[models.BaseModel], report: str, parts: tuple = ()) -> Response:
+        """The answer in the format asked for, validated by ``model``, with ``ETag`` / ``Last-Modified`` of
+        the warehouse's version; 304 (and no query run) when the client holds this version already.
+        ``query(cursor)`` returns the payload; ``rows`` names its list that CSV and NDJSON give."""
+        fmt = exports.negotiate(as_format, request.headers.get("accept"))
+        current = version.get()
+        headers = {"Vary": "Accept, Authorization"}
+        if current is None:  # not known: answer, and let nothing keep it
+            headers["Cache-Control"] = "private, no-cache"
+        else:
+            query_string = "&".join(sorted(f"{k}={v}" for k, v in request.query_params.multi_items()))
+            tag = caching.etag(current, fmt, request.url.path, query_string)
+            headers.update({"ETag": tag, "Last-Modified": caching.last_modified(current),
+                            "Cache-Control": f"private, max-age={api.cache_max_age_s}"})
+            if caching.not_modified(request.headers.get("if-none-match"),
+                                    request.headers.get("if-modified-since"), tag, current):
+                return Response(status_code=304, headers=headers)
+        with pool.cursor() as cur:
+            body = model.model_validate(query(cur)).model_dump(mode="json")
+        if fmt == "json":
+            return JSONResponse(body, headers=headers)
+        items = body[rows]
+        day = (current.built_at if current else datetime.now(timezone.utc)).astimezone(timezone.utc).date()
+        headers["Content-Disposition"] = \
+            f'attachment; filename="{exports.filename(report, day.isoformat(), fmt, *parts)}"'
+        lines = exports.csv_lines(items, exports.columns(item, items)) if fmt == "csv" else \
+            exports.ndjson_lines(items)
+        return StreamingResponse(lines, media_type=exports.MEDIA_TYPES[fmt], headers=headers)
+
     # --- endpoints -----------------------------------------------------------------------------------
     @app.get("/health", response_model=models.Health, tags=["ops"])
     def health():
@@ -197,7 +238,7 @@ def create_app(
 
     @app.get("/api/reports/top-products", response_model=models.TopProducts, dependencies=guarded,
              tags=["reports"])
-    def top_products(limit: Annotated[int, Query(ge=1, le=200)] = 10,
+    def top_products(request: Request, limit: Annotated[int, Query(ge=1, le=200)] = 10,
                      offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
                      channel: Channel = None, since: Since = None, until: Until = None,
                      kind: Annotated[Literal["medicine", "cosmetic", "baby_food", "device", "other"] | None,
@@ -206,46 +247,54 @@ def create_app(
                                                           "generic (WHO INN, e.g. amoxicillin)")] = None,
                      group: Annotated[Literal["product", "generic"],
                                       Query(description="rank products, or generics (all their products "
-                                                        "together)")] = "product"):
+                                                        "together)")] = "product",
+                     as_format: AsFormat = None):
         """Products (or generics) by number of price mentions, with generic, kind, strength and form, min /
         median / max price in birr and their channels."""
         _check_range(since, until)
-        with pool.cursor() as cur:
-            return queries.top_products(cur, limit=limit, offset=offset, channel=channel, since=since, until=until,
-                                        kind=kind, generic=generic, group=group)
+        return reply(request, as_format, models.TopProducts,
+                     lambda cur: queries.top_products(cur, limit=limit, offset=offset, channel=channel, since=since,
+                                                      until=until, kind=kind, generic=generic, group=group),
+                     rows="items", item=models.TopProduct, report="top-products", parts=(channel, generic))
 
     @app.get("/api/products/{name:path}/prices", response_model=models.PriceHistory, dependencies=guarded,
              tags=["reports"])
-    def product_prices(name: Annotated[str, PathParam(min_length=1, max_length=300)],
-                       channel: Channel = None, since: Since = None, until: Until = None):
+    def product_prices(request: Request, name: Annotated[str, PathParam(min_length=1, max_length=300)],
+                       channel: Channel = None, since: Since = None, until: Until = None,
+                       as_format: AsFormat = None):
         """One product's price in birr per day and channel (min / median / max and mentions); a generic name
         (e.g. amoxicillin) gives all its products' prices together."""
         _check_range(since, until)
-        with pool.cursor() as cur:
-            return queries.price_history(cur, name, channel=channel, since=since, until=until)
+        return reply(request, as_format, models.PriceHistory,
+                     lambda cur: queries.price_history(cur, name, channel=channel, since=since, until=until),
+                     rows="points", item=models.PricePoint, report="prices", parts=(name, channel))
 
     @app.get("/api/channels", response_model=models.Channels, dependencies=guarded, tags=["channels"])
-    def channels(limit: Annotated[int, Query(ge=1, le=500)] = 100,
-                 offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0):
+    def channels(request: Request, limit: Annotated[int, Query(ge=1, le=500)] = 100,
+                 offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0, as_format: AsFormat = None):
         """The channels, most active first."""
-        with pool.cursor() as cur:
-            return queries.channels(cur, limit=limit, offset=offset)
+        return reply(request, as_format, models.Channels,
+                     lambda cur: queries.channels(cur, limit=limit, offset=offset),
+                     rows="items", item=models.Channel, report="channels")
 
     @app.get("/api/channels/{channel}/activity", response_model=models.ChannelActivity, dependencies=guarded,
              tags=["channels"])
-    def channel_activity(channel: Annotated[str, PathParam(max_length=200)],
-                         granularity: Literal["day", "week"] = "day", since: Since = None, until: Until = None):
+    def channel_activity(request: Request, channel: Annotated[str, PathParam(max_length=200)],
+                         granularity: Literal["day", "week"] = "day", since: Since = None, until: Until = None,
+                         as_format: AsFormat = None):
         """Posts, views, photo share and prices posted per day or ISO week (UTC)."""
         _check_range(since, until)
-        with pool.cursor() as cur:
-            return queries.channel_activity(cur, channel, granularity=granularity, since=since, until=until)
+        return reply(request, as_format, models.ChannelActivity,
+                     lambda cur: queries.channel_activity(cur, channel, granularity=granularity, since=since,
+                                                          until=until),
+                     rows="periods", item=models.ActivityPeriod, report="channel-activity", parts=(channel,))
 
     @app.get("/api/search/messages", response_model=models.SearchResults, dependencies=guarded,
              tags=["search"])
-    def search(query: Annotated[str, Query(min_length=1, max_length=500,
+    def search(request: Request, query: Annotated[str, Query(min_length=1, max_length=500,
                                            description='words (English or Amharic), "a phrase", -excluded')],
                channel: Channel = None, limit: Annotated[int, Query(ge=1, le=100)] = 20,
-               cursor: Annotated[str | None, Query(max_length=500)] = None):
+               cursor: Annotated[str | None, Query(max_length=500)] = None, as_format: AsFormat = None):
         """Posts matching the words, best match first; page with the returned next_cursor."""
         if not query.strip():
             raise ApiError(422, "invalid parameter 'query': it is blank", "query")
@@ -254,15 +303,20 @@ def create_app(
                 queries.decode_cursor(cursor)
             except ValueError as exc:
                 raise ApiError(422, f"invalid parameter 'cursor': {exc}", "cursor") from None
-        with pool.cursor() as cur:
-            return queries.search_messages(cur, query, channel=channel, limit=limit, cursor=cursor)
+        return reply(request, as_format, models.SearchResults,
+                     lambda cur: queries.search_messages(cur, query, channel=channel, limit=limit, cursor=cursor),
+                     rows="items", item=models.SearchHit, report="search", parts=(query,))
 
     @app.get("/api/reports/visual-content", response_model=models.VisualContent, dependencies=guarded,
              tags=["reports"])
-    def visual_content(top_classes: Annotated[int, Query(ge=1, le=80)] = 10):
-        """Image categories per channel (most visual channels first) and the most detected object classes."""
-        with pool.cursor() as cur:
-            return queries.visual_content(cur, top_classes=top_classes)
+    def visual_content(request: Request, top_classes: Annotated[int, Query(ge=1, le=80)] = 10,
+                       since: Since = None, until: Until = None, as_format: AsFormat = None):
+        """Image categories per channel (most visual channels first), the views of posts per image category
+        and with or without a photo, and the most detected object classes (CSV and NDJSON: the channels)."""
+        _check_range(since, until)
+        return reply(request, as_format, models.VisualContent,
+                     lambda cur: queries.visual_content(cur, top_classes=top_classes, since=since, until=until),
+                     rows="channels", item=models.ChannelVisuals, report="visual-content")
 
     @app.get("/api/pipeline/status", dependencies=guarded, tags=["ops"])
     def pipeline_status() -> dict:

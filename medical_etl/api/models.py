@@ -132,6 +132,12 @@ class SearchResults(BaseModel):
     items: list[SearchHit]
 
 
+class Engagement(BaseModel):
+    posts: int = Field(description="posts of the group")
+    avg_views: float | None = Field(description="their average views (null without posts)")
+    median_views: float | None = Field(description="their median views (null without posts)")
+
+
 class ChannelVisuals(BaseModel):
     channel: str
     posts: int
@@ -140,6 +146,9 @@ class ChannelVisuals(BaseModel):
     photos_analysed: int
     categories: dict[str, int] = Field(description="analysed photos per image category")
     category_share: dict[str, float]
+    engagement: dict[str, Engagement] = Field(
+        description="views of the channel's posts per image group: with_photo, without_photo, each image "
+                    "category, not_analysed (a photo not analysed yet)")
 
 
 class ObjectClass(BaseModel):
@@ -149,9 +158,13 @@ class ObjectClass(BaseModel):
 
 
 class VisualContent(BaseModel):
+    since: date | None
+    until: date | None
     categories: list[str]
+    groups: list[str] = Field(description="the image groups of engagement")
     channels: list[ChannelVisuals] = Field(description="ordered by photo share, most visual first")
-    top_classes: list[ObjectClass]
+    engagement: dict[str, Engagement] = Field(description="the same over all channels")
+    top_classes: list[ObjectClass] = Field(description="over all days")
 
 
 class Health(BaseModel):

@@ -256,23 +256,76 @@ def search_messages(cur, query: str, *, channel: str | None, limit: int, cursor:
             "ranked": SEARCH_CANDIDATES if common else total, "next_cursor": nxt, "items": items}
 
 
-def visual_content(cur, *, top_classes: int) -> dict:
-    cur.execute("""
-        SELECT c.channel_username AS channel, c.post_count AS posts, c.image_post_count AS photo_posts,
-               c.image_post_share AS photo_share,
-               coalesce(jsonb_object_agg(v.image_category, v.photos) FILTER (WHERE v.image_category IS NOT NULL),
-                        '{}'::jsonb) AS categories
-        FROM marts.dim_channels AS c
-        LEFT JOIN marts.agg_visual_content AS v ON v.channel_username = c.channel_username
-        GROUP BY 1, 2, 3, 4
-        ORDER BY c.image_post_share DESC, c.channel_username""")
-    out = []
+GROUPS = ["with_photo", "without_photo", *CATEGORIES, "not_analysed"]
+
+
+def visual_content(cur, *, top_classes: int, since: date | None = None, until: date | None = None) -> dict:
+    """Per channel: its photo share, its analysed photos by image category, and the engagement (posts,
+    average and median views) of its posts per image group; the same engagement over all channels; the
+    most detected object classes. Over all days from the all-time rollups (dim_channels,
+    agg_visual_content, agg_image_engagement); over a range of days from the daily ones
+    (agg_channel_daily, agg_visual_daily). The object classes are counted over all days."""
+    window = since is not None or until is not None
+    p = dict(since=since, until=until)
+    if not window:
+        cur.execute("""
+            SELECT c.channel_username AS channel, c.post_count AS posts, c.image_post_count AS photo_posts,
+                   coalesce(jsonb_object_agg(v.image_category, v.photos) FILTER (WHERE v.image_category IS NOT NULL),
+                            '{}'::jsonb) AS categories
+            FROM marts.dim_channels AS c
+            LEFT JOIN marts.agg_visual_content AS v ON v.channel_username = c.channel_username
+            GROUP BY 1, 2, 3""")
+        channels_ = cur.fetchall()
+        cur.execute("""SELECT channel_username AS channel, image_group, posts, avg_views, median_views
+                       FROM marts.agg_image_engagement""")
+    else:
+        days = """(%(since)s::date IS NULL OR date_day >= %(since)s::date)
+                  AND (%(until)s::date IS NULL OR date_day <= %(until)s::date)"""
+        cur.execute(f"""
+            SELECT c.channel_username AS channel, coalesce(a.posts, 0) AS posts,
+                   coalesce(a.photo_posts, 0) AS photo_posts, coalesce(v.categories, '{{}}'::jsonb) AS categories
+            FROM marts.dim_channels AS c
+            LEFT JOIN (SELECT channel_username, sum(posts)::bigint AS posts, sum(photo_posts)::bigint AS photo_posts
+                       FROM marts.agg_channel_daily WHERE {days} GROUP BY 1) AS a
+                ON a.channel_username = c.channel_username
+            LEFT JOIN (SELECT channel_username, jsonb_object_agg(image_group, posts) AS categories
+                       FROM (SELECT channel_username, image_group, sum(posts) AS posts FROM marts.agg_visual_daily
+                             WHERE {days} AND image_group = ANY(%(categories)s) GROUP BY 1, 2) AS g
+                       GROUP BY 1) AS v ON v.channel_username = c.channel_username""",
+                    dict(p, categories=CATEGORIES))
+        channels_ = cur.fetchall()
+        # the days' views, one per post, each in its group and (with a photo) in with_photo too
+        cur.execute(f"""
+            SELECT d.channel_username AS channel, g.image_group, count(*) AS posts,
+                   round(avg(x.views), 1) AS avg_views,
+                   percentile_cont(0.5) WITHIN GROUP (ORDER BY x.views)::numeric(14, 1) AS median_views
+            FROM marts.agg_visual_daily AS d
+            CROSS JOIN LATERAL unnest(d.views_sorted) AS x (views)
+            CROSS JOIN LATERAL (VALUES (d.image_group),
+                                       (CASE WHEN d.image_group <> 'without_photo' THEN 'with_photo' END))
+                AS g (image_group)
+            WHERE {days} AND g.image_group IS NOT NULL
+            GROUP BY GROUPING SETS ((d.channel_username, g.image_group), (g.image_group))""", p)
+    engagement: dict = {}
     for r in cur.fetchall():
+        engagement.setdefault(r["channel"], {})[r["image_group"]] = {
+            "posts": r["posts"], "avg_views": r["avg_views"], "median_views": r["median_views"]}
+
+    def groups(channel):
+        mine = engagement.get(channel, {})
+        return {g: mine.get(g, {"posts": 0, "avg_views": None, "median_views": None}) for g in GROUPS}
+
+    out = []
+    for r in channels_:
         cats = {k: int(r["categories"].get(k, 0)) for k in CATEGORIES}
         n = sum(cats.values())
+        share = round(r["photo_posts"] / r["posts"], 4) if r["posts"] else 0.0
         out.append({"channel": r["channel"], "posts": r["posts"], "photo_posts": r["photo_posts"],
-                    "photo_share": float(r["photo_share"]), "photos_analysed": n, "categories": cats,
-                    "category_share": {k: round(v / n, 4) if n else 0.0 for k, v in cats.items()}})
+                    "photo_share": share, "photos_analysed": n, "categories": cats,
+                    "category_share": {k: round(v / n, 4) if n else 0.0 for k, v in cats.items()},
+                    "engagement": groups(r["channel"])})
+    out.sort(key=lambda c: (-c["photo_share"], c["channel"]))
     cur.execute("""SELECT class_name, sum(objects)::bigint AS objects, sum(photos)::bigint AS photos
                    FROM marts.agg_detected_classes GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT %s""", (top_classes,))
-    return {"categories": CATEGORIES, "channels": out, "top_classes": cur.fetchall()}
+    return {"since": since, "until": until, "categories": CATEGORIES, "groups": GROUPS, "channels": out,
+            "engagement": groups(None), "top_classes": cur.fetchall()}

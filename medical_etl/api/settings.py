@@ -3,7 +3,8 @@
 ``API_HOST`` (default 127.0.0.1), ``API_PORT`` (8000), ``API_KEYS`` (comma-separated bearer keys; required
 to bind a non-loopback address), ``API_RATE_LIMIT`` (requests per minute per key, default 600),
 ``API_CORS_ORIGINS`` (comma-separated origins; CORS is off when empty; ``*`` is refused together with
-keys), ``API_DB_POOL`` (connections, 8).
+keys), ``API_DB_POOL`` (connections, 8), ``API_CACHE_MAX_AGE`` (seconds a browser may reuse an answer before
+asking again with its ETag, 60).
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ class ApiSettings:
     rate_limit_per_min: int = 600
     cors_origins: tuple[str, ...] = ()
     pool_size: int = 8
+    cache_max_age_s: int = 60
 
     def __repr__(self) -> str:  # never the keys
         return (f"ApiSettings(host={self.host!r}, port={self.port}, keys={len(self.keys)}, "
@@ -87,5 +89,7 @@ def load_api_settings(env: Mapping[str, str] | None = None, dotenv_path: str | o
                           "that may call the API (e.g. https://dashboard.example.org)")
     if merged.get("API_DB_POOL", "").strip():
         kw["pool_size"] = _int("API_DB_POOL", merged["API_DB_POOL"], 1, 100)
+    if merged.get("API_CACHE_MAX_AGE", "").strip():
+        kw["cache_max_age_s"] = _int("API_CACHE_MAX_AGE", merged["API_CACHE_MAX_AGE"], 0, 86400)
     kw.update({k: v for k, v in overrides.items() if v is not None})
     return ApiSettings(**kw)

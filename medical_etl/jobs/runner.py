@@ -19,6 +19,7 @@ from medical_etl.jobs import retry
 from medical_etl.jobs.cancel import JobCancelled, SigtermStop
 from medical_etl.jobs.definitions import jobs
 from medical_etl.jobs.process import run_with_retries
+from medical_etl.jobs.stages import DATABASE_STAGES, database_snapshot
 from medical_etl.runlog import RunLogWriteError, configure_rotation, new_run_id, track_run
 from medical_etl.running import mark_running, reap_dead_runs
 from medical_etl.secrets import mask
@@ -136,6 +137,8 @@ def run_job(
                 rec.status, rec.reason = "cancelled", exc.reason
                 rec.metrics.update(cancelled_stage=exc.stage)
             rec.metrics.update(stages=list(summary["stages"]), failed_stage=summary.get("failed_stage"))
+            if any(s in DATABASE_STAGES for s in summary["stages"]):
+                rec.metrics["database"] = database_snapshot(settings)
             if retried:  # a success after a retry is a success; the monitor warns about it
                 rec.metrics.update(retries={k: n for k, (n, _) in retried.items()},
                                    retry_reasons={k: why for k, (_, why) in retried.items()})

@@ -8,6 +8,7 @@ client (through :mod:`medical_etl.scrape.source`, which reads the Telegram setti
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from medical_etl.db import conn_params
 from medical_etl.errors import StageFailed
 from medical_etl.jobs import retry
 from medical_etl.runlog import track_run
+from medical_etl.secrets import mask
 
 
 def dbt_paths(settings: Settings) -> dict:
@@ -125,7 +127,7 @@ def run_stage(stage: str, settings: Settings, *, job: str | None = None, run_id:
     func, check = RUNNERS[stage]
     with track_run(settings.logs_path, job=job or stage, stage=stage, run_id=run_id, attempt=attempt) as rec:
         # stdout is for results: what a library prints meanwhile (dbt's console lines) goes to stderr
-        with contextlib.redirect_stdout(sys.stderr):
+        with contextlib.redirect_stdout(sys.stderr), _watched(stage, settings, rec):
             try:
                 summary = func(settings, rec.run_id, **tracing.hooks(stage, opts))
             except Exception as exc:
@@ -139,6 +141,49 @@ def run_stage(stage: str, settings: Settings, *, job: str | None = None, run_id:
             rec.reason = f"transient: {why}" if why else None
             raise StageFailed(stage, summary, problem, reason=why)
     return summary
+
+
+DATABASE_STAGES = ("load", "transform", "enrich")
+
+
+@contextlib.contextmanager
+def _watched(stage: str, settings: Settings, rec):
+    """A stage that uses the database: its sessions named after the run (``application_name``), their
+    peak count (and the server's) recorded in its metrics (:class:`~medical_etl.dbhealth.ConnectionWatch`)."""
+    if stage not in DATABASE_STAGES:
+        yield
+        return
+    from medical_etl.dbhealth import ConnectionWatch
+    from medical_etl.jobs.process import stage_application_name
+
+    app = stage_application_name(rec.run_id, stage)
+    saved = {k: os.environ.get(k) for k in ("PGAPPNAME", "MEDICAL_ETL_DBT_APPNAME")}
+    os.environ.update(PGAPPNAME=app, MEDICAL_ETL_DBT_APPNAME=app)  # as a stage process has them
+    try:
+        try:
+            params = conn_params(settings)
+        except Exception as exc:  # noqa: BLE001 - the stage reports its own connection problems
+            rec.metrics["db_connections_error"] = f"connections not watched: {mask(exc)}"
+            params = None
+        with ConnectionWatch(params, app, rec.metrics) if params else contextlib.nullcontext():
+            yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def database_snapshot(settings: Settings) -> dict:
+    """The database's health (:func:`~medical_etl.dbhealth.database_health`) for a job's record; never raises."""
+    from medical_etl.dbhealth import database_health
+
+    try:
+        params = conn_params(settings)
+    except Exception as exc:  # noqa: BLE001
+        return {"error": f"database health not recorded: {mask(exc)}"}
+    return database_health(params)
 
 
 def _metrics(summary: dict) -> dict:

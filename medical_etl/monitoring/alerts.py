@@ -218,6 +218,81 @@ def m_job_died(stats, rule, now, wh, state):
     return out
 
 
+def _health_runs(stats, rule) -> list:
+    """Job runs that recorded the database's health (metrics.database with its size)."""
+    return [r for r in stats.job_runs(rule.job) if isinstance(r.metrics.get("database"), dict)
+            and isinstance(r.metrics["database"].get("database_size_bytes"), (int, float))]
+
+
+def m_database_growth_pct_per_day(stats, rule, now, wh, state):
+    """How fast the database grows: the percent per day from the oldest recorded size in the window
+    (at least an hour before) to the latest."""
+    runs = [r for r in _health_runs(stats, rule) if r.finished_at]
+    if len(runs) < 2:
+        return []
+    last = runs[-1]
+    earlier = [r for r in _in_window(runs[:-1], rule, now)
+               if (last.finished_at - r.finished_at).total_seconds() >= 3600]
+    if not earlier:
+        return []
+    first = earlier[0]
+    before, after = first.metrics["database"]["database_size_bytes"], last.metrics["database"]["database_size_bytes"]
+    days = (last.finished_at - first.finished_at).total_seconds() / 86400
+    if before <= 0:
+        return []
+    pct = 100 * (after - before) / before / days
+    return [Subject("database", pct, {"pct_per_day": round(pct, 1), "size_mb": round(after / 1e6, 1),
+                                      "previous_mb": round(before / 1e6, 1), "days": round(days, 2),
+                                      "run_id": last.run_id}, last.run_id)]
+
+
+def m_connections_pct_of_max(stats, rule, now, wh, state):
+    """The most PostgreSQL sessions the latest job saw on the server (its stages' peaks, its end
+    snapshot), as a percent of max_connections."""
+    runs = _health_runs(stats, rule)
+    if not runs:
+        return []
+    last = runs[-1]
+    db = last.metrics["database"]
+    peak, where = db.get("connections") or 0, "at the job's end"
+    for r in stats.stages.values():
+        for s in r:
+            n = s.metrics.get("db_connections_server_peak")
+            if s.run_id == last.run_id and isinstance(n, int) and n > peak:
+                peak, where = n, f"during stage {s.stage}"
+    limit = db.get("max_connections")
+    if not limit:
+        return []
+    pct = 100 * peak / limit
+    return [Subject("database", pct, {"connections": peak, "max_connections": limit, "pct": round(pct, 1),
+                                      "where": where, "run_id": last.run_id}, last.run_id)]
+
+
+DEAD_TUPLES_MIN = 1000  # below this a small table's churn is noise, not bloat
+
+
+def m_dead_tuples_over_live(stats, rule, now, wh, state):
+    """Per large relation of the latest health record with at least DEAD_TUPLES_MIN dead tuples: its dead
+    tuples per live one (over 1: more dead rows than live, the table needs a VACUUM)."""
+    runs = _health_runs(stats, rule)
+    if not runs:
+        return []
+    last = runs[-1]
+    out = []
+    for rel in last.metrics["database"].get("relations") or []:
+        if not isinstance(rel, dict):
+            continue
+        dead, live = rel.get("dead_tuples"), rel.get("live_tuples")
+        if not isinstance(dead, int) or not isinstance(live, int) or dead < DEAD_TUPLES_MIN:
+            continue
+        ratio = dead / max(live, 1)
+        out.append(Subject(f"relation:{rel.get('relation')}", ratio,
+                           {"relation": rel.get("relation"), "dead_tuples": dead, "live_tuples": live,
+                            "ratio": round(ratio, 2), "last_vacuum": rel.get("last_vacuum") or "never",
+                            "run_id": last.run_id}, last.run_id))
+    return out
+
+
 METRICS = {name[2:]: fn for name, fn in globals().items() if name.startswith("m_")}
 
 
@@ -234,6 +309,9 @@ METRIC_FIELDS = {
     "hours_since_success": {"hours", "job", "last_success"},
     "channel_hours_since_last_post": {"channel", "hours", "last_post"},
     "job_died": {"job", "run_id", "pid", "started_at", "why"},
+    "database_growth_pct_per_day": {"pct_per_day", "size_mb", "previous_mb", "days", "run_id"},
+    "connections_pct_of_max": {"connections", "max_connections", "pct", "where", "run_id"},
+    "dead_tuples_over_live": {"relation", "dead_tuples", "live_tuples", "ratio", "last_vacuum", "run_id"},
 }
 
 

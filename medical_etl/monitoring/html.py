@@ -109,6 +109,18 @@ def render(stats: LogStats, summary: dict, alerts: list, freshness: dict, genera
         '<tr><td colspan="3">No active alerts.</td></tr>'
     health = "".join(f"<tr><td>{html.escape(j)}</td><td>{h['runs']}</td><td>{h['success']}</td><td>{h['failed']}</td>"
                      f"<td>{h['skipped']}</td></tr>" for j, h in summary["health"].items())
+    db = summary.get("database")
+    if db:
+        rels = "".join(f"<tr><td>{html.escape(str(r.get('relation')))}</td><td>{(r.get('size_bytes') or 0) / 1e6:,.1f}</td>"
+                       f"<td>{r.get('live_tuples')}</td><td>{r.get('dead_tuples')}</td>"
+                       f"<td>{html.escape(str(r.get('last_vacuum') or '-'))[:19]}</td>"
+                       f"<td>{html.escape(str(r.get('last_analyze') or '-'))[:19]}</td></tr>" for r in db["relations"])
+        database = (f"<p>{db['database_size_bytes'] / 1e6:,.1f} MB; {db['connections']} of {db['max_connections']} "
+                    f"connections (recorded by job {html.escape(str(db['job']))}, run {html.escape(str(db['run_id']))})."
+                    f"</p><table id=\"relations\"><tr><th>relation</th><th>MB</th><th>live tuples</th>"
+                    f"<th>dead tuples</th><th>last vacuum</th><th>last analyze</th></tr>{rels}</table>")
+    else:
+        database = "<p>No job has recorded the database's health yet.</p>"
     payload = json.dumps(data, default=str).replace("</", "<\\/")
     n_fresh = len(freshness)
 
@@ -128,6 +140,7 @@ tr.critical td,tr.error td{{background:#fde0e0}} tr.warning td{{background:#fff4
 {summary['log']['records']} records, {summary['log']['malformed_lines']} malformed lines skipped.</p>
 <h2>Active alerts</h2><table id="alerts"><tr><th>severity</th><th>type</th><th>message</th></tr>{alert_rows}</table>
 <h2>Job health</h2><table><tr><th>job</th><th>runs</th><th>success</th><th>failed</th><th>skipped</th></tr>{health}</table>
+<h2>Database</h2>{database}
 <h2>Run duration by stage (failed runs marked)</h2>{box("durations", durations, "No stage runs yet.")}
 <h2>New messages and photos analysed per run</h2>{box("volume", volume, "No scrape runs yet.")}
 <h2>Hours since each channel's last post</h2>{box("freshness", freshness,

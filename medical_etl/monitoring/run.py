@@ -176,6 +176,17 @@ def format_text(result: dict) -> str:
                      f"peak RSS {r.get('peak_rss_mb_max')} MB  cpu {r.get('cpu_s_median')} s")
         if p.get("slowest_models"):
             lines.append(f"  {'':<10} last run's slowest models: {slowest_text(p)}")
+    db = m.get("database")
+    if db:
+        lines.append(f"database: {db['database_size_bytes'] / 1e6:,.1f} MB, {db['connections']} of "
+                     f"{db['max_connections']} connections (job {db['job']} run {db['run_id']})")
+        for stage, r in m["resources"].items():
+            if r.get("db_connections_peak") is not None:
+                lines.append(f"  {stage:<10} peak sessions {r['db_connections_peak']} "
+                             f"(server {r['db_connections_server_peak']})")
+        for rel in db["relations"][:5]:
+            lines.append(f"  {rel['relation']:<40} {rel['size_bytes'] / 1e6:>9.1f} MB  live {rel['live_tuples']}  "
+                         f"dead {rel['dead_tuples']}")
     dq = m["data_quality"]
     lines.append(f"data: last scrape {m['volume']['last_new_messages']} new messages "
                  f"(trailing avg {m['volume']['trailing_avg_new_messages']}); photos analysed "

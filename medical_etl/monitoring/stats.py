@@ -126,6 +126,12 @@ def summarize(stats: LogStats) -> dict:
                             "peak_rss_mb_median": _r(statistics.median(rss)) if rss else None,
                             "cpu_s_median": _r(statistics.median(cpu)) if cpu else None}
     ranked = [(v["median_s"], k) for k, v in perf.items() if v["median_s"] is not None]
+    for stage, runs in stats.stages.items():  # the last run's PostgreSQL sessions
+        peak = runs[-1].metrics.get("db_connections_peak")
+        if isinstance(peak, int):
+            resources[stage].update(db_connections_peak=peak,
+                                    db_connections_server_peak=runs[-1].metrics.get("db_connections_server_peak"),
+                                    max_connections=runs[-1].metrics.get("max_connections"))
     volume = [r.metrics.get("new_messages") for r in stats.stage_runs("scrape") if r.status == "success"]
     volume = [v for v in volume if isinstance(v, (int, float))]
     return {
@@ -137,7 +143,26 @@ def summarize(stats: LogStats) -> dict:
         "volume": {"last_new_messages": volume[-1] if volume else None,
                    "trailing_avg_new_messages": _r(statistics.mean(volume[-11:-1])) if len(volume) > 1 else None},
         "last_success_at": stats.last_success.get("*").isoformat() if stats.last_success.get("*") else None,
+        "database": database_summary(stats),
     }
+
+
+def database_summary(stats: LogStats) -> dict | None:
+    """The latest database health a job recorded (size, connections, largest relations) and the size
+    history of the recent jobs; None before any job recorded one."""
+    runs = [r for r in stats.job_runs() if isinstance(r.metrics.get("database"), dict)
+            and isinstance(r.metrics["database"].get("database_size_bytes"), (int, float))]
+    if not runs:
+        return None
+    last = runs[-1]
+    db = last.metrics["database"]
+    return {"run_id": last.run_id, "job": last.job,
+            "recorded_at": last.finished_at.isoformat() if last.finished_at else None,
+            "database_size_bytes": db["database_size_bytes"], "connections": db.get("connections"),
+            "max_connections": db.get("max_connections"), "relations": db.get("relations") or [],
+            "size_history": [{"at": r.finished_at.isoformat() if r.finished_at else None,
+                              "database_size_bytes": r.metrics["database"]["database_size_bytes"]}
+                             for r in runs[-30:]]}
 
 
 def _r(v):

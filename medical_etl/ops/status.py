@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from datetime import date, datetime, timezone
 from pathlib import Path
@@ -130,12 +130,14 @@ def _exists(cur, table: str) -> bool:
 
 
 def _rows(cur, table: str, exact: bool) -> int | None:
-    """Rows in ``table``: exact, or the planner's count (marts are analysed after every build)."""
+    """Rows in ``table``: exact, or the planner's count (marts are analysed after builds that change them
+    by a tenth) when that says the table is large; a small table is counted (a few rows appended to an
+    empty one leave its statistics at 0)."""
     if not _exists(cur, table):
         return None
     if not exact:
         est = _one(cur, "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass", (table,))
-        if est is not None and est >= 0:
+        if est is not None and est >= 10_000:
             return int(est)
     return int(_one(cur, f"SELECT count(*) FROM {table}"))  # noqa: S608 - table names are ours
 
@@ -188,6 +190,35 @@ def _age_hours(at, now: datetime) -> float | None:
     return round((now - at).total_seconds() / 3600, 2)
 
 
+class DatabaseHealthSeen:
+    """The database's health as the last job that recorded it saw it (``metrics.database`` of a job's
+    record: size, connections, max_connections, the largest relations), with the peak connections of
+    that job's stages; noted from the run-log records passed through :meth:`watch`."""
+
+    def __init__(self):
+        self.last, self.peaks = None, {}
+
+    def watch(self, records: Iterable[dict]) -> Iterator[dict]:
+        for rec in records:
+            metrics = rec.get("metrics") or {}
+            if rec.get("stage") is None and isinstance(metrics.get("database"), dict) \
+                    and "database_size_bytes" in metrics["database"]:
+                self.last = rec
+                self.peaks = {k: v for k, v in self.peaks.items() if k == rec.get("run_id")}
+            elif rec.get("stage") and isinstance(metrics.get("db_connections_peak"), int):
+                self.peaks.setdefault(rec.get("run_id"), {})[rec["stage"]] = {
+                    "peak": metrics["db_connections_peak"], "server_peak": metrics.get("db_connections_server_peak")}
+            yield rec
+
+    def result(self) -> dict | None:
+        """None when no job recorded it yet."""
+        if self.last is None:
+            return None
+        rec = self.last
+        return {"recorded_at": rec.get("finished_at"), "run_id": rec.get("run_id"), "job": rec.get("job"),
+                **rec["metrics"]["database"], "stage_connections": self.peaks.get(rec.get("run_id"), {})}
+
+
 def pipeline_status(
     *,
     logs_path: Path,
@@ -207,7 +238,8 @@ def pipeline_status(
     """
     now = now or datetime.now(timezone.utc)
     scan = RunLog(logs_path).scan()
-    runs = last_runs(scan)
+    health = DatabaseHealthSeen()
+    runs = last_runs(health.watch(scan))
     lake_meta = lake_metadata(lake_path)
     if public:
         lake_meta.pop("path")
@@ -272,7 +304,8 @@ def pipeline_status(
     run_log = {"records": scan.records, "skipped_lines": {"malformed": scan.malformed, "invalid": scan.invalid}}
     if not public:
         run_log = {"path": str(RunLog(logs_path).path), **run_log}
-    return {"generated_at": now.isoformat(), "database": db, "run_log": run_log, "assets": assets}
+    return {"generated_at": now.isoformat(), "database": db, "database_health": health.result(),
+            "run_log": run_log, "assets": assets}
 
 
 def format_text(status: dict) -> str:
@@ -285,6 +318,17 @@ def format_text(status: dict) -> str:
                      f"{skipped['invalid']} invalid record(s)")
     if not status["database"]["reachable"]:
         lines.append(f"  database: UNREACHABLE - {status['database']['error']} (lake and run log still shown)")
+    health = status.get("database_health")
+    if health:
+        lines.append(f"\ndatabase health (recorded by job {health['job']} run {health['run_id']} at {health['recorded_at']})")
+        lines.append(f"  size {health['database_size_bytes'] / 1e6:,.1f} MB, connections {health['connections']} "
+                     f"of max {health['max_connections']}")
+        for stage, c in health["stage_connections"].items():
+            lines.append(f"    {stage:<10} peak {c['peak']} session(s) of its own, {c['server_peak']} on the server")
+        lines.append(f"  {'largest relations':<44} {'MB':>9} {'live':>10} {'dead':>10}  last vacuum / analyze")
+        for r in health["relations"]:
+            lines.append(f"    {r['relation']:<42} {r['size_bytes'] / 1e6:>9.1f} {r['live_tuples'] or 0:>10} "
+                         f"{r['dead_tuples'] or 0:>10}  {(r['last_vacuum'] or '-')[:19]} / {(r['last_analyze'] or '-')[:19]}")
     for a in status["assets"]:
         ok = a["last_success"]
         state = "STALE" if a["stale"] else ("FAILED" if a["last_failure"] else ("ok" if ok else "never run"))
