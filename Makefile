@@ -1,7 +1,7 @@
 # medical_etl: jobs and developer tasks. `make` alone lists the targets; `make jobs` lists each job's stages.
 #
-# A job runs its stages in the order its JOB_STAGES line gives (the jobs section below: the only place
-# the order is written; `medical-etl job` and run_job() read these lines too). One runner,
+# A job runs its stages in the order its JOB line gives (the jobs section below: the only place a job
+# is defined; `medical-etl job` and run_job() read these lines too). One runner,
 # `medical-etl job NAME`, runs them under one lock and one run id, each stage in its own process
 # with a time limit and retries, every run in the run log; a failed stage stops the ones after it
 # (non-zero exit). Two jobs started together (`make -j4 pipeline scrape-load`, or cron and a person)
@@ -20,7 +20,7 @@ DEMO_YOLO_MODEL ?= $(firstword $(wildcard $(MEDICAL_ETL_SHARED)/models/yolov8n_i
 DEMO_ENV := DB_HOST= TELEGRAM_SOURCE=sample YOLO_MODEL=$(DEMO_YOLO_MODEL) \
             YOLO_OFFLINE=$(if $(filter yolov8n.pt,$(DEMO_YOLO_MODEL)),0,1)
 
-.PHONY: help setup test lint doctor demo dbt jobs pipeline weekly scrape-load transform enrich \
+.PHONY: help setup test lint doctor demo dbt jobs \
         stage-scrape stage-load stage-transform stage-enrich monitor report telegram-login \
         install-cron uninstall-cron backup restore bench-load bench-transform eval-products bench-enrich bench-idle bench-monitor clean \
         system-deps serve status bench-api dagster
@@ -75,25 +75,24 @@ dbt: $(STAMP) ## run dbt against the configured database, embedded included (ARG
 	$(ETL) dbt $(ARGS)
 
 # --- jobs -----------------------------------------------------------------------------------------
-# Each job's stages, in run order.
-JOB_STAGES.pipeline    := scrape load transform enrich
-JOB_STAGES.weekly      := scrape load transform enrich
-JOB_STAGES.scrape-load := scrape load
-JOB_STAGES.transform   := transform
-JOB_STAGES.enrich      := enrich
-JOBS := $(sort $(patsubst JOB_STAGES.%,%,$(filter JOB_STAGES.%,$(.VARIABLES))))
-JOB_ARGS.weekly := --lock-wait $${LOCK_WAIT:-10800}
+# Each job on one line: its stages in run order, its options, and after # what it is for. These lines
+# are the jobs' only definition: `medical-etl job` (run_job), its help, `make jobs`, Dagster's jobs and
+# the crontab's comments read them (medical_etl/jobs/definitions.py). Options: --full-refresh (dbt
+# rebuilds every model), --refresh-days N (the scrape re-reads N days of posts for their view counts),
+# --lock-wait S (wait up to S seconds for a running job instead of recording `skipped`; LOCK_WAIT overrides).
+JOB.pipeline    := scrape load transform enrich  # the daily run
+JOB.weekly      := scrape load transform enrich --full-refresh --refresh-days 30 --lock-wait 10800  # Sunday: everything rebuilt
+JOB.scrape-load := scrape load  # incremental updates only (no dbt, no YOLO)
+JOB.transform   := transform  # model changes on existing data
+JOB.enrich      := enrich  # re-analysis (new weights)
+JOBS := $(sort $(patsubst JOB.%,%,$(filter JOB.%,$(.VARIABLES))))
+.PHONY: $(JOBS)
 
-pipeline:    ## job: the daily run (all four stages)
-weekly:      ## job: the pipeline with a full dbt refresh and counts re-read for 30 days
-scrape-load: ## job: incremental updates only (no dbt, no YOLO)
-transform:   ## job: model changes on existing data
-enrich:      ## job: re-analysis (new weights)
 $(JOBS): $(STAMP)
-	$(ETL) job $@ --stages '$(JOB_STAGES.$@)' $(JOB_ARGS.$@)
+	$(ETL) job $@
 
-jobs: ## list the jobs and their stages, in run order
-	@$(foreach j,$(JOBS),printf '  %-12s %s\n' '$(j)' '$(JOB_STAGES.$(j))';)
+jobs: $(STAMP) ## list the jobs (make pipeline, make weekly, ...): their stages and options, in run order
+	@$(ETL) jobs
 
 # --- single stages (no job lock) ------------------------------------------------
 stage-scrape: $(STAMP) ## stage 1: Telegram channels to the data lake

@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from synthetic import build_lake, change_views, scratch_database  # noqa: E402
 
-from medical_etl.load import COLUMNS, FIELDS, _copy_line, load_raw_to_postgres  # noqa: E402
+from medical_etl.load import COLUMNS, FIELDS, load_raw_to_postgres  # noqa: E402
+from medical_etl.load.records import copy_line  # noqa: E402
 
 _SQL_TYPES = {"id": "bigint", "int": "bigint", "count": "bigint", "ts": "timestamptz"}
 # The baselines store the same columns as the stage (FIELDS, then source_file and source_position).
@@ -75,7 +76,7 @@ def run_plain_copy(params, lake):
         cur.execute(BASE_DDL)
         for rel, msgs in _files(lake):
             # same COPY encoding as the stage, so the floor differs only by what the stage adds
-            buf = io.BytesIO(b"".join(_copy_line([m.get(k) for k in LAKE_KEYS] + [rel, pos])
+            buf = io.BytesIO(b"".join(copy_line([m.get(k) for k in LAKE_KEYS] + [rel, pos])
                                       for pos, m in enumerate(msgs)))
             cur.copy_expert(f"COPY bench_messages ({', '.join(COLUMNS)}) FROM STDIN", buf)
     conn.close()

@@ -23,7 +23,7 @@ from pathlib import Path
 mode, log = sys.argv[1], Path(sys.argv[2])
 t0 = time.perf_counter()
 if mode == "ours":
-    from medical_etl.monitoring.run import run_monitor
+    from medical_etl.monitor.evaluate import run_monitor
     res, rc = run_monitor(log, state_path=log.with_suffix(".state"), send=False)
     n = res["metrics"]["log"]["records"]
 else:  # naive: every record in memory, then the same kind of summary

@@ -29,10 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from synthetic import build_lake, scratch_database  # noqa: E402
 
-from medical_etl.catalogue.identity import Resolver, normalise, resolver_version  # noqa: E402
-from medical_etl.catalogue.stage import _Resolving, build_catalogue  # noqa: E402
 from medical_etl.load import load_raw_to_postgres  # noqa: E402
 from medical_etl.transform import run_dbt_transformations  # noqa: E402
+from medical_etl.transform.catalogue.identity import Resolver, normalise, resolver_version  # noqa: E402
+from medical_etl.transform.catalogue.stage import _Resolving, build_catalogue  # noqa: E402
 
 
 def main() -> int:

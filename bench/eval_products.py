@@ -25,8 +25,8 @@ from rapidfuzz import fuzz
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from medical_etl.catalogue.identity import Resolver  # noqa: E402
-from medical_etl.catalogue.prices import read_offers  # noqa: E402
+from medical_etl.transform.catalogue.identity import Resolver  # noqa: E402
+from medical_etl.transform.catalogue.prices import read_offers  # noqa: E402
 
 EVAL = REPO / "bench" / "eval"
 TARGETS = {"precision": 0.97, "recall": 0.95, "generic_accuracy": 0.90, "kind_accuracy": 0.85}

@@ -38,8 +38,8 @@ _API = {
     "load_raw_to_postgres": "load",
     "run_dbt_transformations": "transform", "build_image_models": "transform",
     "run_yolo_enrichment": "enrich.stage",
-    "run_job": "jobs.runner", "run_stage": "jobs.stages",
-    "run_monitor": "monitoring.run",
+    "run_job": "jobs.job", "run_stage": "jobs.stages",
+    "run_monitor": "monitor.evaluate",
 }
 __all__ = ["__version__", *_API]
 

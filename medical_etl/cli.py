@@ -129,6 +129,23 @@ def cmd_telegram_login(args, settings: Settings) -> int:
     return 0
 
 
+def _jobs_help() -> str:
+    from medical_etl.jobs.definitions import jobs
+
+    try:
+        return ", ".join(jobs())
+    except Exception:  # noqa: BLE001 - help text must not fail on an unreadable Makefile
+        return "see the Makefile's JOB lines"
+
+
+def cmd_jobs(args, settings: Settings) -> int:
+    from medical_etl.jobs.definitions import job_definitions
+
+    for job in job_definitions().values():
+        print(f"  {job.name:<12} {job.describe()}" + (f"  -- {job.about}" if job.about else ""))
+    return 0
+
+
 def cmd_job(args, settings: Settings) -> int:
     from medical_etl.jobs import run_job
 
@@ -183,7 +200,7 @@ def _warehouse(settings: Settings):
     try:
         return conn_params(settings)
     except Exception as exc:  # noqa: BLE001 - the monitor must still report
-        logging.getLogger("medical_etl.monitoring").warning("warehouse not checked: %s", mask(exc))
+        logging.getLogger("medical_etl.monitor").warning("warehouse not checked: %s", mask(exc))
         return None
 
 
@@ -191,8 +208,8 @@ def cmd_monitor(args, settings: Settings) -> int:
     """Exit code by the worst active severity: 0 none/info, 1 warning, 2 error, 3 critical; 4 bad rules."""
     from pathlib import Path
 
-    from medical_etl.monitoring.rules import RulesError
-    from medical_etl.monitoring.run import DEFAULT_RULES, format_text, run_monitor
+    from medical_etl.monitor.evaluate import DEFAULT_RULES, format_text, run_monitor
+    from medical_etl.monitor.rules import RulesError
 
     try:
         result, rc = run_monitor(settings.logs_path / "runs.jsonl", rules_path=Path(args.rules or DEFAULT_RULES),
@@ -206,18 +223,13 @@ def cmd_monitor(args, settings: Settings) -> int:
     return rc
 
 
-def _dbt_env(settings: Settings) -> dict[str, str]:
-    """The variables that aim profiles.yml (and psql) at the database the settings name."""
+def _shell_dbt_env(settings: Settings) -> dict[str, str]:
+    """The variables that aim a shell's dbt (profiles.yml) and psql at the settings' database."""
     from medical_etl.db import conn_params
-    from medical_etl.jobs.stages import dbt_paths
+    from medical_etl.jobs.stages import settings_dbt_paths
+    from medical_etl.transform.dbt import shell_env
 
-    p = conn_params(settings)  # starts the embedded server when DB_HOST is empty
-    paths = dbt_paths(settings)
-    project = str(paths["project_dir"])
-    return {"MEDICAL_ETL_DBT_HOST": p.host, "MEDICAL_ETL_DBT_PORT": str(p.port), "MEDICAL_ETL_DBT_DBNAME": p.dbname,
-            "MEDICAL_ETL_DBT_USER": p.user, "DBT_PROFILES_DIR": project, "DBT_PROJECT_DIR": project,
-            "DBT_TARGET_PATH": str(paths["target_path"]), "DBT_LOG_PATH": str(paths["log_path"]),
-            "PGHOST": p.host, "PGPORT": str(p.port), "PGDATABASE": p.dbname, "PGUSER": p.user}
+    return shell_env(conn_params(settings), settings_dbt_paths(settings))  # starts the embedded server if needed
 
 
 def cmd_dbt(args, settings: Settings) -> int:
@@ -226,10 +238,12 @@ def cmd_dbt(args, settings: Settings) -> int:
     import subprocess
     from pathlib import Path
 
-    env = {**os.environ, **_dbt_env(settings)}
+    from medical_etl.transform.dbt import ENV_PREFIX
+
+    env = {**os.environ, **_shell_dbt_env(settings)}
     password = settings.db_password.reveal()
     if password:
-        env["MEDICAL_ETL_DBT_PASSWORD"] = env["PGPASSWORD"] = password
+        env[ENV_PREFIX + "PASSWORD"] = env["PGPASSWORD"] = password
     dbt = Path(sys.executable).with_name("dbt")
     cmd = [str(dbt) if dbt.exists() else "dbt", *args.dbt_args]
     sys.stdout.flush()
@@ -240,14 +254,19 @@ def cmd_env(args, settings: Settings) -> int:
     """Print shell exports for plain dbt and psql: eval "$(medical-etl env)"."""
     import shlex
 
-    out = [f"export {k}={shlex.quote(v)}" for k, v in _dbt_env(settings).items()]
+    from medical_etl.transform.dbt import ENV_PREFIX
+
+    out = [f"export {k}={shlex.quote(v)}" for k, v in _shell_dbt_env(settings).items()]
     password = settings.db_password.reveal()
     if password and args.with_password:
-        out += [f"export {k}={shlex.quote(password)}" for k in ("MEDICAL_ETL_DBT_PASSWORD", "PGPASSWORD")]
+        out += [f"export {k}={shlex.quote(password)}" for k in (ENV_PREFIX + "PASSWORD", "PGPASSWORD")]
     elif password:
-        out.append("# DB_PASSWORD is set but not printed: add --with-password, or export PGPASSWORD and "
-                   "MEDICAL_ETL_DBT_PASSWORD yourself")
+        out.append(f"# DB_PASSWORD is set but not printed: add --with-password, or export PGPASSWORD and "
+                   f"{ENV_PREFIX}PASSWORD yourself")
     print("\n".join(out))
+    return 0
+
+
 def cmd_backup(args, settings: Settings) -> int:
     from medical_etl.ops.backup import backup
     from medical_etl.runlog import track_run
@@ -262,7 +281,8 @@ def cmd_backup(args, settings: Settings) -> int:
 
 
 def cmd_restore(args, settings: Settings) -> int:
-    from medical_etl.ops.backup import RestoreRefused, list_backups, resolve_backup, restore
+    from medical_etl.ops.backup import RestoreRefused, list_backups
+    from medical_etl.ops.restore import resolve_backup, restore
 
     if args.list:
         for b in list_backups(settings.backup_path):
@@ -323,14 +343,16 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("job", help="run a job: its stages in order, under the job lock")
-    p.add_argument("name", help="pipeline, weekly, scrape-load, transform or enrich (`make jobs` lists the jobs "
-                                "and their stages, as the Makefile defines them)")
+    p.add_argument("name", help=f"the job ({_jobs_help()}; `medical-etl jobs` lists them, from the Makefile)")
     p.add_argument("--full-refresh", action="store_true", help="rebuild incremental dbt models")
     p.add_argument("--refresh-days", type=_non_negative_int, help="re-read the last N days of posts (counts)")
-    p.add_argument("--lock-wait", type=_seconds, default=0, help="seconds to wait for a running job (default 0: skip)")
-    p.add_argument("--stages", help="the job's stages as the Makefile lists them (checked, not chosen: "
-                                    "`make jobs` shows them)")
+    p.add_argument("--lock-wait", type=_seconds, help="seconds to wait for a running job (default: the job's "
+                                                     "own, LOCK_WAIT; 0 for most jobs: skip)")
+    p.add_argument("--stages", help="the job's stages as the Makefile lists them (checked, not chosen)")
     p.set_defaults(func=cmd_job)
+
+    p = sub.add_parser("jobs", help="list the jobs: their stages in run order and options (the Makefile's JOB lines)")
+    p.set_defaults(func=cmd_jobs)
 
     p = sub.add_parser("cron", help="install or remove this checkout's crontab entries")
     p.add_argument("action", choices=["install", "uninstall", "show"])

@@ -52,6 +52,7 @@ class Settings:
     load_batch_rows: int = 5000
     log_level: str = "INFO"
     stage_retries: int = 2
+    lock_wait_s: float | None = None  # LOCK_WAIT: how long a job that waits for the lock waits (None: its own)
     stage_retry_backoff_s: float = 10.0
     stage_retry_backoff_max_s: float = 300.0
     backup_path: Path = Path("backups")
@@ -88,7 +89,7 @@ class Settings:
 
 
 # variable name -> (field name, parser)
-def _int(lo: int, hi: int):
+def _int_between(lo: int, hi: int):
     def parse(raw: str) -> int:
         try:
             v = int(raw.strip())
@@ -170,41 +171,42 @@ def _device(raw: str) -> str:
 
 VARIABLES: dict[str, tuple[str, object]] = {
     "DB_HOST": ("db_host", _str),
-    "DB_PORT": ("db_port", _int(1, 65535)),
+    "DB_PORT": ("db_port", _int_between(1, 65535)),
     "DB_NAME": ("db_name", _pg_name),
     "DB_USER": ("db_user", _pg_name),
     "DB_PASSWORD": ("db_password", _secret),
-    "DB_CONNECT_TIMEOUT": ("db_connect_timeout_s", _int(1, 600)),
+    "DB_CONNECT_TIMEOUT": ("db_connect_timeout_s", _int_between(1, 600)),
     "RAW_DATA_PATH": ("raw_data_path", _path),
     "LOGS_PATH": ("logs_path", _path),
     "EMBEDDED_PG_PATH": ("embedded_pg_path", _path),
-    "TELEGRAM_API_ID": ("telegram_api_id", _int(1, 2**31 - 1)),  # a 32-bit int in Telegram's API
+    "TELEGRAM_API_ID": ("telegram_api_id", _int_between(1, 2**31 - 1)),  # a 32-bit int in Telegram's API
     "TELEGRAM_API_HASH": ("telegram_api_hash", _secret),
     "TELEGRAM_SESSION": ("telegram_session", _path),
     "TELEGRAM_STRING_SESSION": ("telegram_string_session", _secret),
     "TELEGRAM_CHANNELS": ("telegram_channels", _channels),
     "TELEGRAM_CHANNELS_FILE": ("telegram_channels_file", _path),
     "TELEGRAM_SOURCE": ("telegram_source", _str),
-    "REFRESH_DAYS": ("refresh_days", _int(0, 3650)),
-    "FLOOD_WAIT_CAP": ("flood_wait_cap_s", _int(0, 86400)),
+    "REFRESH_DAYS": ("refresh_days", _int_between(0, 3650)),
+    "FLOOD_WAIT_CAP": ("flood_wait_cap_s", _int_between(0, 86400)),
     "YOLO_MODEL": ("yolo_model", _str),
     "YOLO_CONF": ("yolo_conf", _float(0.0, 1.0)),
     "YOLO_IOU": ("yolo_iou", _float(0.0, 1.0)),
-    "YOLO_IMGSZ": ("yolo_imgsz", _int(32, 8192)),
-    "YOLO_BATCH": ("yolo_batch", _int(1, 1024)),
+    "YOLO_IMGSZ": ("yolo_imgsz", _int_between(32, 8192)),
+    "YOLO_BATCH": ("yolo_batch", _int_between(1, 1024)),
     "YOLO_DEVICE": ("yolo_device", _device),
-    "YOLO_WORKERS": ("yolo_workers", _int(0, 256)),
+    "YOLO_WORKERS": ("yolo_workers", _int_between(0, 256)),
     "YOLO_OFFLINE": ("yolo_offline", _bool),
-    "STAGE_TIMEOUT": ("stage_timeout_s", _int(1, 86400)),
-    "LOAD_BATCH_ROWS": ("load_batch_rows", _int(1, 1_000_000)),
+    "STAGE_TIMEOUT": ("stage_timeout_s", _int_between(1, 86400)),
+    "LOAD_BATCH_ROWS": ("load_batch_rows", _int_between(1, 1_000_000)),
     "LOG_LEVEL": ("log_level", _log_level),
-    "STAGE_RETRIES": ("stage_retries", _int(0, 10)),
+    "STAGE_RETRIES": ("stage_retries", _int_between(0, 10)),
+    "LOCK_WAIT": ("lock_wait_s", _float(0.0, 7 * 86400.0)),
     "STAGE_RETRY_BACKOFF": ("stage_retry_backoff_s", _float(0.0, 3600.0)),
     "STAGE_RETRY_BACKOFF_MAX": ("stage_retry_backoff_max_s", _float(0.0, 86400.0)),
     "BACKUP_PATH": ("backup_path", _path),
-    "BACKUP_KEEP": ("backup_keep", _int(1, 1000)),
+    "BACKUP_KEEP": ("backup_keep", _int_between(1, 1000)),
     "PG_BIN_DIR": ("pg_bin_dir", _path),
-    "LOG_RETENTION_DAYS": ("log_retention_days", _int(1, 3650)),
+    "LOG_RETENTION_DAYS": ("log_retention_days", _int_between(1, 3650)),
     "RUNLOG_MAX_MB": ("runlog_max_mb", _float(0.001, 100_000.0)),
     "DBT_PROJECT_DIR": ("dbt_project_dir", _path),
 }

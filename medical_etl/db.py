@@ -139,16 +139,24 @@ def connect(
     raise AssertionError("unreachable")
 
 
-def test_connection(settings: Settings, timeout: int = 3) -> dict:
-    """Try one connection and a query; never raises.
+def test_connection(settings: Settings | None = None, timeout: int = 3) -> dict:
+    """Try one connection and a query; never raises. A diagnostic people call: without ``settings``
+    it reads them (the environment and ``.env``, as the CLI does) and says which server it tried.
 
     Returns ``{"ok", "server_version", "latency_ms", "target", "error"}``.
     """
     result = {"ok": False, "server_version": None, "latency_ms": None, "target": None, "error": None}
     t0 = time.perf_counter()
     try:
+        if settings is None:
+            from medical_etl.config import load_settings
+
+            settings = load_settings()
+        result["target"] = "embedded" if settings.embedded else \
+            f"{settings.db_host}:{settings.db_port}/{settings.db_name} as {settings.db_user}"
         params = conn_params(settings)
-        result["target"] = "embedded" if settings.embedded else f"{params.host}:{params.port}/{params.dbname}"
+        if settings.embedded:
+            result["target"] = f"embedded ({params.host}:{params.port}/{params.dbname})"
         conn = connect(params, attempts=1, connect_timeout=timeout)
         try:
             with conn.cursor() as cur:

@@ -10,6 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+class LockHeld(Exception):
+    """Another process holds the lock; ``holder`` is the note it wrote (its pid and since when)."""
+
+    def __init__(self, path: Path, holder: str):
+        super().__init__(f"{path} is held by {holder}")
+        self.path, self.holder = path, holder
+
+
 @dataclass
 class Lock:
     fd: int
@@ -19,8 +27,9 @@ class Lock:
         os.close(self.fd)
 
 
-def acquire_lock(path: Path, wait_s: float = 0) -> Lock | str:
-    """flock the job lock (the kernel releases it even on kill -9); return the holder's note if taken."""
+def acquire_lock(path: Path, wait_s: float = 0) -> Lock:
+    """flock ``path`` (the kernel releases it even on kill -9), waiting up to ``wait_s`` for another
+    holder; raises :class:`LockHeld` (with the holder's note) when it is still taken then."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     deadline = time.monotonic() + wait_s
@@ -35,7 +44,7 @@ def acquire_lock(path: Path, wait_s: float = 0) -> Lock | str:
             if time.monotonic() >= deadline:
                 holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
                 os.close(fd)
-                return holder or "unknown holder"
+                raise LockHeld(path, holder or "unknown holder") from None
             time.sleep(min(5.0, max(0.05, deadline - time.monotonic())))
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"pid {os.getpid()} since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}".encode(), 0)

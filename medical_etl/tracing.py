@@ -1,5 +1,6 @@
-"""DEBUG-level progress of the stages, hooked in from outside them: load and enrich batches, Telegram
-request windows. Nothing here runs unless the ``medical_etl`` logger is at DEBUG."""
+"""DEBUG tracing of the Telegram requests a scrape makes (each request window and page), hooked in from
+outside the stage; nothing here runs unless the ``medical_etl`` logger is at DEBUG. (The stages'
+batch progress, at DEBUG and on a terminal, is :mod:`medical_etl.progress`.)"""
 from __future__ import annotations
 
 import logging
@@ -10,30 +11,6 @@ TELEGRAM_PAGE = 100  # Telethon's GetHistoryRequest returns at most 100 messages
 
 def enabled() -> bool:
     return log.isEnabledFor(logging.DEBUG)
-
-
-def batch_logger(stage: str, keys: tuple[str, ...]):
-    """An ``on_batch`` callback that logs the running totals after each batch."""
-    count = 0
-
-    def on_batch(totals: dict) -> None:
-        nonlocal count
-        count += 1
-        log.debug("%s batch %d: %s", stage, count, ", ".join(f"{k}={totals.get(k)}" for k in keys if k in totals))
-    return on_batch
-
-
-def hooks(stage: str, opts: dict) -> dict:
-    """``opts`` plus the DEBUG progress callbacks the stage accepts (when DEBUG is on and none was given)."""
-    if not enabled():
-        return opts
-    if stage == "load":
-        opts.setdefault("on_batch", batch_logger("load", ("files_read", "files_skipped", "rows_inserted",
-                                                          "rows_updated", "rows_rejected", "records_loaded")))
-    elif stage == "enrich":
-        opts.setdefault("on_batch", batch_logger("enrich", ("photos_analysed", "objects_found",
-                                                            "unreadable_photos", "duplicates_reused")))
-    return opts
 
 
 class TracedClient:

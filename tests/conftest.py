@@ -61,7 +61,7 @@ def shared_sample() -> Path:
 def sample_warehouse(pg_admin, tmp_path_factory):
     """The shared sample through the whole pipeline job once, for the API, export and dashboard tests
     (they read it; a test that changes a row puts it back)."""
-    from api_warehouse import build_sample_warehouse
+    from helpers.warehouse import build_sample_warehouse
 
     with build_sample_warehouse(pg_admin, tmp_path_factory.mktemp("samplewh")) as built:
         yield built

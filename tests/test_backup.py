@@ -15,7 +15,8 @@ from test_jobs import _start_job, _wait_for, warehouse_fingerprint
 
 from medical_etl.db import conn_params
 from medical_etl.jobs import run_job
-from medical_etl.ops.backup import BackupError, _pgserver_bin, backup, list_backups, resolve_backup, restore
+from medical_etl.ops.backup import BackupError, _pgserver_bin, backup, list_backups
+from medical_etl.ops.restore import resolve_backup, restore
 
 
 def table_fingerprint(params) -> dict:
@@ -199,10 +200,10 @@ def _embedded_round_trip(s, tmp_path, bin_path, find_tool, connect):
 
 
 def test_a_failed_backup_is_recorded_and_alerted_without_touching_the_job_rules(settings, tmp_path):
-    from medical_etl.monitoring.alerts import METRICS, evaluate
-    from medical_etl.monitoring.rules import load_rules
-    from medical_etl.monitoring.run import DEFAULT_RULES
-    from medical_etl.monitoring.stats import read_log
+    from medical_etl.monitor.alerts import METRICS, evaluate
+    from medical_etl.monitor.evaluate import DEFAULT_RULES
+    from medical_etl.monitor.rules import load_rules
+    from medical_etl.monitor.stats import read_log
 
     s = replace(settings, telegram_source="sample", backup_path=tmp_path / "backups")
     run_job("scrape-load", s)
@@ -290,7 +291,7 @@ def test_a_restore_from_a_damaged_backup_leaves_everything_as_it_was(settings, t
 
 
 def test_a_restore_that_fails_after_the_swap_puts_everything_back(settings, tmp_path, monkeypatch):
-    from medical_etl.ops import backup as backup_mod
+    from medical_etl.ops import restore as restore_mod
 
     s = replace(settings, telegram_source="sample", backup_path=tmp_path / "backups")
     assert run_job("scrape-load", s)["status"] == "success"
@@ -300,7 +301,7 @@ def test_a_restore_that_fails_after_the_swap_puts_everything_back(settings, tmp_
     def fail(*args, **kwargs):
         raise BackupError("restored row counts differ (simulated)")
 
-    monkeypatch.setattr(backup_mod, "_table_counts", fail)
+    monkeypatch.setattr(restore_mod, "table_counts", fail)
     with pytest.raises(BackupError, match="simulated"):
         restore(s, resolve_backup("latest", s), force=True)
     assert _live_state(s) == before

@@ -8,11 +8,11 @@ from decimal import Decimal
 import pytest
 from helpers import query
 
-from medical_etl.catalogue.identity import Resolver, normalise
-from medical_etl.catalogue.prices import read_offers
-from medical_etl.catalogue.stage import build_catalogue
 from medical_etl.db import conn_params
 from medical_etl.transform import run_dbt_transformations
+from medical_etl.transform.catalogue.identity import Resolver, normalise
+from medical_etl.transform.catalogue.prices import read_offers
+from medical_etl.transform.catalogue.stage import build_catalogue
 
 
 @pytest.fixture(scope="module")
@@ -245,7 +245,7 @@ def test_crash_mid_read_then_rerun_leaves_the_rows_of_a_clean_run(settings, conn
     db = conn_params(settings)
     texts = [t for t in posts.values() if t][:60]
     _messages(conn, [("c", i, t) for i, t in enumerate(texts)])
-    import medical_etl.catalogue.stage as stage
+    import medical_etl.transform.catalogue.stage as stage
 
     real, calls = stage._write_batch, []
 
@@ -275,7 +275,7 @@ def test_crash_mid_resolution_on_a_later_run_loses_no_resolution(settings, conn,
     build_catalogue(db)  # the state now exists: later runs resolve per batch
     texts = [t for t in posts.values() if t and read_offers(t)][:12]
     _messages(conn, [("e", 10 + i, t) for i, t in enumerate(texts)])
-    import medical_etl.catalogue.identity as identity
+    import medical_etl.transform.catalogue.identity as identity
 
     real, calls = identity.Resolver.resolve, []
 

@@ -80,6 +80,13 @@ def test_progress_on_a_terminal_and_silence_under_cron(settings):
         assert line in text, text
     assert json.loads(out)["status"] == "success" and "channel 1/3" not in out
 
+    # at DEBUG the terminal lines stay, and the DEBUG batch lines come beside them
+    env.update(RAW_DATA_PATH=str(settings.raw_data_path.parent / "raw_debug"), LOG_LEVEL="DEBUG")
+    rc, out, text = _with_tty_stderr(env, "job", "scrape-load")
+    assert rc == 0, text[-3000:]
+    assert "load: batch 1 committed" in text and "scrape: channel 1/3" in text
+    assert "load batch 1: files_read=" in text
+
 
 def test_dbt_pass_through_and_env_use_the_settings_database(settings):
     env = settings_env(settings)
@@ -144,7 +151,7 @@ def test_monitor_after_the_sample_demo_gives_an_ok_verdict_and_says_why(settings
 
     from medical_etl.db import conn_params
     from medical_etl.jobs import run_job
-    from medical_etl.monitoring.run import run_monitor
+    from medical_etl.monitor.evaluate import run_monitor
 
     s = replace(settings, telegram_source="sample")
     run_job("scrape-load", s)

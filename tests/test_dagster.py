@@ -27,9 +27,9 @@ from test_retries import SAMPLE_CHANNELS, _allow_connections, _sample_client, _w
 
 from medical_etl.jobs import run_job  # noqa: E402
 from medical_etl.orchestration.dagster import DAGSTER_JOBS, build_definitions  # noqa: E402
-from medical_etl.orchestration.dagster.dbt import WAREHOUSE_OP  # noqa: E402
+from medical_etl.orchestration.dagster.dbt_assets import WAREHOUSE_OP  # noqa: E402
+from medical_etl.orchestration.dagster.job_run import lock_wait_s  # noqa: E402
 from medical_etl.orchestration.dagster.partitions import PARTITIONED_JOB  # noqa: E402
-from medical_etl.orchestration.dagster.run import lock_wait_s  # noqa: E402
 from medical_etl.scrape.standin import StandInClient, read_message_list  # noqa: E402
 
 FCT_MESSAGES = AssetKey(["marts", "fct_messages"])
@@ -73,8 +73,10 @@ def test_definitions_load_with_the_jobs_schedules_dbt_assets_and_checks(settings
     checks = {c.to_user_string() for c in warehouse.check_keys}
     assert len(checks) > 50
     assert {"marts/fct_messages:assert_no_future_posts", "marts/dim_channels:unique_dim_channels_channel_key"} <= checks
-    # the weekly job waits for the lock as `make weekly` does (JOB_ARGS.weekly); the others skip at once
-    assert lock_wait_s("weekly") == float(os.environ.get("LOCK_WAIT") or 10800) and lock_wait_s("pipeline") == 0
+    # the weekly job waits for the lock as `make weekly` does (its --lock-wait, LOCK_WAIT instead); the others skip
+    assert lock_wait_s("weekly", settings) == 10800 and lock_wait_s("pipeline", settings) == 0
+    assert lock_wait_s("weekly", replace(settings, lock_wait_s=60)) == 60
+    assert lock_wait_s("pipeline", replace(settings, lock_wait_s=60)) == 0
 
 
 def test_pipeline_in_dagster_builds_what_run_job_builds(settings, conn, pg_admin, shared_sample, tmp_path):

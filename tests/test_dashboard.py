@@ -11,8 +11,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from cdp import Browser
 from helpers import REPO
+from helpers.browser import Browser
 
 from medical_etl.api.app import create_app
 from medical_etl.api.settings import ApiSettings
@@ -411,8 +411,8 @@ def test_monitor_report_renders_offline_with_axes_units_and_the_logs_numbers(tmp
 def test_monitor_report_freshness_chart_has_its_unit(tmp_path, browser):
     from datetime import datetime, timezone
 
-    from medical_etl.monitoring.html import render
-    from medical_etl.monitoring.stats import read_log, summarize
+    from medical_etl.monitor.html import render
+    from medical_etl.monitor.stats import read_log, summarize
 
     log = tmp_path / "runs.jsonl"
     log.write_text("")

@@ -41,6 +41,21 @@ def test_test_connection_closed_port_is_bounded(tmp_path):
     assert time.perf_counter() - t0 < 5
     assert r["ok"] is False
     assert "Connection refused" in r["error"] or "connect" in r["error"]
+    assert r["target"] == f"127.0.0.1:{s.db_port}/{s.db_name} as {s.db_user}" and "hunter2" not in str(r)
+
+
+def test_test_connection_without_settings_reads_them_as_the_readme_line_does(settings, tmp_path):
+    """The troubleshooting line: python -c "from medical_etl.db import test_connection; print(test_connection())"."""
+    import subprocess
+    import sys
+
+    from helpers import settings_env
+
+    code = "from medical_etl.db import test_connection; print(test_connection())"
+    r = subprocess.run([sys.executable, "-c", code], env=settings_env(settings), cwd=tmp_path, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "'ok': True" in r.stdout and f"{settings.db_host}:{settings.db_port}/{settings.db_name}" in r.stdout
 
 
 def test_connect_retries_then_raises_clear_error(tmp_path):
@@ -94,3 +109,20 @@ def test_embedded_server_starts_and_is_reused(tmp_path):
         assert cur.fetchone()[0] == s.db_name
     conn.close()
     stop_embedded_server(s.embedded_pg_path)
+
+
+def test_a_migration_renamed_after_it_shipped_is_not_applied_again(pg_database):
+    from medical_etl.migrate import migrate
+
+    conn = psycopg2.connect(**pg_database.kwargs())
+    try:
+        migrate(conn)
+        with conn, conn.cursor() as cur:  # a database migrated before the file was renumbered
+            cur.execute("UPDATE raw.schema_migrations SET version = '004_message_metadata' "
+                        "WHERE version = '005_message_metadata'")
+        assert migrate(conn) == []  # ALTER TABLE ... ADD COLUMN again would fail
+        with conn.cursor() as cur:
+            cur.execute("SELECT version FROM raw.schema_migrations WHERE version LIKE '00%_message_metadata'")
+            assert sorted(r[0] for r in cur.fetchall()) == ["004_message_metadata", "005_message_metadata"]
+    finally:
+        conn.close()

@@ -10,7 +10,7 @@ import psycopg2
 from test_monitor import NOW, rec, run, write_log
 
 from medical_etl.dbhealth import ConnectionWatch, database_health
-from medical_etl.monitoring.run import DEFAULT_RULES, format_text, run_monitor
+from medical_etl.monitor.evaluate import DEFAULT_RULES, format_text, run_monitor
 from medical_etl.ops.status import pipeline_status
 
 

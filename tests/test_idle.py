@@ -11,11 +11,12 @@ from helpers import SHARED_MODEL, query
 
 from medical_etl.db import conn_params
 from medical_etl.jobs import run_stage
-from medical_etl.jobs.runner import stage_options
+from medical_etl.jobs.job import stage_options
 from medical_etl.load import load_raw_to_postgres
 from medical_etl.scrape.stage import scrape_telegram_data
 from medical_etl.scrape.standin import Post, StandInClient, read_message_list
-from medical_etl.transform import PROJECT_DIR, _judge, run_dbt_transformations
+from medical_etl.transform import PROJECT_DIR, run_dbt_transformations
+from medical_etl.transform.dbt import judge_freshness
 
 CHANNELS = ["CheMed123", "lobelia4cosmetics", "tikvahpharma"]
 
@@ -90,7 +91,7 @@ def test_freshness_is_judged_at_each_runs_time_with_dbts_rule():
              "raw.d": {"status": "pass", "max_loaded_at": (now - timedelta(days=30)).isoformat(),
                        "warn_after": 8 * 86400, "error_after": None},
              "raw.e": {"status": "runtime error", "max_loaded_at": None, "warn_after": None, "error_after": None}}
-    assert _judge(facts, now) == {"raw.a": "pass", "raw.b": "warn", "raw.c": "error", "raw.d": "warn",
+    assert judge_freshness(facts, now) == {"raw.a": "pass", "raw.b": "warn", "raw.c": "error", "raw.d": "warn",
                                   "raw.e": "runtime error"}
 
 

@@ -65,7 +65,7 @@ def test_the_installed_package_carries_its_project_files(installed, tmp_path):
 import json, medical_etl
 from medical_etl import resources
 from medical_etl.jobs import jobs
-from medical_etl.catalogue.identity import Resolver
+from medical_etl.transform.catalogue.identity import Resolver
 print(json.dumps({"module": medical_etl.__file__, "root": str(resources.project_root()),
                   "dbt": (resources.dbt_project() / "dbt_project.yml").is_file(),
                   "rules": resources.alert_rules().is_file(), "crontab": resources.crontab_template().is_file(),

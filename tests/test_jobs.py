@@ -9,8 +9,8 @@ from datetime import datetime, timezone
 
 import psycopg2
 import pytest
-from export_helper import write_desktop_exports
 from helpers import REPO, query, scratch_database, settings_env
+from helpers.exports import write_desktop_exports
 
 from medical_etl.db import conn_params
 from medical_etl.filelock import acquire_lock
@@ -213,26 +213,6 @@ def test_hung_stage_is_ended_and_recorded_as_timeout(job_settings):
     assert [r for r in recs if r["stage"] is None][0]["status"] == "failed"
 
 
-def test_cron_install_is_idempotent_and_uninstall_exact(tmp_path):
-    store = tmp_path / "crontab.txt"
-    store.write_text("MAILTO=ops@example.com\n15 * * * * /usr/bin/other-job\n")
-    fake = tmp_path / "crontab"
-    fake.write_text(f"""#!/bin/sh
-if [ "$1" = "-l" ]; then cat {store}; else cat > {store}; fi
-""")
-    fake.chmod(0o755)
-    from medical_etl.ops import cron
-
-    cron.install(str(fake))
-    once = store.read_text()
-    cron.install(str(fake))
-    assert store.read_text() == once
-    assert once.count("scripts/cron_run.sh pipeline") == 1 and "0 2 * * *" in once and "0 3 * * 0" in once
-    assert "\nCRON_TZ=" not in once and "/usr/bin/other-job" in once
-    cron.uninstall(str(fake))
-    assert store.read_text() == "MAILTO=ops@example.com\n15 * * * * /usr/bin/other-job\n"
-
-
 def test_make_j4_two_jobs_never_interleave_their_stages(job_settings):
     """`make -j4` starts both job targets at once: the job lock lets one run its stages (in the
     Makefile's order), the other records skipped; no two stages ever run at the same time."""
@@ -255,31 +235,76 @@ def test_make_j4_two_jobs_never_interleave_their_stages(job_settings):
 
 
 def test_the_job_table_is_read_as_make_reads_it():
+    import re
+
+    from medical_etl.jobs.definitions import job_definitions
+
+    env = {**os.environ, "MAKEFLAGS": ""}
+    database = subprocess.run(["make", "-pn", "--no-print-directory", "help"], cwd=REPO, capture_output=True,
+                              text=True, env=env).stdout
+    by_make = {m.group(1): m.group(2).split() for m in re.finditer(r"^JOB\.([a-z-]+) := (.*)$", database, re.M)}
+    defined = job_definitions()
+    assert set(by_make) == set(defined) == set(jobs())
+    for name, words in by_make.items():  # Make's value is the stages, then the options Python read
+        assert tuple(words[:len(defined[name].stages)]) == defined[name].stages == jobs()[name]
+    weekly = defined["weekly"]
+    assert (weekly.full_refresh, weekly.refresh_days, weekly.lock_wait_s) == (True, 30, 10800)
+    assert by_make["weekly"][4:] == ["--full-refresh", "--refresh-days", "30", "--lock-wait", "10800"]
+    pipeline = defined["pipeline"]
+    assert (pipeline.stages, pipeline.full_refresh, pipeline.refresh_days, pipeline.lock_wait_s) == \
+        (("scrape", "load", "transform", "enrich"), False, None, 0)
     shown = subprocess.run(["make", "-s", "--no-print-directory", "jobs"], cwd=REPO, capture_output=True, text=True,
-                           check=True, env={**os.environ, "MAKEFLAGS": ""}).stdout
-    by_make = {line.split()[0]: tuple(line.split()[1:]) for line in shown.splitlines() if line.strip()}
-    assert by_make == jobs() and by_make["pipeline"] == ("scrape", "load", "transform", "enrich")
-    dry = subprocess.run(["make", "-n", "pipeline"], cwd=REPO, capture_output=True, text=True,
-                         env={**os.environ, "MAKEFLAGS": ""}).stdout
-    assert "job pipeline --stages 'scrape load transform enrich'" in dry
+                           check=True, env=env).stdout
+    assert [line.split()[0] for line in shown.splitlines() if line.strip()] == list(defined)
+    assert "waits up to 3 h for a running job" in shown and "full dbt refresh" in shown
+    dry = subprocess.run(["make", "-n", "pipeline"], cwd=REPO, capture_output=True, text=True, env=env).stdout
+    assert dry.strip().endswith("job pipeline")  # the runner reads the rest from the same line
+
+
+def test_a_jobs_options_come_from_its_line_not_its_name(tmp_path, monkeypatch):
+    from medical_etl import resources
+    from medical_etl.jobs import definitions
+    from medical_etl.jobs.job import job_lock_wait_s, stage_options
+
+    makefile = tmp_path / "Makefile"
+    makefile.write_text("JOB.nightly := scrape transform --full-refresh --refresh-days 3 --lock-wait 60  # mine\n"
+                        "JOB.weekly := transform\n")
+    monkeypatch.setattr(resources, "makefile", lambda: makefile)
+    definitions.job_definitions.cache_clear()
+    try:
+        assert stage_options("nightly", "scrape") == {"refresh_days": 3}
+        assert stage_options("nightly", "transform") == {"full_refresh": True}
+        assert stage_options("weekly", "transform") == {}  # the name means nothing
+        assert stage_options("weekly", "transform", full_refresh=True) == {"full_refresh": True}
+        from medical_etl.config import Settings
+
+        assert job_lock_wait_s("nightly", Settings()) == 60 and job_lock_wait_s("weekly", Settings()) == 0
+        assert job_lock_wait_s("nightly", Settings(lock_wait_s=5)) == 5
+        assert job_lock_wait_s("weekly", Settings(lock_wait_s=5)) == 0  # LOCK_WAIT: for a job that waits
+    finally:
+        definitions.job_definitions.cache_clear()
 
 
 @pytest.mark.parametrize("line, why", [
-    ("JOB_STAGES.daily = scrape load", "on one line"),
-    ("JOB_STAGES.daily := scrape \\", "on one line"),
-    ("JOB_STAGES.daily := scrape publish", "unknown: publish"),
-    ("JOB_STAGES.daily := load load", "distinct"),
-    ("JOB_STAGES.daily :=", "distinct"),
+    ("JOB.daily = scrape load", "on one line"),
+    ("JOB.daily := scrape \\", "on one line"),
+    ("JOB.daily := scrape publish", "unknown: publish"),
+    ("JOB.daily := load load", "distinct"),
+    ("JOB.daily :=", "distinct"),
+    ("JOB.daily := load --fast", "unknown option"),
+    ("JOB.daily := load --lock-wait soon", "whole number"),
+    ("JOB.daily := load --refresh-days", "unknown option"),
+    ("JOB.daily := --full-refresh load", "distinct"),
 ])
 def test_job_lines_make_would_read_differently_are_refused(tmp_path, line, why):
     from medical_etl.errors import PermanentError
     from medical_etl.jobs.definitions import read_jobs
 
     makefile = tmp_path / "Makefile"
-    makefile.write_text(f"JOB_STAGES.pipeline := scrape load\n{line}\n")
+    makefile.write_text(f"JOB.pipeline := scrape load\n{line}\n")
     with pytest.raises(PermanentError, match=why):
         read_jobs(makefile)
-    makefile.write_text("JOB_STAGES.pipeline := scrape load  # a comment\nJOB_STAGES.pipeline := load\n")
+    makefile.write_text("JOB.pipeline := scrape load  # a comment\nJOB.pipeline := load\n")
     with pytest.raises(PermanentError, match="defined twice"):
         read_jobs(makefile)
 
@@ -356,3 +381,24 @@ def test_sigterm_cancels_the_job_cleanly_and_records_it(job_settings, conn, shar
         c.rollback()
         c.close()
     assert query(conn, "SELECT count(*) FROM raw.telegram_messages")[0][0] == 0  # nothing half loaded
+
+
+def test_a_lock_held_elsewhere_raises_with_its_holder(tmp_path):
+    import subprocess
+    import sys
+
+    from medical_etl.filelock import LockHeld
+
+    path = tmp_path / "job.lock"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from medical_etl.filelock import acquire_lock; acquire_lock(Path(sys.argv[1])); "
+                               "print('held', flush=True); time.sleep(30)", str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(LockHeld) as held:
+            acquire_lock(path, wait_s=0.2)
+        assert held.value.holder.startswith(f"pid {holder.pid} since ")
+    finally:
+        holder.kill()
+        holder.wait()
+    acquire_lock(path).release()  # free again once its holder is gone

@@ -9,11 +9,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "medical_etl"
 STAGES = ("scrape", "load", "transform", "enrich")
 LAYERS = {  # top-level name below medical_etl -> layer (higher calls lower)
     **dict.fromkeys(("errors", "secrets", "resources", "config", "logsetup", "progress", "tracing", "filelock", "dbhealth",
-                     "lake", "runlog", "running", "housekeeping", "db", "migrate",
-                     "catalogue"), 0),  # the catalogue: text understanding that stage 3 (transform) runs
+                     "lake", "runlog", "live_runs", "housekeeping", "db", "migrate"), 0),
     **dict.fromkeys(STAGES, 1),
     "jobs": 2,
-    **dict.fromkeys(("ops", "monitoring", "api"), 3),
+    **dict.fromkeys(("ops", "monitor", "api"), 3),
     **dict.fromkeys(("cli", "__main__", "orchestration"), 4),
 }
 
@@ -57,5 +56,26 @@ def test_every_module_has_a_layer_and_imports_flow_one_way():
 
 def test_the_layer_check_sees_an_upward_import(tmp_path):
     bad = tmp_path / "bad.py"
-    bad.write_text("def f():\n    from medical_etl.jobs.runner import run_job\n")
-    assert "medical_etl.jobs.runner" in imports_of(bad) and top("medical_etl.jobs.runner") == "jobs"
+    bad.write_text("def f():\n    from medical_etl.jobs.job import run_job\n")
+    assert "medical_etl.jobs.job" in imports_of(bad) and top("medical_etl.jobs.job") == "jobs"
+
+
+def test_every_stage_is_a_package_with_its_stage_module():
+    for stage in STAGES:
+        assert (PACKAGE / stage / "stage.py").is_file(), f"medical_etl/{stage}/stage.py"
+        assert not (PACKAGE / f"{stage}.py").exists(), f"medical_etl/{stage}.py beside the package"
+
+
+def test_no_module_is_over_500_lines():
+    long = {str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py")
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > 500}
+    assert long == {}
+
+
+def test_module_names_do_not_collide():
+    """No two modules share a file name (the package's own __init__ aside), so a search for one finds it."""
+    names: dict[str, list[str]] = {}
+    for p in PACKAGE.rglob("*.py"):
+        if p.name not in ("__init__.py", "stage.py", "__main__.py"):
+            names.setdefault(p.stem, []).append(str(p.relative_to(PACKAGE)))
+    assert {k: v for k, v in names.items() if len(v) > 1} == {}

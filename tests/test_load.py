@@ -8,6 +8,7 @@ import textwrap
 import psycopg2
 import pytest
 from helpers import query, scratch_database
+from helpers.lake import msg, write
 
 from medical_etl.db import conn_params
 from medical_etl.load import LoadError, load_raw_to_postgres
@@ -29,21 +30,6 @@ def sample_lake(shared_sample, tmp_path):
 def table_snapshot(conn):
     return query(conn, """SELECT channel, message_id, message_text, views, forwards, message_date, image_path
                       FROM raw.telegram_messages ORDER BY 1, 2""")
-
-
-def write_messages(lake_dir, day, channel, records):
-    d = lake_dir / "telegram_messages" / day
-    d.mkdir(parents=True, exist_ok=True)
-    (d / f"{channel}.json").write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
-
-
-def msg(mid, text="hello", **kw):
-    base = {"channel_username": "CheMed123", "channel_title": "CheMed", "channel_id": 1, "message_id": mid,
-            "date": "2026-01-10T08:00:00+00:00", "text": text, "views": 10, "forwards": 1, "replies": 0,
-            "edit_date": None, "grouped_id": None, "reply_to_msg_id": None, "media_type": None,
-            "image_path": None, "scraped_at": "2026-01-11T00:00:00+00:00"}
-    base.update(kw)
-    return base
 
 
 def test_load_real_sample(settings, conn, sample_lake, shared_sample):
@@ -105,7 +91,7 @@ def test_bad_records_are_quarantined_rest_loads(settings, conn, tmp_path):
         msg(7, forwards=True),
         "not an object",
     ]
-    write_messages(lake_dir, "2026-01-10", "CheMed123", good[:1] + bad + good[1:])
+    write(lake_dir, "2026-01-10", "CheMed123", good[:1] + bad + good[1:], ascii_only=False)
     s = load_raw_to_postgres(conn_params(settings), lake_dir)
     assert s["rows_inserted"] == 2 and s["rows_rejected"] == 6
     assert [r[0] for r in query(conn, "SELECT message_id FROM raw.telegram_messages ORDER BY 1")] == [1, 5]
@@ -127,18 +113,18 @@ def test_bad_records_are_quarantined_rest_loads(settings, conn, tmp_path):
 
 def test_invalid_json_file_rejected_whole_others_load(settings, conn, tmp_path):
     lake_dir = tmp_path / "lake"
-    write_messages(lake_dir, "2026-01-10", "CheMed123", [msg(1)])
+    write(lake_dir, "2026-01-10", "CheMed123", [msg(1)], ascii_only=False)
     broken = lake_dir / "telegram_messages" / "2026-01-11" / "CheMed123.json"
     broken.parent.mkdir(parents=True)
     broken.write_text('[{"channel_username": "CheMed123", "message_id": 2,')
-    write_messages(lake_dir, "2026-01-12", "CheMed123", [msg(3, date="2026-01-12T00:00:00+00:00")])
+    write(lake_dir, "2026-01-12", "CheMed123", [msg(3, date="2026-01-12T00:00:00+00:00")], ascii_only=False)
     s = load_raw_to_postgres(conn_params(settings), lake_dir)
     assert s["files_rejected"] == 1 and s["rows_inserted"] == 2
     (reject,) = query(conn, "SELECT source_file, position, reason FROM raw.load_rejects")
     assert reject[0].endswith("2026-01-11/CheMed123.json") and reject[1] == -1
     assert reject[2].startswith("invalid JSON file:")
     # once fixed, the file loads and its reject is cleared
-    write_messages(lake_dir, "2026-01-11", "CheMed123", [msg(2, date="2026-01-11T00:00:00+00:00")])
+    write(lake_dir, "2026-01-11", "CheMed123", [msg(2, date="2026-01-11T00:00:00+00:00")], ascii_only=False)
     s = load_raw_to_postgres(conn_params(settings), lake_dir)
     assert s["rows_inserted"] == 1 and query(conn, "SELECT count(*) FROM raw.load_rejects")[0][0] == 0
 
@@ -147,8 +133,8 @@ def test_nul_characters_stripped_and_counted_text_verbatim(settings, conn, tmp_p
     lake_dir = tmp_path / "lake"
     evil = "'); DROP TABLE raw.telegram_messages; --"
     tricky = "tab\there\nnewline \\N back\\slash ዋጋ 1,500 ብር 💊"
-    write_messages(lake_dir, "2026-01-10", "CheMed123", [
-        msg(1, text="a\x00b\x00c"), msg(2, text=evil), msg(3, text=tricky)])
+    write(lake_dir, "2026-01-10", "CheMed123", [
+        msg(1, text="a\x00b\x00c"), msg(2, text=evil), msg(3, text=tricky)], ascii_only=False)
     s = load_raw_to_postgres(conn_params(settings), lake_dir)
     assert s["nul_chars_stripped"] == 2 and s["rows_inserted"] == 3
     texts = dict(query(conn, "SELECT message_id, message_text FROM raw.telegram_messages"))
@@ -177,7 +163,7 @@ def inject_faults(conn, *statements: str) -> None:
 
 def test_transient_errors_are_retried(settings, conn, tmp_path):
     lake_dir = tmp_path / "lake"
-    write_messages(lake_dir, "2026-01-10", "CheMed123", [msg(1), msg(2)])
+    write(lake_dir, "2026-01-10", "CheMed123", [msg(1), msg(2)], ascii_only=False)
     inject_faults(conn,
                   "PERFORM pg_terminate_backend(pg_backend_pid())",  # the server drops the connection mid-write
                   "RAISE EXCEPTION 'could not serialize access' USING ERRCODE = 'serialization_failure'")
@@ -189,7 +175,7 @@ def test_transient_errors_are_retried(settings, conn, tmp_path):
 
 def test_permanent_error_fails_clearly_and_keeps_bookkeeping(settings, conn, tmp_path):
     lake_dir = tmp_path / "lake"
-    write_messages(lake_dir, "2026-01-10", "CheMed123", [msg(1)])
+    write(lake_dir, "2026-01-10", "CheMed123", [msg(1)], ascii_only=False)
     inject_faults(conn, *["RAISE EXCEPTION 'relation raw.no_such_table does not exist' USING ERRCODE = 'undefined_table'"] * 9)
     with pytest.raises(LoadError, match=r"loading 1 file\(s\) \(telegram_messages/2026-01-10/CheMed123.json\) failed: UndefinedTable"):
         load_raw_to_postgres(conn_params(settings), lake_dir, backoff_s=0.01)
@@ -211,9 +197,9 @@ def test_migrations_are_idempotent(conn):
 
 KILL_CHILD = textwrap.dedent("""
     import os, signal, sys
-    from medical_etl import load
+    from medical_etl.load import stage, writer
     from medical_etl.db import ConnParams
-    real = load._write_rows
+    real = writer.write_rows
     n = {"batches": 0}
     def upsert_then_die(cur, batch, *args):
         n["batches"] += 1
@@ -221,9 +207,9 @@ KILL_CHILD = textwrap.dedent("""
         if n["batches"] == 3:  # inside the 4th transaction's window: rows merged, not committed
             os.kill(os.getpid(), signal.SIGKILL)
         return result
-    load._write_rows = upsert_then_die
+    writer.write_rows = upsert_then_die
     host, port, db, user, lake = sys.argv[1:]
-    load.load_raw_to_postgres(ConnParams(host, int(port), db, user), lake, batch_rows=40)
+    stage.load_raw_to_postgres(ConnParams(host, int(port), db, user), lake, batch_rows=40)
 """)
 
 
@@ -268,7 +254,7 @@ def test_the_raw_table_and_the_loader_follow_the_lake_record_contract(settings, 
     # one channel-name rule for configured channels and lake records
     lake_dir = tmp_path / "lake"
     names = ["CheMed123", "ends_", "two__under", "ab"]
-    write_messages(lake_dir, "2026-01-10", "CheMed123", [msg(i, channel_username=n) for i, n in enumerate(names, 1)])
+    write(lake_dir, "2026-01-10", "CheMed123", [msg(i, channel_username=n) for i, n in enumerate(names, 1)], ascii_only=False)
     s = load_raw_to_postgres(conn_params(settings), lake_dir)
     assert s["rows_inserted"] == 1 and s["rows_rejected"] == 3
     from medical_etl.scrape.channels import ChannelNameError, normalize

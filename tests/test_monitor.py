@@ -12,8 +12,8 @@ import pytest
 from helpers import REPO
 
 from medical_etl.db import conn_params
-from medical_etl.monitoring.rules import RulesError, load_rules
-from medical_etl.monitoring.run import DEFAULT_RULES, format_text, run_monitor
+from medical_etl.monitor.evaluate import DEFAULT_RULES, format_text, run_monitor
+from medical_etl.monitor.rules import RulesError, load_rules
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
 
@@ -207,7 +207,7 @@ def test_cli_exit_codes_and_refusal(settings, tmp_path):
 
 
 def test_shipped_rules_load():
-    from medical_etl.monitoring.alerts import METRICS
+    from medical_etl.monitor.alerts import METRICS
 
     rules, delivery = load_rules(DEFAULT_RULES, set(METRICS))
     types = {r.alert_type: r.severity for r in rules}

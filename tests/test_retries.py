@@ -18,10 +18,10 @@ from test_jobs import records, warehouse_fingerprint
 
 from medical_etl.config import ConfigError
 from medical_etl.jobs import JobError, retry, run_job
-from medical_etl.monitoring.alerts import METRICS, evaluate
-from medical_etl.monitoring.rules import load_rules
-from medical_etl.monitoring.run import DEFAULT_RULES
-from medical_etl.monitoring.stats import read_log, summarize
+from medical_etl.monitor.alerts import METRICS, evaluate
+from medical_etl.monitor.evaluate import DEFAULT_RULES
+from medical_etl.monitor.rules import load_rules
+from medical_etl.monitor.stats import read_log, summarize
 from medical_etl.scrape.source import SAMPLE_EXPORT
 from medical_etl.scrape.standin import StandInClient, read_desktop_export
 
@@ -201,7 +201,7 @@ def test_preflight_waits_for_a_database_that_is_restarting(settings, pg_admin):
                 waiting.set()
 
     handler = Seen()
-    logging.getLogger("medical_etl.jobs.runner").addHandler(handler)
+    logging.getLogger("medical_etl.jobs.job").addHandler(handler)
     _allow_connections(pg_admin, s.db_name, False)  # down when the job starts
     outcome = {}
     job = threading.Thread(target=lambda: outcome.update(summary=run_job("scrape-load", s)))
@@ -210,7 +210,7 @@ def test_preflight_waits_for_a_database_that_is_restarting(settings, pg_admin):
         assert waiting.wait(120), "the job did not wait for the database"
     finally:
         _allow_connections(pg_admin, s.db_name, True)
-        logging.getLogger("medical_etl.jobs.runner").removeHandler(handler)
+        logging.getLogger("medical_etl.jobs.job").removeHandler(handler)
     job.join(600)
     assert outcome["summary"]["status"] == "success" and outcome["summary"]["retries"] == {"preflight": 1}
     (jobrec,) = [r for r in records(s) if r["stage"] is None]

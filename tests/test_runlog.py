@@ -10,7 +10,7 @@ import pytest
 from helpers import REPO, settings_env
 
 from medical_etl import secrets
-from medical_etl.monitoring.stats import read_log
+from medical_etl.monitor.stats import read_log
 from medical_etl.runlog import RunLog, RunLogWriteError, track_run
 
 PAGE = os.sysconf("SC_PAGE_SIZE")

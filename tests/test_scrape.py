@@ -1,5 +1,6 @@
 import json
 import os
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -483,3 +484,44 @@ def test_import_refuses_a_device_node_inside_the_export(tmp_path):
     s = import_telegram_export(export, tmp_path / "lake", "chanexport")
     assert s["files_refused"] == 1 and s["refused_files"][0]["reason"] == "not a regular file"
     assert not list((tmp_path / "lake" / lake.IMAGES_DIR).rglob("*.jpg"))
+
+
+def test_scrape_creates_the_telegram_session_file_private(settings, tmp_path):
+    from medical_etl.scrape.telegram import build_client
+
+    s = replace(settings, telegram_api_id=12345, telegram_api_hash="0123456789abcdef0123456789abcdef",
+                telegram_session=tmp_path / "sessions" / "scraper")
+    old = os.umask(0o022)
+    try:
+        client = build_client(s)
+        client.session.close()
+    finally:
+        os.umask(old)
+    path = tmp_path / "sessions" / "scraper.session"
+    assert path.is_file() and path.stat().st_mode & 0o777 == 0o600
+
+
+
+class _ServerErrors(StandInClient):
+    def __init__(self, posts, raise_):
+        super().__init__(posts, page_size=30)
+        self.raise_ = list(raise_)
+
+    async def on_page(self, entity, request_no):
+        if self.raise_:
+            raise self.raise_.pop(0)
+
+
+def test_telegram_server_errors_are_retried_not_reported_as_channel_failures(tmp_path):
+    posts = [Post("CheMed123", i, datetime(2026, 1, 10, tzinfo=timezone.utc), f"post {i}") for i in range(1, 70)]
+    slept = []
+
+    async def sleep(s):
+        slept.append(s)
+
+    client = _ServerErrors(posts, [errors.RpcCallFailError(request=None),
+                                   errors.ServerError(request=None, message="INTERNAL_SERVER_ERROR", code=500),
+                                   errors.TimedOutError(request=None, message="Timeout", code=-503)])
+    summary = scrape_telegram_data(client, ["CheMed123"], tmp_path, sleep=sleep, network_attempts=5)
+    assert summary["status"] == "success" and summary["channels"]["CheMed123"]["new_messages"] == 69
+    assert len(slept) == 3

@@ -133,7 +133,7 @@ def test_mistyped_and_torn_records_are_skipped_by_every_reader(settings):
 
     from medical_etl.api.app import create_app
     from medical_etl.db import conn_params
-    from medical_etl.monitoring.stats import read_log
+    from medical_etl.monitor.stats import read_log
 
     logs = settings.logs_path
     logs.mkdir(parents=True, exist_ok=True)

@@ -48,7 +48,7 @@ def is_loopback(host: str) -> bool:
         return False  # a host name other than localhost may resolve anywhere
 
 
-def _int(var: str, raw: str, lo: int, hi: int) -> int:
+def _setting_int(var: str, raw: str, lo: int, hi: int) -> int:
     try:
         v = int(raw.strip())
     except ValueError:
@@ -73,7 +73,7 @@ def load_api_settings(env: Mapping[str, str] | None = None, dotenv_path: str | o
     if merged.get("API_HOST", "").strip():
         kw["host"] = merged["API_HOST"].strip()
     if merged.get("API_PORT", "").strip():
-        kw["port"] = _int("API_PORT", merged["API_PORT"], 1, 65535)
+        kw["port"] = _setting_int("API_PORT", merged["API_PORT"], 1, 65535)
     keys = _list(merged.get("API_KEYS"))
     for k in keys:
         if len(k) < 16:
@@ -81,15 +81,15 @@ def load_api_settings(env: Mapping[str, str] | None = None, dotenv_path: str | o
         secrets.register(k)
     kw["keys"] = tuple(secrets.Secret(k) for k in keys)
     if merged.get("API_RATE_LIMIT", "").strip():
-        kw["rate_limit_per_min"] = _int("API_RATE_LIMIT", merged["API_RATE_LIMIT"], 1, 1_000_000)
+        kw["rate_limit_per_min"] = _setting_int("API_RATE_LIMIT", merged["API_RATE_LIMIT"], 1, 1_000_000)
     kw["cors_origins"] = _list(merged.get("API_CORS_ORIGINS"))
     if "*" in kw["cors_origins"] and keys:
         # '*' lets every web page call the API from its visitors' browsers: with keys, name the front-ends.
         raise ConfigError("API_CORS_ORIGINS", "'*' is refused together with API_KEYS: list the origins "
                           "that may call the API (e.g. https://dashboard.example.org)")
     if merged.get("API_DB_POOL", "").strip():
-        kw["pool_size"] = _int("API_DB_POOL", merged["API_DB_POOL"], 1, 100)
+        kw["pool_size"] = _setting_int("API_DB_POOL", merged["API_DB_POOL"], 1, 100)
     if merged.get("API_CACHE_MAX_AGE", "").strip():
-        kw["cache_max_age_s"] = _int("API_CACHE_MAX_AGE", merged["API_CACHE_MAX_AGE"], 0, 86400)
+        kw["cache_max_age_s"] = _setting_int("API_CACHE_MAX_AGE", merged["API_CACHE_MAX_AGE"], 0, 86400)
     kw.update({k: v for k, v in overrides.items() if v is not None})
     return ApiSettings(**kw)

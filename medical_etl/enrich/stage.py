@@ -38,6 +38,7 @@ from medical_etl.enrich.detection import (  # noqa: F401 - EnrichError, Detector
     weights_id,
 )
 from medical_etl.enrich.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+from medical_etl.progress import Progress, combine
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ def run_yolo_enrichment(
     ``day`` limits the work to the photos of posts dated that UTC day: a partition, so that several
     workers (or GPUs) can each take days; a partition run is idempotent like the whole stage.
 
-    ``db`` is Settings or ConnParams. Results are written ``batch`` photos per transaction, so a
+    ``db`` is ConnParams (settings are refused: read them at the edge). Results are written ``batch`` photos per transaction, so a
     crash loses at most the batch in flight. ``device`` auto picks the GPU when there is one.
     ``workers`` (inference), ``decoders`` and ``infer_batch`` (photos per model call) default to
     one worker per core and one photo per call on CPU, one worker and ``batch`` photos per call on a
@@ -154,7 +155,7 @@ def run_yolo_enrichment(
         if photos:  # the model is loaded only when there is something to analyse
             dev = _device(device)
             summary.update(plan(dev, batch, _cores(), workers=workers, decoders=decoders, infer_batch=infer_batch))
-            show = _Progress(len(photos), on_batch, t0, progress)
+            show = combine(Progress("enrich", enabled=progress, t0=t0).photos(len(photos)), on_batch)
             _detect(conn, photos, lake_dir, first, model, dev, offline, model_id, summary, batch, show,
                     dict(imgsz=imgsz, conf=conf, iou=iou), max_pixels, max_bytes)
     finally:
@@ -175,25 +176,6 @@ def plan(device: str, batch: int, cores: int, *, workers: int | None = None, dec
             "infer_batch": infer_batch or (batch if gpu else 1)}
 
 
-class _Progress:
-    """A line per written batch on a terminal (stderr; stdout stays for the result), in the
-    project's progress format (:mod:`medical_etl.progress`)."""
-
-    def __init__(self, total: int, then: Callable[[dict], None] | None, t0: float, enabled: bool | None):
-        from medical_etl.progress import Progress
-
-        self.total, self.then, self.t0 = total, then, t0
-        self.out = Progress("enrich", enabled=enabled)
-        self.out.t0 = t0
-
-    def __call__(self, s: dict) -> None:
-        done, secs = s["photos_analysed"], time.perf_counter() - self.t0
-        self.out.say(f"{done:,}/{self.total:,} photos, {done / secs:.1f} photos/s, {s['objects_found']:,} objects, "
-                     f"{s['unreadable_photos']} unreadable")
-        if self.then:
-            self.then(s)
-
-
 def _detect(conn, photos, lake_dir, first_model, model, dev, offline, model_id, summary, batch, on_batch,
             opts, max_pixels, max_bytes) -> None:
     n_workers = summary["workers"]
@@ -212,7 +194,7 @@ def _detect(conn, photos, lake_dir, first_model, model, dev, offline, model_id, 
     stored = _known_hashes(conn, model_id)
     pipe = Pipeline(photos, lake_dir, detectors, decoders=summary["decoders"], infer_batch=summary["infer_batch"],
                      max_pixels=max_pixels, max_bytes=max_bytes, seen=set(stored))
-    writer = _Writer(conn, model_id, summary, batch, on_batch, stored)
+    writer = _ResultWriter(conn, model_id, summary, batch, on_batch, stored)
     try:
         for outcome in pipe.results():
             writer.add(outcome)
@@ -224,7 +206,7 @@ def _detect(conn, photos, lake_dir, first_model, model, dev, offline, model_id, 
     summary["refused_reasons"] = dict(writer.refused)
 
 
-class _Writer:
+class _ResultWriter:
     """Batches outcomes into transactions; fills in duplicates from their original's results."""
 
     def __init__(self, conn, model_id: str, summary: dict, batch: int, on_batch, stored: set[str]):

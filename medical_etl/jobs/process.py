@@ -19,6 +19,7 @@ from medical_etl.config import Settings
 from medical_etl.jobs import cancel, retry
 from medical_etl.runlog import RunLog
 from medical_etl.secrets import mask
+from medical_etl.transform.dbt import APPNAME_VAR
 
 CONNECTION_CHECK_MS = 2000
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ def stage_environment(run_id: str, stage: str) -> dict:
     that was killed (time limit, job killed with -9) stop within seconds instead of running on."""
     env = dict(os.environ)
     app = stage_application_name(run_id, stage)
-    env.update(PGAPPNAME=app, MEDICAL_ETL_DBT_APPNAME=app)
+    env.update({"PGAPPNAME": app, APPNAME_VAR: app})
     check = f"-c client_connection_check_interval={CONNECTION_CHECK_MS}"
     env["PGOPTIONS"] = f"{env['PGOPTIONS']} {check}" if env.get("PGOPTIONS") else check
     return env

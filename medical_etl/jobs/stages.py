@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from pathlib import Path
 
 from medical_etl import tracing
 from medical_etl.config import Settings
@@ -21,25 +20,22 @@ from medical_etl.runlog import track_run
 from medical_etl.secrets import mask
 
 
-def dbt_paths(settings: Settings) -> dict:
-    """The dbt project and where dbt writes: its own target/ and logs/ in a checkout, LOGS_PATH/dbt
-    for the copy an installed package carries (or any project this user cannot write to)."""
-    from medical_etl.transform import writes_in_place
+def settings_dbt_paths(settings: Settings) -> dict:
+    """The settings' dbt project and where dbt writes (:func:`medical_etl.transform.dbt.dbt_paths`)."""
+    from medical_etl.transform.dbt import dbt_paths
 
-    project = Path(settings.dbt_project_dir)
-    out = project if writes_in_place(project) else settings.logs_path / "dbt"
-    return {"project_dir": project, "target_path": out / "target", "log_path": out / "logs"}
+    return dbt_paths(settings.dbt_project_dir, settings.logs_path)
 
 
-def scrape(settings: Settings, run_id: str, client=None, channels=None, **opts) -> dict:
+def scrape_from_settings(settings: Settings, run_id: str, client=None, channels=None, **opts) -> dict:
     """Scrape from ``client`` if given, else from TELEGRAM_SOURCE: ``api``, ``sample`` or an export folder."""
-    from medical_etl.progress import Progress
+    from medical_etl.progress import Progress, combine
     from medical_etl.scrape.source import open_source
     from medical_etl.scrape.stage import scrape_telegram_data
 
     opts.setdefault("refresh_days", settings.refresh_days)
     opts.setdefault("flood_wait_cap_s", settings.flood_wait_cap_s)
-    opts.setdefault("on_channel", Progress("scrape").channel)
+    opts["on_channel"] = combine(Progress("scrape").channel, opts.get("on_channel"))
     with open_source(settings, client, channels) as source:
         summary = scrape_telegram_data(tracing.traced_client(source.client), source.channels, settings.raw_data_path,
                                        run_id=run_id, **opts)
@@ -53,19 +49,19 @@ def _check_scrape(summary: dict) -> str | None:
     return None
 
 
-def load(settings: Settings, run_id: str, **opts) -> dict:
+def load_from_settings(settings: Settings, run_id: str, **opts) -> dict:
     from medical_etl.load import load_raw_to_postgres
-    from medical_etl.progress import Progress
+    from medical_etl.progress import Progress, combine, debug_batches
 
     opts.setdefault("batch_rows", settings.load_batch_rows)
-    opts.setdefault("on_batch", Progress("load").batch)
+    opts["on_batch"] = combine(Progress("load").batch, debug_batches("load"), opts.get("on_batch"))
     return load_raw_to_postgres(conn_params(settings), settings.raw_data_path, run_id=run_id, **opts)
 
 
-def transform(settings: Settings, run_id: str, **opts) -> dict:
+def transform_from_settings(settings: Settings, run_id: str, **opts) -> dict:
     from medical_etl.transform import run_dbt_transformations
 
-    summary = run_dbt_transformations(conn_params(settings), **dbt_paths(settings), **opts)
+    summary = run_dbt_transformations(conn_params(settings), **settings_dbt_paths(settings), **opts)
     if opts.get("select") and not summary.get("nodes"):
         summary["selected_nothing"] = list(opts["select"])
     return summary
@@ -81,20 +77,22 @@ def _check_transform(summary: dict) -> str | None:
     return None
 
 
-def enrich(settings: Settings, run_id: str, build_models: bool | str = True, **opts) -> dict:
+def enrich_from_settings(settings: Settings, run_id: str, build_models: bool | str = True, **opts) -> dict:
     """Stage 4, then stage 3's detection models: ``build_models`` True, False, or ``"if_new"`` (only
     when photos were analysed: a job whose transform stage has just built them)."""
     from medical_etl.enrich.stage import run_yolo_enrichment
+    from medical_etl.progress import combine, debug_batches
     from medical_etl.transform import build_image_models
 
     params = conn_params(settings)
+    opts["on_batch"] = combine(debug_batches("enrich"), opts.get("on_batch"))  # its terminal lines: its own
     summary = run_yolo_enrichment(
         params, settings.raw_data_path, model=settings.yolo_model, conf=settings.yolo_conf,
         iou=settings.yolo_iou, imgsz=settings.yolo_imgsz, batch=settings.yolo_batch,
         device=settings.yolo_device, workers=settings.yolo_workers or None,
         offline=settings.yolo_offline, **opts)
     if build_models is True or (build_models == "if_new" and summary["photos_analysed"]):
-        summary["dbt"] = build_image_models(params, **dbt_paths(settings))
+        summary["dbt"] = build_image_models(params, **settings_dbt_paths(settings))
         summary["duration_s"] = round(summary["duration_s"] + summary["dbt"]["duration_s"], 3)
     return summary
 
@@ -108,10 +106,10 @@ def _check_enrich(summary: dict) -> str | None:
 
 
 RUNNERS = {
-    "scrape": (scrape, _check_scrape),
-    "load": (load, None),
-    "transform": (transform, _check_transform),
-    "enrich": (enrich, _check_enrich),
+    "scrape": (scrape_from_settings, _check_scrape),
+    "load": (load_from_settings, None),
+    "transform": (transform_from_settings, _check_transform),
+    "enrich": (enrich_from_settings, _check_enrich),
 }
 
 
@@ -129,7 +127,7 @@ def run_stage(stage: str, settings: Settings, *, job: str | None = None, run_id:
         # stdout is for results: what a library prints meanwhile (dbt's console lines) goes to stderr
         with contextlib.redirect_stdout(sys.stderr), _watched(stage, settings, rec):
             try:
-                summary = func(settings, rec.run_id, **tracing.hooks(stage, opts))
+                summary = func(settings, rec.run_id, **opts)
             except Exception as exc:
                 why = retry.transient_reason(exc, stage)
                 rec.reason = f"transient: {why}" if why else None
@@ -157,8 +155,10 @@ def _watched(stage: str, settings: Settings, rec):
     from medical_etl.jobs.process import stage_application_name
 
     app = stage_application_name(rec.run_id, stage)
-    saved = {k: os.environ.get(k) for k in ("PGAPPNAME", "MEDICAL_ETL_DBT_APPNAME")}
-    os.environ.update(PGAPPNAME=app, MEDICAL_ETL_DBT_APPNAME=app)  # as a stage process has them
+    from medical_etl.transform.dbt import APPNAME_VAR
+
+    saved = {k: os.environ.get(k) for k in ("PGAPPNAME", APPNAME_VAR)}
+    os.environ.update({"PGAPPNAME": app, APPNAME_VAR: app})  # as a stage process has them
     try:
         try:
             params = conn_params(settings)

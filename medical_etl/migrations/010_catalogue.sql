@@ -1,4 +1,4 @@
--- The catalogue (medical_etl/catalogue, stage 3 before dbt): the offers read from each distinct post text,
+-- The catalogue (medical_etl/transform/catalogue, stage 3 before dbt): the offers read from each distinct post text,
 -- and what each distinct product text names. A text is read once per reader version and a product text
 -- resolved once per resolver version: a row of another version is replaced, in the same transaction as the
 -- rows it stands for, so a text's offers are always those of one version.

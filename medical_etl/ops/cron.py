@@ -94,7 +94,8 @@ def block(project_dir: Path = REPO, zone: tzinfo | None = None, zone_name: str |
     if not (project_dir / "scripts" / "cron_run.sh").is_file():
         raise CronError(f"{project_dir} is not a checkout (no scripts/cron_run.sh): the entries run a checkout's "
                         "jobs through Make; install them from a checkout, or use deploy/systemd")
-    template = (project_dir / "crontab").read_text(encoding="utf-8").replace("@PROJECT_DIR@", str(project_dir))
+    template = describe_jobs((project_dir / "crontab").read_text(encoding="utf-8")).replace(
+        "@PROJECT_DIR@", str(project_dir))
     lines, notes = [], []
     for line in template.splitlines():
         stripped = line.strip()
@@ -193,3 +194,19 @@ def check(crontab_cmd: str = "crontab", project_dir: Path = REPO) -> tuple[bool,
         return False, (f"installed entries do not match the schedules for zone {expected.zone} "
                        "(zone or crontab changed since): run make install-cron again")
     return True, f"installed; {expected.notes[0]}"
+
+
+def describe_jobs(text: str) -> str:
+    """``text`` with each ``@JOB:<name>@`` replaced by what the job runs (its Makefile line: stages and
+    options), so the installed crontab's comments say what the job definition says."""
+    from medical_etl.jobs.definitions import job_definitions
+
+    defined = job_definitions()
+
+    def one(m: re.Match) -> str:
+        job = defined.get(m.group(1))
+        if job is None:
+            raise CronError(f"crontab: @JOB:{m.group(1)}@ names no job of the Makefile ({', '.join(defined)})")
+        return job.describe()
+
+    return re.sub(r"@JOB:([a-z][a-z0-9-]*)@", one, text)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from medical_etl.config import Settings
 from medical_etl.errors import ConfigError, TransientError
-from medical_etl.filelock import acquire_lock
+from medical_etl.filelock import LockHeld, acquire_lock
 from medical_etl.scrape.channels import parse_channels, read_channels_file
 from medical_etl.scrape.standin import StandInClient, read_desktop_export
 
@@ -63,10 +63,12 @@ def open_source(settings: Settings, client=None, channels: list[str] | None = No
     channels = channels or configured_channels(settings)
     # A Telethon session file must not be used by two processes at once (jobs already hold the
     # job lock; this also covers a single stage started by hand).
-    lock = acquire_lock(Path(f"{settings.telegram_session}.lock"))
-    if isinstance(lock, str):
-        raise TransientError(f"Telegram session {settings.telegram_session} is in use by another process ({lock})",
-                             reason="telegram session in use", stage="scrape", setting="TELEGRAM_SESSION")
+    try:
+        lock = acquire_lock(Path(f"{settings.telegram_session}.lock"))
+    except LockHeld as held:
+        raise TransientError(f"Telegram session {settings.telegram_session} is in use by another process "
+                             f"({held.holder})", reason="telegram session in use", stage="scrape",
+                             setting="TELEGRAM_SESSION") from None
     try:
         real = open_client(settings)
         try:

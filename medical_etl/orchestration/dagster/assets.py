@@ -1,6 +1,6 @@
 """The pipeline's assets, one per stage, each materialised by its stage (:func:`.steps.run_step`):
 ``telegram_data`` (scrape: the data lake), ``raw_database`` (load: the raw tables), the dbt models
-(:mod:`.dbt`) and ``image_enrichment`` (enrich: YOLO detections, then the detection models).
+(:mod:`.dbt_assets`) and ``image_enrichment`` (enrich: YOLO detections, then the detection models).
 
 Each materialisation carries the stage summary as metadata. In a run that found the job lock taken
 the steps do nothing: they yield no output, so the steps after them are skipped.
@@ -10,7 +10,7 @@ from __future__ import annotations
 from dagster import AssetsDefinition, MaterializeResult, asset
 
 from medical_etl.config import Settings
-from medical_etl.orchestration.dagster.dbt import RAW_DATABASE
+from medical_etl.orchestration.dagster.dbt_assets import RAW_DATABASE
 from medical_etl.orchestration.dagster.steps import (
     RUN_RESOURCE,
     end_step,

@@ -3,7 +3,7 @@
 :func:`run_step` runs the stage in its own process under the stage time limit
 (:func:`medical_etl.jobs.process.run_stage_process`, which calls
 :func:`medical_etl.jobs.stages.run_stage`: the stage appends its run-log record, with ``attempt``), and
-notes the outcome on the run's :class:`~.run.JobRun`. A failure our error classes call transient
+notes the outcome on the run's :class:`~.job_run.JobRun`. A failure our error classes call transient
 raises :class:`~medical_etl.errors.TransientError`, which the assets' :class:`dagster.RetryPolicy`
 retries (up to STAGE_RETRIES, each attempt recorded); any other failure (a failed dbt test, a missing
 weights file, a timeout) becomes a :class:`dagster.Failure` that bypasses the policy.
@@ -17,7 +17,7 @@ from dagster import Backoff, Failure, MetadataValue, RetryPolicy
 from medical_etl.config import Settings
 from medical_etl.errors import TransientError
 from medical_etl.jobs.process import run_stage_process
-from medical_etl.orchestration.dagster.run import JobRun
+from medical_etl.orchestration.dagster.job_run import JobRun
 
 RUN_RESOURCE = "medical_etl_run"
 

@@ -4,9 +4,12 @@
         unique_key='product_key',
         incremental_strategy='delete+insert',
         on_schema_change='sync_all_columns',
+        pre_hook="set local enable_nestloop = off",
         post_hook=["{% if is_incremental() %}delete from {{ this }} as a where not exists (select 1 from {{ ref('int_product_price_counts') }} as c where c.product_key = a.product_key and c.price_birr is not null and c.n > 0){% endif %}"]
     )
 }}
+-- enable_nestloop off: the planner cannot estimate the rows of the CTEs below (it guesses 1 where there
+-- are a product's thousand channel rows) and nests loops over them: 1.5-2.2 s instead of 0.05 s per build.
 {#- Rollup behind the API's top-products report: one row per product of dim_products (channel_username
     null: all channels) and one per product and channel, with mentions, posts and min / median / max
     price in birr. From int_product_price_counts (a product's distinct prices and how often each is

@@ -8,7 +8,7 @@
 }}
 -- append: the pre-hook has deleted the rows this build makes again (dbt's delete by unique key read the whole table)
 {#- One row per (message, product, price in birr) a post offers for sale: the offers the catalogue read
-    (medical_etl/catalogue) tied to their product in dim_products. Incremental: the rows of the posts in
+    (medical_etl/transform/catalogue) tied to their product in dim_products. Incremental: the rows of the posts in
     the change log's pending batches (int_post_changes) are replaced; the pre-hook also removes the rows
     of a post edited to hold no price any more, or whose username's other case won the deduplication. -#}
 -- read in the incremental branch: depends_on: {{ ref('int_post_changes') }}

@@ -1,4 +1,4 @@
-{#- The offers the catalogue read from each distinct post text (medical_etl/catalogue/prices.py), with when
+{#- The offers the catalogue read from each distinct post text (medical_etl/transform/catalogue/prices.py), with when
     the text was read (a re-read text's posts are rebuilt in fct_product_prices). -#}
 with source as (
 

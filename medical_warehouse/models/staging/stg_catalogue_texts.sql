@@ -1,4 +1,4 @@
-{#- Every distinct post text the catalogue has read (medical_etl/catalogue/stage.py), with its offers'
+{#- Every distinct post text the catalogue has read (medical_etl/transform/catalogue/stage.py), with its offers'
     count and when it was read: a text re-read with no offer any more is here, not in stg_catalogue_offers. -#}
 with source as (
 

@@ -1,4 +1,4 @@
-{#- What each distinct product text names (medical_etl/catalogue/identity.py): the product's identity
+{#- What each distinct product text names (medical_etl/transform/catalogue/identity.py): the product's identity
     (identity_key: one per generic, strength and form, else per name and kind) and its attributes. -#}
 with source as (
 

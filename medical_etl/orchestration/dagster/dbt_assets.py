@@ -18,7 +18,7 @@ from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, dbt_
 from dagster_dbt.asset_utils import DAGSTER_DBT_UNIQUE_ID_METADATA_KEY
 
 from medical_etl.config import Settings
-from medical_etl.jobs.stages import dbt_paths
+from medical_etl.jobs.stages import settings_dbt_paths
 from medical_etl.orchestration.dagster.steps import (
     RUN_RESOURCE,
     end_step,
@@ -39,7 +39,7 @@ def parse_manifest(settings: Settings) -> Path:
     (never the stage's own target folder); return the manifest's path. Nothing connects to the database."""
     from dbt.cli.main import dbtRunner
 
-    project = Path(dbt_paths(settings)["project_dir"]).resolve()
+    project = Path(settings_dbt_paths(settings)["project_dir"]).resolve()
     out = Path(settings.logs_path).resolve() / "dagster" / "dbt"
     res = dbtRunner().invoke(["--log-path", str(out / "logs"), "--no-use-colors", "--quiet", "parse",
                               "--project-dir", str(project), "--profiles-dir", str(project),

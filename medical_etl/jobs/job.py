@@ -14,44 +14,52 @@ import time
 from medical_etl import resources
 from medical_etl.config import Settings
 from medical_etl.errors import JobError
-from medical_etl.filelock import acquire_lock
+from medical_etl.filelock import LockHeld, acquire_lock
 from medical_etl.jobs import retry
 from medical_etl.jobs.cancel import JobCancelled, SigtermStop
-from medical_etl.jobs.definitions import jobs
+from medical_etl.jobs.definitions import job_definitions, jobs
 from medical_etl.jobs.process import run_with_retries
 from medical_etl.jobs.stages import DATABASE_STAGES, database_snapshot
+from medical_etl.live_runs import mark_running, reap_dead_runs
 from medical_etl.runlog import RunLogWriteError, configure_rotation, new_run_id, track_run
-from medical_etl.running import mark_running, reap_dead_runs
 from medical_etl.secrets import mask
 
-WEEKLY_REFRESH_DAYS = 30
 LOCK_NAME = "pipeline.lock"
 log = logging.getLogger(__name__)
 
 
-def _housekeeping(settings: Settings) -> None:
+def tidy_after_job(settings: Settings) -> None:
     from medical_etl.housekeeping import tidy_logs
-    from medical_etl.jobs.stages import dbt_paths
+    from medical_etl.jobs.stages import settings_dbt_paths
 
     try:
         done = tidy_logs(settings.logs_path, retention_days=settings.log_retention_days,
-                         dbt_log_dir=dbt_paths(settings)["log_path"])
+                         dbt_log_dir=settings_dbt_paths(settings)["log_path"])
         log.debug("log housekeeping: %s", done)
     except OSError as exc:  # a full or read-only disk must not fail a job that did its work
         log.warning("log housekeeping failed: %s", exc)
 
 
+def job_lock_wait_s(job: str, settings: Settings) -> float:
+    """How long ``job`` waits for the lock: its definition's --lock-wait (LOCK_WAIT instead when set);
+    0 for a job defined without one (it records ``skipped`` at once)."""
+    wait = job_definitions()[job].lock_wait_s
+    return settings.lock_wait_s if wait and settings.lock_wait_s is not None else wait
+
+
 def stage_options(job: str, stage: str, *, client=None, full_refresh: bool = False,
                   refresh_days: int | None = None) -> dict:
+    """A stage's options in ``job``: the job's own (its definition's --full-refresh, --refresh-days), and
+    those of this run (``full_refresh``, ``refresh_days``: a caller's, which win)."""
+    defined = job_definitions()[job]
     opts: dict = {}
     if stage == "scrape":
         if client is not None:
             opts["client"] = client
-        if job == "weekly":
-            opts["refresh_days"] = WEEKLY_REFRESH_DAYS
-        if refresh_days is not None:
-            opts["refresh_days"] = refresh_days
-    if stage == "transform" and (full_refresh or job == "weekly"):
+        days = refresh_days if refresh_days is not None else defined.refresh_days
+        if days is not None:
+            opts["refresh_days"] = days
+    if stage == "transform" and (full_refresh or defined.full_refresh):
         opts["full_refresh"] = True
     if stage == "enrich" and "transform" in jobs()[job]:
         # the transform stage has just built and tested the detection models: rebuild only for new photos
@@ -66,17 +74,18 @@ def run_job(
     client=None,
     full_refresh: bool = False,
     refresh_days: int | None = None,
-    lock_wait_s: float = 0,
+    lock_wait_s: float | None = None,
     stage_timeout_s: float | None = None,
     run_id: str | None = None,
     stages: tuple[str, ...] | list[str] | None = None,
 ) -> dict:
     """Run a job's stages in order under the job lock; return the job summary.
 
-    The stages are the job's line in the Makefile (:mod:`medical_etl.jobs.definitions`); ``stages``,
-    when given (Make passes the line), must equal it. ``client`` is injected into the scrape stage
-    (a TelegramClient or a stand-in). Returns a
-    ``skipped`` summary if another job holds the lock after ``lock_wait_s``; raises
+    The job is its line in the Makefile (:mod:`medical_etl.jobs.definitions`): its stages and options;
+    ``stages``, when given, must equal the line's. ``client`` is injected into the scrape stage (a
+    TelegramClient or a stand-in). ``lock_wait_s`` is how long to wait for another job holding the lock
+    (None: the job's --lock-wait, which LOCK_WAIT, ``settings.lock_wait_s``, replaces). Returns a
+    ``skipped`` summary if another job holds the lock after that; raises
     :class:`JobError` (with the summary) when a stage fails, or before any stage runs when an
     input a stage needs is missing (see :mod:`medical_etl.jobs.preflight`), or when the job's
     run-log record cannot be written (``run_log_error``). On SIGTERM it ends the running stage,
@@ -92,9 +101,13 @@ def run_job(
     timeout = stage_timeout_s or settings.stage_timeout_s
     run_id = run_id or new_run_id()
     configure_rotation(settings.runlog_max_mb)
-    lock = acquire_lock(settings.logs_path / LOCK_NAME, lock_wait_s)
-    if isinstance(lock, str):
-        skipped = {"job": job, "run_id": run_id, "status": "skipped", "reason": f"another job holds the lock ({lock})"}
+    if lock_wait_s is None:
+        lock_wait_s = job_lock_wait_s(job, settings)
+    try:
+        lock = acquire_lock(settings.logs_path / LOCK_NAME, lock_wait_s)
+    except LockHeld as held:
+        skipped = {"job": job, "run_id": run_id, "status": "skipped",
+                   "reason": f"another job holds the lock ({held.holder})"}
         try:
             with track_run(settings.logs_path, job=job, stage=None, run_id=run_id) as rec:
                 rec.status, rec.reason = "skipped", skipped["reason"]
@@ -108,11 +121,11 @@ def run_job(
     retried: dict = {}
     try:
         reap_dead_runs(settings.logs_path)
-        marker = mark_running(settings.logs_path, job, run_id, _deadline_s(job, settings, timeout))
+        marker = mark_running(settings.logs_path, job, run_id, deadline_s(job, settings, timeout))
         with track_run(settings.logs_path, job=job, stage=None, run_id=run_id) as rec:
             try:
                 with stop.armed():  # from here SIGTERM cancels the job
-                    problems, why = _preflight_with_retries(job, settings, client, retried)
+                    problems, why = preflight_with_retries(job, settings, client, retried)
                     if problems:
                         summary.update(status="failed", failed_stage=problems[0].stage, preflight=[str(p) for p in problems],
                                        error="not started: " + "; ".join(str(p) for p in problems), transient=why)
@@ -153,7 +166,7 @@ def run_job(
     finally:
         if marker is not None:
             marker.unlink(missing_ok=True)
-        _housekeeping(settings)
+        tidy_after_job(settings)
         lock.release()
         stop.restore()
     if summary["status"] == "cancelled":
@@ -165,7 +178,7 @@ def run_job(
     return summary
 
 
-def _deadline_s(job: str, settings: Settings, timeout: float) -> float:
+def deadline_s(job: str, settings: Settings, timeout: float) -> float:
     """Longest a job can legitimately run: every stage at its time limit on every attempt, plus the waits."""
     tries = 1 + settings.stage_retries
     waits = sum(retry.backoff_s(n, settings.stage_retry_backoff_s, settings.stage_retry_backoff_max_s)
@@ -173,7 +186,7 @@ def _deadline_s(job: str, settings: Settings, timeout: float) -> float:
     return len(jobs()[job]) * (timeout * tries + waits) + waits + 300
 
 
-def _preflight_with_retries(job: str, settings: Settings, client, retried: dict):
+def preflight_with_retries(job: str, settings: Settings, client, retried: dict):
     """The preflight checks; a database that is unreachable or restarting (and nothing else wrong)
     is waited for like a stage's transient failure, up to STAGE_RETRIES times."""
     attempt = 1

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay, wait_exponential
 
-from medical_etl.monitoring.rules import SEVERITIES
+from medical_etl.monitor.rules import SEVERITIES
 from medical_etl.secrets import mask, register
 
 _VAR = re.compile(r"\$\{([A-Z0-9_]+)\}")

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from helpers import SHARED_MODEL, SHARED_SAMPLE, scratch_database
-
 from medical_etl.config import Settings
 from medical_etl.db import ConnParams
 

@@ -1,4 +1,7 @@
-"""Helpers the tests share (import them: ``from helpers import query``); fixtures are in conftest.py."""
+"""Helpers the tests share (``from helpers import query``); fixtures are in conftest.py. Beside them:
+``helpers.lake`` (lake records and files), ``helpers.warehouse`` (the shared sample built into a
+warehouse), ``helpers.exports`` (the sample as Telegram Desktop exports), ``helpers.browser`` (headless
+Chromium over the DevTools protocol)."""
 from __future__ import annotations
 
 import os
@@ -12,7 +15,7 @@ from psycopg2 import sql
 from medical_etl.config import Settings
 from medical_etl.db import ConnParams
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("MEDICAL_ETL_SHARED") or next(
     (p for p in (REPO.parent / "shared", Path("/work/shared")) if p.is_dir()), REPO.parent / "shared"))
 SHARED_SAMPLE = SHARED / "datasets" / "telegram-medical-sample"

@@ -13,7 +13,7 @@ What is never a price: stock counts (``📦 105``), dates (``09/2028``, ``Jul-28
 ``12.5cm``, ``100ml``, ``of 100``), phone numbers, percentages, euro and dollar amounts, delivery and transport
 fees, fee scales (``70 birr - 500 birr``), rent and totals, and every amount of a job advert, of a business for
 sale and of a training advert. A struck-through old price (``~~200~~ 180``) is gone before reading (see
-:func:`~medical_etl.catalogue.text.fold`); a second amount for the same item (``1450 & 1500``,
+:func:`~medical_etl.transform.catalogue.text.fold`); a second amount for the same item (``1450 & 1500``,
 ``105 Birr [100 birr >4Ctn]``) and a tier line under an item that has its price (``With attachment 2,400 birr``,
 ``5box 💵22``) are alternatives, not offers.
 
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
-from medical_etl.catalogue.text import fold, squash, strip_symbols
+from medical_etl.transform.catalogue.text import fold, squash, strip_symbols
 
 _MODULE_FILES = ("prices.py", "text.py")
 

@@ -9,7 +9,7 @@ from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 
-from medical_etl.monitoring.stats import LogStats
+from medical_etl.monitor.stats import LogStats
 
 ECHARTS = Path(__file__).resolve().parents[1] / "static" / "echarts.min.js"
 ECHARTS_VERSION = "6.1.0"  # medical_etl/static/echarts.min.js, from the npm package

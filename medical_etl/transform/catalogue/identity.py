@@ -36,7 +36,7 @@ from functools import lru_cache
 from importlib.metadata import version
 from pathlib import Path
 
-from medical_etl.catalogue.text import fold, squash, strip_symbols
+from medical_etl.transform.catalogue.text import fold, squash, strip_symbols
 
 HERE = Path(__file__).parent
 LEXICON = HERE / "lexicon.csv"

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from medical_etl import resources
-from medical_etl.filelock import Lock, acquire_lock
-from medical_etl.monitoring.alerts import (
+from medical_etl.filelock import Lock, LockHeld, acquire_lock
+from medical_etl.monitor.alerts import (
     COMMON_FIELDS,
     METRIC_FIELDS,
     METRICS,
@@ -21,11 +21,11 @@ from medical_etl.monitoring.alerts import (
     slowest_text,
     worst_severity,
 )
-from medical_etl.monitoring.deliver import DELIVERY_CAP_S, deliver, expand
-from medical_etl.monitoring.html import render
-from medical_etl.monitoring.rules import load_rules
-from medical_etl.monitoring.stats import read_log, summarize
-from medical_etl.monitoring.verdict import LIVE_FEED_METRICS, recorded_source, verdict
+from medical_etl.monitor.deliver import DELIVERY_CAP_S, deliver, expand
+from medical_etl.monitor.html import render
+from medical_etl.monitor.rules import load_rules
+from medical_etl.monitor.stats import read_log, summarize
+from medical_etl.monitor.verdict import LIVE_FEED_METRICS, recorded_source, verdict
 
 if TYPE_CHECKING:
     from medical_etl.db import ConnParams
@@ -38,9 +38,13 @@ def _wait_for_lock(path: Path, wait_s: float) -> Lock | str:
     """The lock on ``path``, or its holder's note when another monitor keeps it past ``wait_s``
     (polled often: the lock is held only while one run evaluates, delivers and records)."""
     deadline = time.monotonic() + wait_s
-    while isinstance(got := acquire_lock(path), str) and time.monotonic() < deadline:
+    while True:
+        try:
+            return acquire_lock(path)
+        except LockHeld as held:
+            if time.monotonic() >= deadline:
+                return held.holder
         time.sleep(0.1)
-    return got
 
 
 def warehouse_metrics(db: ConnParams, timeout: int = 3) -> dict | None:

@@ -11,8 +11,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from medical_etl.lake import atomic_write_bytes
-from medical_etl.monitoring.rules import SEVERITIES, Rule
-from medical_etl.monitoring.stats import LogStats, Run, parse_ts
+from medical_etl.monitor.rules import SEVERITIES, Rule
+from medical_etl.monitor.stats import LogStats, Run, parse_ts
 
 CANCELLED = "cancelled"  # a job or stage stopped by a signal, which recorded its end
 
@@ -197,7 +197,7 @@ def m_job_died(stats, rule, now, wh, state):
     """1.0 per job run that started and never recorded its end: its process is gone, or it is
     past its deadline (live markers); or its death was recorded by the next job (in the window).
     A run that recorded a stop (``cancelled``) is never a death, even with a marker left behind."""
-    from medical_etl.running import unfinished_runs
+    from medical_etl.live_runs import unfinished_runs
 
     out, seen = [], {r.run_id for r in stats.job_runs() if r.status == CANCELLED}
     for run in unfinished_runs(stats.path.parent):

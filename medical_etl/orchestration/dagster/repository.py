@@ -1,10 +1,10 @@
 """The Dagster definitions: the assets, a job per line of the Makefile's job table, the crontab's schedules.
 
-The jobs are :func:`medical_etl.jobs.definitions.jobs` (``JOB_STAGES.<job> := ...``), each an asset job
+The jobs are :func:`medical_etl.jobs.definitions.jobs` (the Makefile's ``JOB.<job> := ...`` lines), each an asset job
 over its stages' assets, under the original design's names (:data:`DAGSTER_JOBS`); the schedules are
 the ``crontab`` file's lines for those jobs (02:00 daily, Sunday 03:00 weekly), in UTC as the file
 states them. Beside them, ``enrichment_by_day`` (:mod:`.partitions`): the enrich job over daily
-partitions. Every run uses the in-process executor and the run-scoped resource of :mod:`.run`, so
+partitions. Every run uses the in-process executor and the run-scoped resource of :mod:`.job_run`, so
 one process holds the job lock and writes the job's run-log record for the whole run.
 """
 from __future__ import annotations
@@ -24,9 +24,14 @@ from medical_etl import resources
 from medical_etl.config import Settings, load_settings
 from medical_etl.jobs.definitions import STAGES, jobs
 from medical_etl.orchestration.dagster.assets import IMAGE_ENRICHMENT, TELEGRAM_DATA, stage_assets
-from medical_etl.orchestration.dagster.dbt import RAW_DATABASE, WAREHOUSE_OP, parse_manifest, warehouse_assets
+from medical_etl.orchestration.dagster.dbt_assets import (
+    RAW_DATABASE,
+    WAREHOUSE_OP,
+    parse_manifest,
+    warehouse_assets,
+)
+from medical_etl.orchestration.dagster.job_run import job_run, stages_of
 from medical_etl.orchestration.dagster.partitions import PARTITION_OP, PARTITION_TAG, enrichment_by_day
-from medical_etl.orchestration.dagster.run import job_run, stages_of
 from medical_etl.orchestration.dagster.steps import RUN_RESOURCE
 
 DAGSTER_JOBS = {"pipeline": "ethiopian_medical_pipeline", "scrape-load": "scrape_and_load_pipeline",
@@ -51,7 +56,7 @@ def crontab_schedules() -> list[tuple[str, str]]:
 
 
 def run_resource(settings: Settings, stage_of: dict[str, str], client=None, monitor: bool = True):
-    """The run-scoped resource: :func:`.run.job_run` around the whole run. ``stage_of`` maps each
+    """The run-scoped resource: :func:`.job_run.job_run` around the whole run. ``stage_of`` maps each
     step (op name) and stage asset to its stage (any other asset is a dbt model); ``client`` goes to the scrape stage (a stand-in in tests)."""
 
     @resource(description="the job lock and the job's run-log record, held for the whole run")

@@ -15,9 +15,9 @@ import time
 
 from psycopg2.extras import execute_values
 
-from medical_etl.catalogue.identity import Resolver, normalise, resolver_version
-from medical_etl.catalogue.prices import parser_version, read_offers
 from medical_etl.db import ConnParams, analyze_if_stale, connect_warehouse, expect_params
+from medical_etl.transform.catalogue.identity import Resolver, normalise, resolver_version
+from medical_etl.transform.catalogue.prices import parser_version, read_offers
 
 BATCH = 500
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from medical_etl.monitoring.stats import LogStats
+from medical_etl.monitor.stats import LogStats
 
 # Rules that judge the live feed; meaningless for a recorded snapshot.
 LIVE_FEED_METRICS = {"channel_hours_since_last_post", "new_messages_vs_trailing_avg"}

@@ -10,22 +10,18 @@ written from them when the run ends, with the fields run_job writes.
 from __future__ import annotations
 
 import logging
-import os
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from medical_etl import resources
 from medical_etl.config import Settings
-from medical_etl.filelock import acquire_lock
-from medical_etl.jobs import runner
+from medical_etl.filelock import LockHeld, acquire_lock
+from medical_etl.jobs import job as job_runner
 from medical_etl.jobs.definitions import STAGES, jobs
+from medical_etl.live_runs import mark_running, reap_dead_runs
 from medical_etl.runlog import configure_rotation, new_run_id, track_run
-from medical_etl.running import mark_running, reap_dead_runs
 
 AD_HOC_JOB = "dagster"  # the run-log job of a run that is not one of the Makefile's jobs (a UI selection)
-_LOCK_WAIT = re.compile(r"JOB_ARGS\.([a-z][a-z0-9-]*)[ \t]*:=.*--lock-wait[ \t]+\$\$\{LOCK_WAIT:-(\d+)\}")
 log = logging.getLogger(__name__)
 
 
@@ -47,7 +43,7 @@ class JobRun:
     def options(self, stage: str) -> dict:
         """The stage's options in this job, as run_job gives them (weekly: a full refresh, 30 days re-read)."""
         if self.job in jobs():
-            return runner.stage_options(self.job, stage, client=self.client)
+            return job_runner.stage_options(self.job, stage, client=self.client)
         if stage == "scrape" and self.client is not None:
             return {"client": self.client}
         if stage == "enrich" and "transform" in self.stages:
@@ -66,14 +62,10 @@ def stages_of(job: str | None, selected: set[str] | None) -> tuple[str, tuple[st
     return AD_HOC_JOB, chosen
 
 
-def lock_wait_s(job: str) -> float:
-    """How long the job waits for the lock: the Makefile's ``JOB_ARGS.<job> := --lock-wait ${LOCK_WAIT:-N}``
-    (the weekly job waits for a daily run still going), LOCK_WAIT when set; else 0 (skip at once)."""
-    for line in resources.makefile().read_text(encoding="utf-8").splitlines():
-        m = _LOCK_WAIT.fullmatch(line.strip())
-        if m and m.group(1) == job:
-            return float(os.environ.get("LOCK_WAIT") or m.group(2))
-    return 0.0
+def lock_wait_s(job: str, settings: Settings) -> float:
+    """How long the job waits for the lock, as run_job waits (its definition's --lock-wait, LOCK_WAIT
+    instead when set); 0 for a run that is not one of the jobs."""
+    return job_runner.job_lock_wait_s(job, settings) if job in jobs() else 0.0
 
 
 @contextmanager
@@ -92,9 +84,11 @@ def job_run(settings: Settings, job: str, stages: tuple[str, ...], *, client=Non
     about = {"orchestrator": "dagster", "dagster_run_id": dagster_run_id}
     if partition:
         about["partition"] = partition
-    lock = acquire_lock(settings.logs_path / runner.LOCK_NAME, lock_wait_s(job))
-    if isinstance(lock, str):
-        run.skipped = f"another job holds the lock ({lock})"
+    try:
+        lock = acquire_lock(settings.logs_path / job_runner.LOCK_NAME, lock_wait_s(job, settings))
+    except LockHeld as held:
+        lock, run.skipped = None, f"another job holds the lock ({held.holder})"
+    if lock is None:
         with track_run(settings.logs_path, job=job, stage=None, run_id=run.run_id) as rec:
             rec.status, rec.reason = "skipped", run.skipped
             rec.metrics.update(stages=[], **about)
@@ -107,7 +101,7 @@ def job_run(settings: Settings, job: str, stages: tuple[str, ...], *, client=Non
     marker = None
     try:
         reap_dead_runs(settings.logs_path)
-        marker = mark_running(settings.logs_path, job, run.run_id, _deadline_s(job, settings))
+        marker = mark_running(settings.logs_path, job, run.run_id, deadline_s(job, settings))
         refused = None
         with track_run(settings.logs_path, job=job, stage=None, run_id=run.run_id) as rec:
             rec.metrics.update(about)
@@ -126,7 +120,7 @@ def job_run(settings: Settings, job: str, stages: tuple[str, ...], *, client=Non
     finally:
         if marker is not None:
             marker.unlink(missing_ok=True)
-        runner._housekeeping(settings)
+        job_runner.tidy_after_job(settings)
         lock.release()
         _monitor(settings, monitor)
 
@@ -144,16 +138,16 @@ def _close(rec, run: JobRun) -> None:
 def _preflight(run: JobRun):
     """run_job's checks (waiting for a database that is restarting, for a Makefile job)."""
     if run.job in jobs():
-        return runner._preflight_with_retries(run.job, run.settings, run.client, run.retried)
+        return job_runner.preflight_with_retries(run.job, run.settings, run.client, run.retried)
     from medical_etl.jobs.preflight import preflight
 
     return preflight(run.stages, run.settings, client=run.client), None
 
 
-def _deadline_s(job: str, settings: Settings) -> float:
+def deadline_s(job: str, settings: Settings) -> float:
     """run_job's deadline for the job (a selection: that of the longest job)."""
     longest = job if job in jobs() else max(jobs(), key=lambda j: len(jobs()[j]))
-    return runner._deadline_s(longest, settings, settings.stage_timeout_s)
+    return job_runner.deadline_s(longest, settings, settings.stage_timeout_s)
 
 
 def _monitor(settings: Settings, enabled: bool) -> None:
@@ -161,7 +155,7 @@ def _monitor(settings: Settings, enabled: bool) -> None:
     if not enabled:
         return
     from medical_etl.db import conn_params
-    from medical_etl.monitoring.run import run_monitor
+    from medical_etl.monitor.evaluate import run_monitor
 
     try:
         try:
