@@ -456,7 +456,7 @@ def test_progress_per_batch_on_a_terminal_only(settings, capfd):
 
 
 def test_nothing_new_loads_no_model_and_builds_nothing_when_asked(settings, monkeypatch):
-    from medical_etl import transform
+    from medical_etl.transform import stage as transform
 
     def forbidden(*a, **k):
         raise AssertionError("not expected on a day with nothing new")

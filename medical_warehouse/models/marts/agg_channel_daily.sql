@@ -6,7 +6,7 @@
         pre_hook="{% if is_incremental() %}delete from {{ this }} where {{ is_pending_day('date_day', as_date=true) }}{% endif %}"
     )
 }}
--- append: the pre-hook has deleted the rows this build makes again (dbt's delete by unique key read the whole table)
+{#- append: the pre-hook has deleted the rows this build makes again (dbt's delete by unique key read the whole table) -#}
 {#- Per channel and day (UTC): posts, views, photo posts and prices posted; the API's channel activity sums
     these into days or ISO weeks, and dim_channels sums them over all days. Incremental by day: a build
     recomputes the days the change log's pending batches name, reading those days' posts only. -#}

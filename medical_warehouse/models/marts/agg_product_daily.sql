@@ -6,7 +6,7 @@
         pre_hook="{% if is_incremental() %}delete from {{ this }} where {{ is_pending_day('date_day', as_date=true) }}{% endif %}"
     )
 }}
--- append: the pre-hook has deleted the rows this build makes again (dbt's delete by unique key read the whole table)
+{#- append: the pre-hook has deleted the rows this build makes again (dbt's delete by unique key read the whole table) -#}
 {#- A product's mentions and min / median / max price in birr per UTC day and channel (the API's price
     history), and per day over all channels (channel_username null: the top-products report over a date
     window is answered from these rows alone). Bounded by days x channels per product, however many

@@ -6,7 +6,7 @@
         pre_hook="{% if is_incremental() %}delete from {{ this }} where {{ is_pending_day('date_day', as_date=true) }}{% endif %}"
     )
 }}
--- append: the pre-hook has deleted the rows this build makes again (dbt's delete by unique key read the whole table)
+{#- append: the pre-hook has deleted the rows this build makes again (dbt's delete by unique key read the whole table) -#}
 {#- Per channel, UTC day and image group: the posts and their views, for the visual-content report's
     engagement (average and median views by kind of image). image_group is the post's image category
     (promotional, product_display, lifestyle, other) when its photo was analysed, 'not_analysed' for a

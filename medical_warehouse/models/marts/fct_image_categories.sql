@@ -6,7 +6,7 @@
         pre_hook="{% if is_incremental() %}delete from {{ this }} where {{ is_pending_photo() }}{% endif %}"
     )
 }}
--- append: the pre-hook has deleted the rows this build makes again (dbt's delete by unique key read the whole table)
+{#- append: the pre-hook has deleted the rows this build makes again (dbt's delete by unique key read the whole table) -#}
 {#- One row per analysed photo (its most recent readable analysis) with its image category:
     promotional (a person and a product-like object), product_display (product-like object, no person),
     lifestyle (person, no product-like object), other. Product-like classes: seed product_like_classes.

@@ -6,7 +6,7 @@
         pre_hook="{% if is_incremental() %}delete from {{ this }} where {{ is_pending_photo() }}{% endif %}"
     )
 }}
--- append: the pre-hook has deleted the rows this build makes again (dbt's delete by unique key read the whole table)
+{#- append: the pre-hook has deleted the rows this build makes again (dbt's delete by unique key read the whole table) -#}
 {#- One row per detected object, from each photo's most recent analysis (a new model version replaces
     the old one's rows here; raw keeps both). Incremental: a build recomputes the posts analysed since its
     newest analysis and the posts of the change log's pending batches. -#}

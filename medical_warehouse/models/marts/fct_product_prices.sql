@@ -6,7 +6,7 @@
         pre_hook="{% if is_incremental() %}delete from {{ this }} where {{ is_pending_post() }}{% endif %}"
     )
 }}
--- append: the pre-hook has deleted the rows this build makes again (dbt's delete by unique key read the whole table)
+{#- append: the pre-hook has deleted the rows this build makes again (dbt's delete by unique key read the whole table) -#}
 {#- One row per (message, product, price in birr) a post offers for sale: the offers the catalogue read
     (medical_etl/transform/catalogue) tied to their product in dim_products. Incremental: the rows of the posts in
     the change log's pending batches (int_post_changes) are replaced; the pre-hook also removes the rows
