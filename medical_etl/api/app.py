@@ -213,10 +213,10 @@ def create_app(
                                     request.headers.get("if-modified-since"), tag, current):
                 return Response(status_code=304, headers=headers)
         with pool.cursor() as cur:
-            body = model.model_validate(query(cur)).model_dump(mode="json")
-        if fmt == "json":
-            return JSONResponse(body, headers=headers)
-        items = body[rows]
+            answer = model.model_validate(query(cur))
+        if fmt == "json":  # pydantic's own serialiser: no dict of Python values built first
+            return Response(answer.model_dump_json(), media_type="application/json", headers=headers)
+        items = answer.model_dump(mode="json")[rows]
         day = (current.built_at if current else datetime.now(timezone.utc)).astimezone(timezone.utc).date()
         headers["Content-Disposition"] = \
             f'attachment; filename="{exports.filename(report, day.isoformat(), fmt, *parts)}"'
