@@ -239,7 +239,8 @@ def test_the_job_table_is_read_as_make_reads_it():
 
     from medical_etl.jobs.definitions import job_definitions
 
-    env = {**os.environ, "MAKEFLAGS": ""}
+    # as if typed at a shell: under `make test` the parent's MAKELEVEL would make the child print directories
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
     database = subprocess.run(["make", "-pn", "--no-print-directory", "help"], cwd=REPO, capture_output=True,
                               text=True, env=env).stdout
     by_make = {m.group(1): m.group(2).split() for m in re.finditer(r"^JOB\.([a-z-]+) := (.*)$", database, re.M)}
@@ -257,7 +258,7 @@ def test_the_job_table_is_read_as_make_reads_it():
                            check=True, env=env).stdout
     assert [line.split()[0] for line in shown.splitlines() if line.strip()] == list(defined)
     assert "waits up to 3 h for a running job" in shown and "full dbt refresh" in shown
-    dry = subprocess.run(["make", "-n", "pipeline"], cwd=REPO, capture_output=True, text=True, env=env).stdout
+    dry = subprocess.run(["make", "-n", "--no-print-directory", "pipeline"], cwd=REPO, capture_output=True, text=True, env=env).stdout
     assert dry.strip().endswith("job pipeline")  # the runner reads the rest from the same line
 
 
