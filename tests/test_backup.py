@@ -136,7 +136,7 @@ def test_backup_during_a_running_load_is_consistent_and_does_not_block_it(settin
     watch = connect(conn_params(s))
     try:
         _wait_for(watch, """SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'
-                        AND query ILIKE '%loaded_files%'""", lambda n: n > 0, proc)
+                        AND datname = current_database() AND query ILIKE '%loaded_files%'""", lambda n: n > 0, proc)
         t0 = time.time()
         summary = backup(s)  # while a batch has copied its rows and not committed
         took = time.time() - t0

@@ -75,8 +75,11 @@ def test_pipeline_job_end_to_end_and_rerun(job_settings, conn, shared_sample):
 
 
 def _start_job(env, job="pipeline"):
+    # As from a terminal: a job started in the background (nohup, `&` in a script) inherits SIGINT
+    # ignored, and Ctrl-C could never reach it.
     return subprocess.Popen([sys.executable, "-m", "medical_etl", "job", job], env=env, cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for(conn, sql, pred, proc, timeout=300):
@@ -111,7 +114,7 @@ def test_kill_mid_load_and_mid_enrich_then_rerun_equals_clean_run(job_settings, 
         cur.execute("LOCK TABLE raw.loaded_files IN EXCLUSIVE MODE")  # held until we roll back
     proc = _start_job(env)
     _wait_for(conn, """SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'
-                       AND query ILIKE '%loaded_files%'""", lambda n: n > 0, proc)
+                       AND datname = current_database() AND query ILIKE '%loaded_files%'""", lambda n: n > 0, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     c.rollback()
@@ -352,7 +355,8 @@ def test_sigterm_cancels_the_job_cleanly_and_records_it(job_settings, conn, shar
                 (signal.SIGINT, False, 130, "failed", "interrupted")]:
             proc = _start_job(env, "scrape-load")
             _wait_for(conn, """SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'
-                               AND query ILIKE '%loaded_files%'""", lambda n: n > 0, proc)
+                               AND datname = current_database() AND query ILIKE '%loaded_files%'""",
+                      lambda n: n > 0, proc)
             (stage_pid,) = map(int, open(f"/proc/{proc.pid}/task/{proc.pid}/children").read().split())
             t0 = time.monotonic()
             if also_the_stage:
