@@ -11,7 +11,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 from helpers import REPO, query, scratch_database, settings_env, stop_embedded_server
-from test_jobs import _start_job, _wait_for, warehouse_fingerprint
+from test_jobs import LOAD_WAITS_ON_LOCK, _start_job, _wait_for, warehouse_fingerprint
 
 from medical_etl.db import conn_params
 from medical_etl.jobs import run_job
@@ -135,8 +135,7 @@ def test_backup_during_a_running_load_is_consistent_and_does_not_block_it(settin
     proc = _start_job(env, "scrape-load")
     watch = connect(conn_params(s))
     try:
-        _wait_for(watch, """SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'
-                        AND datname = current_database() AND query ILIKE '%loaded_files%'""", lambda n: n > 0, proc)
+        _wait_for(watch, LOAD_WAITS_ON_LOCK, lambda n: n > 0, proc)
         t0 = time.time()
         summary = backup(s)  # while a batch has copied its rows and not committed
         took = time.time() - t0

@@ -74,6 +74,11 @@ def test_pipeline_job_end_to_end_and_rerun(job_settings, conn, shared_sample):
     assert warehouse_fingerprint(conn) == before
 
 
+# sessions of the test's own database waiting on the lock a test holds on raw.loaded_files
+LOAD_WAITS_ON_LOCK = """SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'
+                        AND datname = current_database() AND query ILIKE '%loaded_files%'"""
+
+
 def _start_job(env, job="pipeline"):
     # As from a terminal: a job started in the background (nohup, `&` in a script) inherits SIGINT
     # ignored, and Ctrl-C could never reach it.
@@ -113,8 +118,7 @@ def test_kill_mid_load_and_mid_enrich_then_rerun_equals_clean_run(job_settings, 
     with c.cursor() as cur:
         cur.execute("LOCK TABLE raw.loaded_files IN EXCLUSIVE MODE")  # held until we roll back
     proc = _start_job(env)
-    _wait_for(conn, """SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'
-                       AND datname = current_database() AND query ILIKE '%loaded_files%'""", lambda n: n > 0, proc)
+    _wait_for(conn, LOAD_WAITS_ON_LOCK, lambda n: n > 0, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     c.rollback()
@@ -354,9 +358,7 @@ def test_sigterm_cancels_the_job_cleanly_and_records_it(job_settings, conn, shar
                 (signal.SIGTERM, True, 143, "cancelled", "stopped by SIGTERM"),
                 (signal.SIGINT, False, 130, "failed", "interrupted")]:
             proc = _start_job(env, "scrape-load")
-            _wait_for(conn, """SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'
-                               AND datname = current_database() AND query ILIKE '%loaded_files%'""",
-                      lambda n: n > 0, proc)
+            _wait_for(conn, LOAD_WAITS_ON_LOCK, lambda n: n > 0, proc)
             (stage_pid,) = map(int, open(f"/proc/{proc.pid}/task/{proc.pid}/children").read().split())
             t0 = time.monotonic()
             if also_the_stage:
